@@ -1,0 +1,30 @@
+"""One exception hierarchy for the whole package.
+
+Library code raises these with a message that names the file (or key) and the problem;
+the CLI turns them into one-line messages instead of tracebacks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MelgenreError(Exception):
+    """Base class of every error melgenre raises on purpose."""
+
+
+class AudioDecodeError(MelgenreError):
+    """An audio file could not be read: empty, corrupt, not audio, or without samples."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{Path(path).name}: {reason}")
+
+
+class ConfigError(MelgenreError):
+    """A preset, model or experiment configuration is invalid (names the key and the problem)."""
+
+
+class StoreError(MelgenreError):
+    """An HDF5 feature store is missing, incompatible or malformed."""
