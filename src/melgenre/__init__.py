@@ -7,8 +7,10 @@ The package follows the data flow, one module per stage::
 ``melgenre.cli`` is a thin Typer layer on top.
 """
 
-from melgenre.errors import AudioDecodeError, ConfigError, MelgenreError, StoreError
+from melgenre.errors import AudioDecodeError, ConfigError, DatasetError, MelgenreError, StoreError
 
 __version__ = "0.1.0"
 
-__all__ = ["AudioDecodeError", "ConfigError", "MelgenreError", "StoreError", "__version__"]
+__all__ = [
+    "AudioDecodeError", "ConfigError", "DatasetError", "MelgenreError", "StoreError", "__version__",
+]

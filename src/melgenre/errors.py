@@ -26,5 +26,9 @@ class ConfigError(MelgenreError):
     """A preset, model or experiment configuration is invalid (names the key and the problem)."""
 
 
+class DatasetError(MelgenreError):
+    """A corpus folder cannot be used (missing, no class folders, ambiguous track names)."""
+
+
 class StoreError(MelgenreError):
     """An HDF5 feature store is missing, incompatible or malformed."""
