@@ -6,9 +6,12 @@ stderr and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 import typer.core
 from rich.console import Console
+from rich.table import Table
 
 from melgenre import __version__
 from melgenre.errors import MelgenreError
@@ -51,3 +54,109 @@ def _root(
     ),
 ) -> None:
     """melgenre: mel-spectrogram images -> genre classifiers."""
+
+
+# -- data preparation --------------------------------------------------------------------------
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+@app.command()
+def prepare(
+    data_dir: Path = typer.Argument(..., help="Corpus folder: GTZAN (genres/ or genres_original/) or <class>/<file> folders."),
+    preset: str = typer.Option("v1", "--preset", "-p", help="Feature preset: v1, v2, fast, or a YAML file."),
+    out: Path = typer.Option(None, "--out", "-o", help="HDF5 file to write. Default: <data_dir name>-<preset>.h5 in the current folder."),
+    workers: int = typer.Option(0, "--workers", "-w", help="Worker processes. Default 0 = one per CPU core; 1 = no pool."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output made from other inputs. Default: refuse."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar. Default: on."),
+) -> None:
+    """Compute mel images of a corpus into one HDF5 file (parallel, atomic, resumable after a kill)."""
+    from melgenre import features, store
+
+    preset_obj = features.get_preset(preset)
+    out = out or Path(f"{data_dir.resolve().name}-{preset_obj.name}.h5")
+    report = store.prepare(data_dir, preset_obj, out, workers=workers or None, overwrite=overwrite,
+                           progress=progress)
+    table = Table(title=f"{out} — preset {preset_obj.name}, images {report.image_shape[0]}×{report.image_shape[1]}")
+    table.add_column("class")
+    table.add_column("tracks", justify="right")
+    table.add_column("rows", justify="right")
+    for name in report.classes:
+        table.add_row(name, str(report.tracks_per_class[name]), str(report.rows_per_class[name]))
+    table.add_row("[bold]total", f"[bold]{report.n_tracks}", f"[bold]{report.n_rows}")
+    console.print(table)
+    if report.up_to_date:
+        console.print(f"{out} is already up to date with these inputs; nothing computed.")
+    else:
+        console.print(f"computed {report.computed} tracks in {report.seconds:.1f} s "
+                      f"({report.tracks_per_second:.1f} tracks/s), resumed {report.resumed} from an earlier run")
+    console.print(f"skipped {len(report.skipped)} undecodable file(s); {len(report.silent)} silent clip(s); "
+                  f"{report.ignored_files} non-audio file(s) ignored")
+    for item in report.skipped:
+        console.print(f"  [yellow]skipped[/] {item['path']}: {item['reason']}", highlight=False)
+    for track_id in report.silent:
+        console.print(f"  [yellow]silent[/] {track_id}", highlight=False)
+
+
+@app.command()
+def info(path: Path = typer.Argument(..., help="A feature file written by `melgenre prepare`.")) -> None:
+    """Describe a feature file: shape, dtype, per-class counts, preset, size on disk."""
+    import numpy as np
+
+    from melgenre.store import MelStore
+
+    with MelStore(path) as s:
+        x = s.x
+        tracks = s.tracks()
+        console.print(f"[bold]{path}[/]  {_human_bytes(path.stat().st_size)} on disk, "
+                      f"{_human_bytes(x.size * x.dtype.itemsize)} in RAM (in_memory=True)")
+        console.print(f"x: {x.shape} {x.dtype}; {len(tracks['id'])} tracks; "
+                      f"melgenre {s.attrs.get('melgenre_version')}; input hash {str(s.attrs.get('input_hash'))[:16]}…")
+        rows = np.bincount(s.y, minlength=len(s.classes))
+        tr = np.bincount(tracks["label"], minlength=len(s.classes))
+        table = Table(title="per class")
+        for col in ("class", "tracks", "rows"):
+            table.add_column(col, justify="left" if col == "class" else "right")
+        for i, name in enumerate(s.classes):
+            table.add_row(name, str(tr[i]), str(rows[i]))
+        console.print(table)
+        console.print("preset: " + ", ".join(f"{k}={v}" for k, v in s.preset.to_dict().items()), highlight=False)
+        console.print(f"skipped at prepare time: {len(s.skipped)}; silent clips: {int(np.sum(tracks['silent']))}")
+        for item in s.skipped:
+            console.print(f"  {item['path']}: {item['reason']}", highlight=False)
+
+
+@app.command()
+def show(
+    audio_path: Path = typer.Argument(..., metavar="AUDIO", help="An audio file (wav, flac, ogg, mp3, au, ...)."),
+    preset: str = typer.Option("v1", "--preset", "-p", help="Feature preset: v1, v2, fast, or a YAML file."),
+    out: Path = typer.Option(Path("spec.png"), "--out", "-o", help="PNG file to write."),
+) -> None:
+    """Draw the mel image of one clip, with time and frequency axes, to a PNG."""
+    from melgenre.display import save_mel_figure
+
+    console.print(f"wrote {save_mel_figure(audio_path, out, preset)}")
+
+
+@app.command()
+def synth(
+    out_dir: Path = typer.Argument(..., help="Folder to write <class>/<class>.NNNNN.wav into."),
+    classes: int = typer.Option(4, "--classes", "-c", help="Number of classes (2-12)."),
+    per_class: int = typer.Option(10, "--per-class", "-n", help="Clips per class."),
+    seconds: float = typer.Option(5.0, "--seconds", "-s", help="Length of each clip in seconds."),
+    sr: int = typer.Option(22_050, "--sr", help="Sample rate of the files."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
+) -> None:
+    """Write synthetic clips whose classes differ in tempo, timbre, pitch range and noise colour."""
+    from melgenre.synth import write_corpus
+
+    try:
+        paths = write_corpus(out_dir, classes, per_class, seconds, sr, seed)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    console.print(f"wrote {len(paths)} clips ({classes} classes × {per_class}, {seconds:g} s) to {out_dir}")

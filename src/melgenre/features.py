@@ -263,11 +263,26 @@ def power_to_image(power: np.ndarray, preset: Preset) -> np.ndarray:
     return normalise(db, preset)
 
 
+def fit_to_preset(y: np.ndarray, preset: Preset) -> np.ndarray:
+    """Apply the preset's ``duration`` to mono audio at ``preset.sr``.
+
+    Unchunked presets (v1, v2) pad or trim every clip to exactly ``duration`` seconds, as the
+    report does. Chunked presets only trim to ``duration``: padding would add silent chunks, so a
+    short clip yields fewer chunks (and one padded chunk when shorter than a chunk).
+    """
+    if preset.duration is None:
+        return y
+    n = int(round(preset.duration * preset.sr))
+    if preset.chunk_seconds is not None:
+        return y[:n]
+    return np.pad(y[:n], (0, max(0, n - len(y))))
+
+
 def mel_images(y: np.ndarray, preset: Preset) -> np.ndarray:
     """All images of one clip: ``(n_chunks, H, W)`` float32 in [0, 1] (``n_chunks`` = 1 unchunked).
 
-    ``y`` must already be mono at ``preset.sr`` (see :func:`melgenre.audio.load`); pad or trim it
-    to ``preset.duration`` first when the preset fixes a duration.
+    ``y`` must already be mono at ``preset.sr`` (see :func:`melgenre.audio.load`) and fitted
+    with :func:`fit_to_preset`.
     """
     power = melspectrogram(np.asarray(y, dtype=np.float32), preset)
     size = preset.chunk_frames or power.shape[1]

@@ -1,0 +1,60 @@
+"""Pictures of mel images with real axes (time in seconds, frequency in Hz on a mel scale)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import librosa
+import librosa.display
+import matplotlib.pyplot as plt
+import numpy as np
+
+from melgenre import audio, features
+from melgenre.features import Preset
+from melgenre.utils import atomic_path
+
+
+def mel_figure(y: np.ndarray, preset: Preset, title: str = "") -> plt.Figure:
+    """A figure of the clip's mel image as the model sees it, with time/frequency axes.
+
+    Whole-clip presets (v1, v2) show the resized square image; chunked presets show the whole
+    clip at natural size with dashed lines where chunks start.
+    """
+    y = features.fit_to_preset(y, preset)
+    view = dataclasses.replace(preset, chunk_seconds=None, chunk_hop_seconds=None) if preset.chunk_seconds else preset
+    image = features.mel_images(y, view)[0]
+    rows, cols = image.shape
+    seconds = len(y) / preset.sr
+    fmax = preset.fmax or preset.sr / 2
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
+    mesh = librosa.display.specshow(
+        image, ax=ax, x_axis="time", y_axis="mel", sr=preset.sr, fmin=preset.fmin, fmax=fmax,
+        x_coords=np.linspace(0, seconds, cols + 1),
+        y_coords=librosa.mel_frequencies(rows + 1, fmin=preset.fmin, fmax=fmax), cmap="magma",
+    )
+    if preset.chunk_seconds:
+        for start in features.chunk_starts(features.Preset.n_frames(preset, len(y)), preset)[1:]:
+            ax.axvline(start * preset.hop_length / preset.sr, color="white", lw=0.6, ls="--", alpha=0.6)
+    fig.colorbar(mesh, ax=ax, label=f"image value ({preset.norm} normalised)")
+    size = f"{rows}×{cols}" if preset.image_size else f"{preset.n_mels} mels, chunks of {preset.chunk_frames or cols} frames"
+    ax.set_title(title or f"preset {preset.name}: {size}")
+    fig.tight_layout()
+    return fig
+
+
+def save_mel_figure(path: str | Path, out: str | Path, preset: str | Path | Preset = "v1") -> Path:
+    """Load ``path``, draw :func:`mel_figure` and write it as a PNG to ``out`` (atomically)."""
+    preset = features.get_preset(preset)
+    clip = audio.load(path, sr=preset.sr)
+    fig = mel_figure(clip.samples, preset, title=f"{Path(path).name} — preset {preset.name}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out
