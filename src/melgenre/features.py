@@ -43,6 +43,7 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
+from melgenre import audio
 from melgenre.errors import ConfigError
 
 #: Max absolute difference between the librosa and torch paths' [0, 1] images (float32).
@@ -267,15 +268,16 @@ def fit_to_preset(y: np.ndarray, preset: Preset) -> np.ndarray:
     """Apply the preset's ``duration`` to mono audio at ``preset.sr``.
 
     Unchunked presets (v1, v2) pad or trim every clip to exactly ``duration`` seconds, as the
-    report does. Chunked presets only trim to ``duration``: padding would add silent chunks, so a
-    short clip yields fewer chunks (and one padded chunk when shorter than a chunk).
+    report does (``duration`` null keeps the clip). Chunked presets only trim to ``duration``:
+    padding would add silent chunks, so a short clip yields fewer chunks, and a clip shorter than
+    one chunk is zero-padded to one chunk.
     """
+    if preset.chunk_seconds is not None:
+        y = y if preset.duration is None else y[:int(round(preset.duration * preset.sr))]
+        return audio.fix_length(y, max(len(y), int(round(preset.chunk_seconds * preset.sr))))
     if preset.duration is None:
         return y
-    n = int(round(preset.duration * preset.sr))
-    if preset.chunk_seconds is not None:
-        return y[:n]
-    return np.pad(y[:n], (0, max(0, n - len(y))))
+    return audio.fix_length(y, int(round(preset.duration * preset.sr)))
 
 
 def mel_images(y: np.ndarray, preset: Preset) -> np.ndarray:

@@ -1,0 +1,49 @@
+"""Shared fixtures: synthetic corpora and odd audio files made on the fly; the real dev clips
+in ../shared/data are used only when present (tests needing them skip with a reason)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from melgenre import synth
+
+SHARED_DATA = Path(os.environ.get("MELGENRE_SHARED_DATA",
+                                  Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under the shared data folder, or skip the test when it is not there."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path} (set MELGENRE_SHARED_DATA)")
+    return path
+
+
+def tone(seconds: float, sr: int, freq: float = 440.0, channels: int = 1, amp: float = 0.5) -> np.ndarray:
+    """A sine tone, ``(T,)`` or ``(T, channels)`` float32."""
+    t = np.arange(int(round(seconds * sr))) / sr
+    y = (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return y if channels == 1 else np.stack([y * (c + 1) / channels for c in range(channels)], axis=1)
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory) -> Path:
+    """4 classes × 6 clips of 4 s (session-wide, read-only by convention)."""
+    root = tmp_path_factory.mktemp("synth")
+    synth.write_corpus(root, n_classes=4, per_class=6, seconds=4.0, seed=7)
+    return root
+
+
+@pytest.fixture()
+def small_corpus(tmp_path) -> Path:
+    """3 classes × 3 short clips plus one corrupt and one silent file, in a private folder."""
+    root = tmp_path / "corpus"
+    synth.write_corpus(root, n_classes=3, per_class=3, seconds=3.5, seed=3)
+    (root / "class01" / "broken.wav").write_text("this is not audio")
+    sf.write(root / "class02" / "quiet.wav", np.zeros(22_050 * 3, dtype=np.float32), 22_050)
+    return root

@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import soundfile as sf
+
+from melgenre import audio
+from melgenre.errors import AudioDecodeError, MelgenreError
+
+from conftest import shared_path, tone
+
+
+@pytest.mark.parametrize("fmt,subtype,suffix", [
+    ("WAV", "PCM_16", ".wav"), ("FLAC", "PCM_16", ".flac"), ("OGG", "VORBIS", ".ogg"),
+    ("MP3", "MPEG_LAYER_III", ".mp3"), ("AU", "PCM_16", ".au"), ("AIFF", "PCM_16", ".aiff"),
+])
+def test_reads_every_format(tmp_path, fmt, subtype, suffix):
+    path = tmp_path / f"clip{suffix}"
+    sf.write(path, tone(1.0, 22_050), 22_050, format=fmt, subtype=subtype)
+    clip = audio.load(path, sr=22_050)
+    # lossy codecs add encoder delay/padding; lossless ones are exact
+    assert abs(len(clip.samples) - 22_050) <= (3000 if fmt in ("MP3", "OGG") else 0)
+    assert clip.samples.dtype == np.float32 and clip.samples.ndim == 1
+    assert 0.4 < np.max(np.abs(clip.samples)) < 0.6
+
+
+def test_stereo_48k_is_downmixed_and_resampled(tmp_path):
+    path = tmp_path / "stereo.wav"
+    sf.write(path, tone(2.0, 48_000, channels=2), 48_000)
+    clip = audio.load(path, sr=22_050)
+    assert clip.source_sr == 48_000 and clip.source_channels == 2
+    assert clip.samples.shape == (44_100,)
+    # mean of channels scaled 0.5 and 1.0 -> amplitude 0.375
+    assert np.max(np.abs(clip.samples[1000:-1000])) == pytest.approx(0.375, abs=0.01)
+    spectrum = np.abs(np.fft.rfft(clip.samples))
+    assert np.argmax(spectrum) * 22_050 / len(clip.samples) == pytest.approx(440, abs=2)
+
+
+def test_duration_pads_and_trims(tmp_path):
+    short, long = tmp_path / "short.wav", tmp_path / "long.flac"
+    sf.write(short, tone(0.5, 22_050), 22_050)
+    sf.write(long, tone(600.0, 8_000, amp=0.1), 8_000)  # 10 minutes at 8 kHz
+    s = audio.load(short, sr=22_050, duration=3.0)
+    assert s.samples.shape == (66_150,) and np.all(s.samples[11_025:] == 0)
+    assert s.duration == pytest.approx(3.0)
+    whole = audio.load(long, sr=22_050)
+    assert whole.duration == pytest.approx(600.0, abs=1e-3)
+    cut = audio.load(long, sr=22_050, duration=30.0)
+    assert cut.samples.shape == (661_500,)
+
+
+def test_silent_audio_loads_and_is_flagged(tmp_path):
+    path = tmp_path / "silent.wav"
+    sf.write(path, np.zeros(22_050, dtype=np.float32), 22_050)
+    clip = audio.load(path)
+    assert clip.silent and clip.samples.shape == (22_050,)
+    assert not audio.Audio(tone(0.1, 22_050), 22_050, 22_050, 1).silent
+
+
+@pytest.mark.parametrize("content,reason", [
+    (b"", "empty file"),
+    (b"this is plain text, renamed to .wav\n" * 10, "not a decodable audio file"),
+    (b"RIFF\x24\x00\x00\x00WAVEfmt ", "not a decodable audio file"),  # truncated header
+])
+def test_bad_files_raise_one_clear_error(tmp_path, content, reason):
+    path = tmp_path / "bad.wav"
+    path.write_bytes(content)
+    with pytest.raises(AudioDecodeError) as err:
+        audio.load(path)
+    assert str(err.value).startswith("bad.wav: ") and reason in str(err.value)
+    assert "\n" not in str(err.value) and isinstance(err.value, MelgenreError)
+
+
+def test_header_without_samples_is_zero_length(tmp_path):
+    good = tmp_path / "good.wav"
+    sf.write(good, tone(0.2, 22_050), 22_050)
+    header_only = tmp_path / "header.wav"
+    header_only.write_bytes(good.read_bytes()[:44])
+    with pytest.raises(AudioDecodeError, match="zero-length audio"):
+        audio.load(header_only)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(AudioDecodeError, match="no such file"):
+        audio.load(tmp_path / "nope.flac")
+
+
+def test_decode_from_bytes_matches_path(tmp_path):
+    path = tmp_path / "a.flac"
+    sf.write(path, tone(0.3, 16_000), 16_000)
+    a, b = audio.load(path), audio.load(path.read_bytes(), name="a.flac")
+    np.testing.assert_array_equal(a.samples, b.samples)
+
+
+def test_windows_cover_the_clip():
+    y = np.arange(10, dtype=np.float32)
+    assert audio.window_starts(10, 4, 3) == [0, 3, 6]
+    w = audio.frame_windows(y, 4, 3)
+    assert w.shape == (3, 4) and w[2].tolist() == [6, 7, 8, 9]
+    short = audio.frame_windows(y[:2], 4, 2)  # shorter than a window: one padded window
+    assert short.tolist() == [[0, 1, 0, 0]]
+    with pytest.raises(ValueError):
+        audio.window_starts(10, 0, 1)
+
+
+def test_real_gtzan_au_and_corrupt_clip():
+    au = shared_path("gtzan-au", "blues", "blues.00000.au")
+    clip = audio.load(au)
+    assert clip.source_sr == 22_050 and 29.9 < clip.duration < 30.7
+    with pytest.raises(AudioDecodeError, match="jazz.00054.wav: not a decodable audio file"):
+        audio.load(shared_path("bad", "jazz.00054.wav"))
