@@ -1,0 +1,58 @@
+"""ONNX export with a dynamic batch axis (TorchScript exporter: offline, no extra dependency)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def export_onnx(
+    model: nn.Module, path: str | Path, input_shape: Sequence[int], opset: int = 17, batch_size: int = 1
+) -> Path:
+    """Export ``model`` (in eval mode: DropBlock/dropout off) to ONNX.
+
+    The graph has one input ``mel`` of shape ``(batch, *input_shape)`` and one output
+    ``logits`` of shape ``(batch, num_classes)``; ``batch`` is a dynamic axis.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Model to export; its train/eval mode is restored afterwards.
+    path : path
+        Destination ``.onnx`` file (parent folders are created).
+    input_shape : sequence of int
+        Input shape without the batch axis, e.g. ``(1, 128, 130)``.
+    opset : int
+        ONNX opset version (>= 17).
+    batch_size : int
+        Batch size of the example input used for tracing.
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    try:
+        with warnings.catch_warnings():  # torch >= 2.9 flags the TorchScript exporter as legacy
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model,
+                (torch.zeros(batch_size, *input_shape),),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["mel"],
+                output_names=["logits"],
+                dynamic_axes={"mel": {0: "batch"}, "logits": {0: "batch"}},
+            )
+    finally:
+        model.train(was_training)
+    return path
