@@ -41,9 +41,9 @@ def synth_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def small_corpus(tmp_path) -> Path:
-    """3 classes × 3 short clips plus one corrupt and one silent file, in a private folder."""
+    """3 classes × 3 clips of 4.6 s (2 chunks each in preset fast) plus one corrupt and one silent file, in a private folder."""
     root = tmp_path / "corpus"
-    synth.write_corpus(root, n_classes=3, per_class=3, seconds=3.5, seed=3)
+    synth.write_corpus(root, n_classes=3, per_class=3, seconds=4.6, seed=3)
     (root / "class01" / "broken.wav").write_text("this is not audio")
     sf.write(root / "class02" / "quiet.wav", np.zeros(22_050 * 3, dtype=np.float32), 22_050)
     return root

@@ -159,6 +159,8 @@ def _open_parts_dir(parts: Path, plan: str) -> None:
 
 
 def _part_ok(path: Path) -> bool:
+    if not path.is_file():
+        return False
     try:
         _read_part(path)
         return True
