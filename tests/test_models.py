@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -19,6 +21,8 @@ from melgenre.models import (
 )
 from melgenre.models.blocks import DropBlock2d
 from melgenre.models.yolov4 import CSPDarknet
+
+CONFIGS = Path(__file__).parents[1] / "configs" / "models"
 
 # Tiny variants of every family (and the YOLOv8 head variants), for 64 x 64 inputs.
 TINY = {
@@ -245,3 +249,10 @@ def test_cli_lists_and_shows_models():
     bad = runner.invoke(app, ["models", "show", "resnet9000"])
     assert bad.exit_code == 2
     assert "resnet9000" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_example_configs_build(path):
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        model = build_from_config(path.read_text())
+    assert count_params(model) > 0

@@ -193,11 +193,12 @@ class YOLOv8Classifier(nn.Module):
     def ultralytics_key_map(self) -> dict[str, str]:
         """Prefix renames from an ultralytics YOLOv8 ``state_dict`` to this model's keys.
 
-        ``model.{i}.`` -> ``backbone.{i}.`` for every backbone layer; with
-        ``head="ultralytics"`` also ``model.9.`` (upstream ``Classify``) -> ``head.``.
-        Detection-neck keys (``model.10.`` and up) match nothing and are reported unexpected.
+        ``model.{i}.`` -> ``backbone.{i}.`` for every backbone layer; with the cls backbone
+        and ``head="ultralytics"`` also ``model.9.`` (upstream ``Classify``) -> ``head.``.
+        Other upstream keys (e.g. the detection neck, ``model.10.`` and up) are left as they
+        are, match nothing and are reported as unexpected.
         """
         mapping = {f"model.{i}.": f"backbone.{i}." for i in range(len(self.backbone))}
-        if isinstance(self.head, UltralyticsClassify):
+        if isinstance(self.head, UltralyticsClassify) and len(self.backbone) == len(BACKBONE) - 1:
             mapping[f"model.{len(self.backbone)}."] = "head."
         return mapping
