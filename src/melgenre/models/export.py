@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from melgenre.errors import ConfigError
+
 
 def export_onnx(
     model: nn.Module, path: str | Path, input_shape: Sequence[int], opset: int = 17, batch_size: int = 1
@@ -36,6 +38,8 @@ def export_onnx(
     pathlib.Path
         The written file.
     """
+    if opset < 17:
+        raise ConfigError(f"ONNX opset {opset} is too old; use 17 or newer")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training

@@ -17,7 +17,7 @@ Design (from the short-chunk CNN literature on GTZAN):
 * **Frequency then time pooling.** Max over the remaining frequency bins (a timbre
   detector fires anywhere in frequency) and then mean + max over time, so any chunk length
   works (global pooling) and both sustained and transient evidence is kept.
-* **Budget:** at ``width=32`` about 1.2 M parameters and 0.4 GFLOP per 1 x 128 x 130 chunk
+* **Budget:** at ``width=32`` 1.22 M parameters and 0.44 GFLOP per 1 x 128 x 130 chunk
   (FLOPs = 2 x multiply-accumulates, as torch's FlopCounterMode counts).
 """
 

@@ -54,7 +54,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt files raise anything from pickle/zip/safetensors errors
-        raise ConfigError(f"{path.name}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+        raise ConfigError(
+            f"{path.name}: cannot read weights ({type(exc).__name__}); it must be a state_dict "
+            "(a pickled whole model, such as an ultralytics .pt, must be re-saved as its state_dict)"
+        ) from exc
     for wrapper in ("state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
             state = state[wrapper]
