@@ -41,9 +41,14 @@ app = typer.Typer(
 )
 
 
+def say(message: str) -> None:
+    """Print one unwrapped line (log-friendly; rich markup allowed)."""
+    console.print(message, soft_wrap=True, highlight=False)
+
+
 def _version_callback(value: bool) -> None:
     if value:
-        console.print(f"melgenre {__version__}")
+        say(f"melgenre {__version__}")
         raise typer.Exit()
 
 
@@ -91,16 +96,16 @@ def prepare(
     table.add_row("[bold]total", f"[bold]{report.n_tracks}", f"[bold]{report.n_rows}")
     console.print(table)
     if report.up_to_date:
-        console.print(f"{out} is already up to date with these inputs; nothing computed.")
+        say(f"{out} is already up to date with these inputs; nothing computed.")
     else:
-        console.print(f"computed {report.computed} tracks in {report.seconds:.1f} s "
-                      f"({report.tracks_per_second:.1f} tracks/s), resumed {report.resumed} from an earlier run")
-    console.print(f"skipped {len(report.skipped)} undecodable file(s); {len(report.silent)} silent clip(s); "
-                  f"{report.ignored_files} non-audio file(s) ignored")
+        say(f"computed {report.computed} tracks in {report.seconds:.1f} s "
+            f"({report.tracks_per_second:.1f} tracks/s), resumed {report.resumed} from an earlier run")
+    say(f"skipped {len(report.skipped)} undecodable file(s); {len(report.silent)} silent clip(s); "
+        f"{report.ignored_files} non-audio file(s) ignored")
     for item in report.skipped:
-        console.print(f"  [yellow]skipped[/] {item['path']}: {item['reason']}", highlight=False)
+        say(f"  [yellow]skipped[/] {item['path']}: {item['reason']}")
     for track_id in report.silent:
-        console.print(f"  [yellow]silent[/] {track_id}", highlight=False)
+        say(f"  [yellow]silent[/] {track_id}")
 
 
 @app.command()
@@ -113,10 +118,10 @@ def info(path: Path = typer.Argument(..., help="A feature file written by `melge
     with MelStore(path) as s:
         x = s.x
         tracks = s.tracks()
-        console.print(f"[bold]{path}[/]  {_human_bytes(path.stat().st_size)} on disk, "
-                      f"{_human_bytes(x.size * x.dtype.itemsize)} in RAM (in_memory=True)")
-        console.print(f"x: {x.shape} {x.dtype}; {len(tracks['id'])} tracks; "
-                      f"melgenre {s.attrs.get('melgenre_version')}; input hash {str(s.attrs.get('input_hash'))[:16]}…")
+        say(f"[bold]{path}[/]  {_human_bytes(path.stat().st_size)} on disk, "
+            f"{_human_bytes(x.size * x.dtype.itemsize)} in RAM (in_memory=True)")
+        say(f"x: {x.shape} {x.dtype}; {len(tracks['id'])} tracks; "
+            f"melgenre {s.attrs.get('melgenre_version')}; input hash {str(s.attrs.get('input_hash'))[:16]}…")
         rows = np.bincount(s.y, minlength=len(s.classes))
         tr = np.bincount(tracks["label"], minlength=len(s.classes))
         table = Table(title="per class")
@@ -125,10 +130,10 @@ def info(path: Path = typer.Argument(..., help="A feature file written by `melge
         for i, name in enumerate(s.classes):
             table.add_row(name, str(tr[i]), str(rows[i]))
         console.print(table)
-        console.print("preset: " + ", ".join(f"{k}={v}" for k, v in s.preset.to_dict().items()), highlight=False)
-        console.print(f"skipped at prepare time: {len(s.skipped)}; silent clips: {int(np.sum(tracks['silent']))}")
+        say("preset: " + ", ".join(f"{k}={v}" for k, v in s.preset.to_dict().items()))
+        say(f"skipped at prepare time: {len(s.skipped)}; silent clips: {int(np.sum(tracks['silent']))}")
         for item in s.skipped:
-            console.print(f"  {item['path']}: {item['reason']}", highlight=False)
+            say(f"  {item['path']}: {item['reason']}")
 
 
 @app.command()
@@ -140,7 +145,7 @@ def show(
     """Draw the mel image of one clip, with time and frequency axes, to a PNG."""
     from melgenre.display import save_mel_figure
 
-    console.print(f"wrote {save_mel_figure(audio_path, out, preset)}")
+    say(f"wrote {save_mel_figure(audio_path, out, preset)}")
 
 
 @app.command()
@@ -159,7 +164,7 @@ def synth(
         paths = write_corpus(out_dir, classes, per_class, seconds, sr, seed)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    console.print(f"wrote {len(paths)} clips ({classes} classes × {per_class}, {seconds:g} s) to {out_dir}")
+    say(f"wrote {len(paths)} clips ({classes} classes × {per_class}, {seconds:g} s) to {out_dir}")
 
 
 # --- models: list registered models, show one model's layer summary ---------------------------
@@ -210,7 +215,7 @@ def models_show(
     for layer in summary.layers:
         table.add_row(layer.name, layer.type, str(layer.output_shape), f"{layer.params:,}")
     console.print(table)
-    console.print(f"input shape:  {summary.input_shape}")
-    console.print(f"output shape: {summary.output_shape} (logits)")
-    console.print(f"parameters:   {summary.total_params:,} ({summary.trainable_params:,} trainable)")
-    console.print(f"FLOPs:        {summary.flops / 1e9:.3f} GFLOP ({summary.flops:,}; 2 x multiply-accumulates)")
+    say(f"input shape:  {summary.input_shape}")
+    say(f"output shape: {summary.output_shape} (logits)")
+    say(f"parameters:   {summary.total_params:,} ({summary.trainable_params:,} trainable)")
+    say(f"FLOPs:        {summary.flops / 1e9:.3f} GFLOP ({summary.flops:,}; 2 x multiply-accumulates)")

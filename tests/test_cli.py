@@ -1,0 +1,110 @@
+"""The command line end to end, through Typer's CliRunner (and one real subprocess)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from melgenre.cli import app
+from melgenre.store import MelStore
+
+from conftest import shared_path
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_synth_prepare_info(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "feat.h5"
+    r = invoke("synth", data, "--classes", 3, "--per-class", 2, "--seconds", 2, "--seed", 5)
+    assert r.exit_code == 0, r.output
+    assert "wrote 6 clips" in r.output and len(list(data.rglob("*.wav"))) == 6
+    r = invoke("prepare", data, "--preset", "v1", "--out", out, "--workers", 1, "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "computed 6 tracks" in r.output and "skipped 0 undecodable" in r.output
+    with MelStore(out) as s:
+        assert s.x.shape == (6, 416, 416) and s.classes == ["class00", "class01", "class02"]
+    r = invoke("prepare", data, "--preset", "v1", "--out", out, "--workers", 1, "--no-progress")
+    assert r.exit_code == 0 and "already up to date" in r.output
+    r = invoke("info", out)
+    assert r.exit_code == 0, r.output
+    assert "(6, 416, 416) float16" in r.output and "class02" in r.output and "n_mels=64" in r.output
+
+
+def test_prepare_reports_skipped_and_silent(small_corpus, tmp_path):
+    r = invoke("prepare", small_corpus, "-p", "fast", "-o", tmp_path / "f.h5", "-w", 1, "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "skipped 1 undecodable file(s); 1 silent clip(s)" in r.output
+    assert "class01/broken.wav: not a decodable audio file" in r.output
+    assert "silent class02/quiet" in r.output
+
+
+def test_default_output_name(synth_corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = invoke("prepare", synth_corpus, "-p", "fast", "-w", 1, "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / f"{synth_corpus.name}-fast.h5").is_file()
+
+
+def test_show_writes_png(tmp_path):
+    data = tmp_path / "d"
+    invoke("synth", data, "--classes", 2, "--per-class", 1, "--seconds", 4)
+    out = tmp_path / "spec.png"
+    r = invoke("show", data / "class01" / "class01.00000.wav", "--preset", "fast", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("args,message", [
+    (["info", "missing.h5"], "missing.h5: no such file"),
+    (["prepare", "nowhere"], "nowhere: no such directory"),
+    (["prepare", ".", "--preset", "v7"], "unknown preset 'v7'"),
+    (["show", "nothing.wav"], "nothing.wav: no such file"),
+])
+def test_errors_are_one_line_with_exit_code_2(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2
+    assert message in r.output and "Traceback" not in r.output
+    assert len([line for line in r.output.splitlines() if line.strip()]) == 1
+
+
+def test_show_rejects_corrupt_audio_in_a_real_process(tmp_path):
+    bad = tmp_path / "renamed.wav"
+    bad.write_text("just text")
+    proc = subprocess.run([sys.executable, "-m", "melgenre", "show", str(bad), "-o", str(tmp_path / "x.png")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: renamed.wav: not a decodable audio file (Format not recognised)"
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_help_shows_defaults():
+    r = invoke("prepare", "--help")
+    assert r.exit_code == 0 and "default: v1" in r.output.replace("[", "").replace("]", "")
+
+
+def test_prepare_real_clips_v1_v2(tmp_path):
+    """A few real GTZAN clips (and the corrupt one) through prepare with both report presets."""
+    dev = shared_path("gtzan-dev")
+    corpus = tmp_path / "real"
+    for genre in ("blues", "metal", "classical"):
+        (corpus / genre).mkdir(parents=True)
+        (corpus / genre / f"{genre}.00001.flac").symlink_to(dev / genre / f"{genre}.00001.flac")
+    (corpus / "jazz").mkdir()
+    (corpus / "jazz" / "jazz.00054.wav").symlink_to(shared_path("bad", "jazz.00054.wav"))
+    for preset, shape in (("v1", (416, 416)), ("v2", (640, 640))):
+        out = tmp_path / f"{preset}.h5"
+        r = invoke("prepare", corpus, "-p", preset, "-o", out, "-w", 2, "--no-progress")
+        assert r.exit_code == 0, r.output
+        assert "jazz/jazz.00054.wav: not a decodable audio file" in r.output
+        with MelStore(out) as s:
+            assert s.x.shape == (3, *shape) and s.classes == ["blues", "classical", "jazz", "metal"]
+            assert list(s.y) == [0, 1, 3] and len(s.skipped) == 1
+            images = s.images(slice(None))
+            assert np.allclose(images.min(axis=(1, 2)), 0) and np.allclose(images.max(axis=(1, 2)), 1, atol=1e-3)
