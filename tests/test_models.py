@@ -156,8 +156,7 @@ def test_partial_weights_load_reports_matches(tmp_path, suffix):
     if suffix == ".pt":
         torch.save({"state_dict": state}, path)
     else:
-        from safetensors.torch import save_file
-
+        save_file = pytest.importorskip("safetensors.torch").save_file
         save_file(state, str(path))
     target = tiny("melcnn")
     report = load_weights(target, path)
@@ -216,6 +215,7 @@ def test_build_with_weights_option(tmp_path):
 
 @pytest.mark.parametrize("key", ["vanilla_cnn", "yolov4_cls", "yolov8_gap", "yolov8_ultralytics", "melcnn"])
 def test_onnx_export_matches_torch_with_dynamic_batch(tmp_path, key):
+    pytest.importorskip("onnx")  # needed by torch's TorchScript-based exporter
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     model = tiny(key, in_channels=3 if key == "yolov8_ultralytics" else 1)

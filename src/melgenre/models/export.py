@@ -1,4 +1,8 @@
-"""ONNX export with a dynamic batch axis (TorchScript exporter: offline, no extra dependency)."""
+"""ONNX export with a dynamic batch axis.
+
+Uses torch's TorchScript-based exporter (``dynamo=False``): it works offline and needs only
+the ``onnx`` package, whereas the dynamo exporter would also need ``onnxscript``.
+"""
 
 from __future__ import annotations
 
