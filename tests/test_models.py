@@ -36,6 +36,15 @@ TINY = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest single-threaded, and do not fight other tests for the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(key: str, **extra) -> torch.nn.Module:
     name = "yolov8_cls" if key.startswith("yolov8") else key
     return build(name, num_classes=5, **TINY[key], **extra)
