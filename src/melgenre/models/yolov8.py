@@ -23,8 +23,8 @@ from torch import nn
 
 from melgenre.errors import ConfigError
 from melgenre.models.blocks import (
-    C2f,
     SPPF,
+    C2f,
     ConvBnAct,
     ExpandChannels,
     PoolHead,
