@@ -1,0 +1,515 @@
+"""Metrics, plots and a markdown report for a trained classifier's predictions.
+
+A model gives class probabilities per row; a row is a whole track (presets v1, v2) or one
+chunk of a track (preset fast). Metrics are computed at chunk level (rows as they are) and at
+track level (chunk probabilities averaged per track), with the torchmetrics functional API.
+
+Macro averages follow scikit-learn's ``average="macro", zero_division=0``: they are taken
+over the classes that occur in the true labels or in the predictions. A class that occurs in
+neither has no precision, recall or F1 at all and is left out of the average (it is still
+listed per class, with zeros and support 0); a class that occurs in only one of them counts
+with its (possibly zero) score. The report's "mAP" (Cheng & Kuo) is ``macro_precision``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import yaml
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+    multiclass_precision,
+    multiclass_recall,
+)
+
+from melgenre.errors import MelgenreError
+from melgenre.utils import atomic_path
+
+SUMMARY_METRICS = (
+    ("accuracy", "accuracy"), ("macro_precision", "macro precision"),
+    ("macro_recall", "macro recall"), ("macro_f1", "macro F1"),
+)
+LEVELS = ("chunk", "track")
+
+
+def track_level(
+    probs: np.ndarray, y: np.ndarray, track_ids: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Average chunk probabilities per track.
+
+    Parameters
+    ----------
+    probs : np.ndarray
+        ``(N, C)`` class probabilities, one row per chunk.
+    y : np.ndarray
+        ``(N,)`` integer true class of each chunk.
+    track_ids : np.ndarray
+        ``(N,)`` track identifier (str) of each chunk.
+
+    Returns
+    -------
+    track_probs : np.ndarray
+        ``(T, C)`` mean probabilities of each track's chunks.
+    track_y : np.ndarray
+        ``(T,)`` true class of each track.
+    tracks : np.ndarray
+        ``(T,)`` track identifiers, in order of first appearance.
+
+    Raises
+    ------
+    MelgenreError
+        If the arrays disagree in length or one track's chunks carry different labels.
+    """
+    probs, y, track_ids = np.asarray(probs), np.asarray(y), np.asarray(track_ids)
+    _check_rows(probs, y, track_ids)
+    _, first, inverse = np.unique(track_ids, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # unique's order is sorted by id; this is first appearance
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    row_track = rank[inverse.ravel()]
+    n_tracks = len(order)
+    sums = np.zeros((n_tracks, probs.shape[1]), dtype=np.float64)
+    np.add.at(sums, row_track, probs)
+    counts = np.bincount(row_track, minlength=n_tracks)
+    track_y = y[first[order]]
+    mixed = np.flatnonzero(y != track_y[row_track])
+    if mixed.size:
+        bad = str(track_ids[mixed[0]])
+        labels = sorted(set(y[track_ids == bad].tolist()))
+        raise MelgenreError(f"track {bad!r} has chunks with different labels {labels}")
+    return sums / counts[:, None], track_y, track_ids[first[order]]
+
+
+def compute_metrics(probs: np.ndarray, y: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro and per-class scores and the confusion matrix of argmax predictions.
+
+    Parameters
+    ----------
+    probs : np.ndarray
+        ``(N, C)`` class probabilities (any scores whose argmax is the prediction).
+    y : np.ndarray
+        ``(N,)`` integer true classes in ``[0, C)``.
+    classes : sequence of str
+        The ``C`` class names, in index order.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable (plain ``int``/``float``/``str``/``list``):
+
+        - ``n``: number of rows;
+        - ``accuracy``: fraction of rows predicted right;
+        - ``macro_precision``, ``macro_recall``, ``macro_f1``: unweighted means of the
+          per-class scores over the classes present in ``y`` or in the predictions (as
+          scikit-learn's ``average="macro", zero_division=0``); an undefined score counts 0;
+        - ``balanced_accuracy``: mean recall over the classes present in ``y``, as
+          ``sklearn.metrics.balanced_accuracy_score``. It is the macro recall whenever
+          every predicted class occurs in ``y``; when the model predicts a class absent from
+          ``y``, ``macro_recall`` counts that class with recall 0 and this does not;
+        - ``per_class``: one ``{class, precision, recall, f1, support}`` per class, support
+          being the number of true rows of the class;
+        - ``confusion``: ``C×C`` counts, rows = true class, columns = predicted class.
+
+    Raises
+    ------
+    MelgenreError
+        If shapes disagree with each other or with ``classes``, there are no rows, or a
+        label is outside ``[0, C)``.
+    """
+    probs, y = np.asarray(probs), np.asarray(y)
+    _check_rows(probs, y)
+    n_classes = len(classes)
+    if probs.shape[1] != n_classes:
+        raise MelgenreError(f"probabilities have {probs.shape[1]} columns but there are {n_classes} classes")
+    if y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise MelgenreError(f"labels must lie in [0, {n_classes}), got {y.min()}..{y.max()}")
+    pred = torch.from_numpy(np.argmax(probs, axis=1)).long()
+    target = torch.from_numpy(y.astype(np.int64))
+    per_class = {
+        name: fn(pred, target, num_classes=n_classes, average="none").double().numpy()
+        for name, fn in (("precision", multiclass_precision), ("recall", multiclass_recall),
+                         ("f1", multiclass_f1_score))
+    }
+    confusion = multiclass_confusion_matrix(pred, target, num_classes=n_classes).numpy()
+    support = confusion.sum(axis=1)
+    present = (support > 0) | (confusion.sum(axis=0) > 0)
+    return {
+        "n": int(len(y)),
+        "accuracy": float(multiclass_accuracy(pred, target, num_classes=n_classes, average="micro")),
+        **{f"macro_{name}": float(scores[present].mean()) for name, scores in per_class.items()},
+        "balanced_accuracy": float(per_class["recall"][support > 0].mean()),
+        "per_class": [
+            {"class": str(cls), **{name: float(scores[i]) for name, scores in per_class.items()},
+             "support": int(support[i])}
+            for i, cls in enumerate(classes)
+        ],
+        "confusion": confusion.astype(int).tolist(),
+    }
+
+
+def evaluate_predictions(
+    probs: np.ndarray, y: np.ndarray, track_ids: np.ndarray, classes: Sequence[str],
+) -> dict[str, dict[str, Any]]:
+    """Metrics at chunk level (rows as given) and at track level (chunks averaged per track).
+
+    Parameters
+    ----------
+    probs, y, track_ids
+        As for :func:`track_level`.
+    classes : sequence of str
+        Class names in index order.
+
+    Returns
+    -------
+    dict
+        ``{"chunk": metrics, "track": metrics}``, each a :func:`compute_metrics` dict. For
+        unchunked data (one row per track) both are equal.
+    """
+    track_probs, track_y, _ = track_level(probs, y, track_ids)
+    return {"chunk": compute_metrics(probs, y, classes), "track": compute_metrics(track_probs, track_y, classes)}
+
+
+def read_history(history_csv: str | Path) -> dict[str, np.ndarray]:
+    """Read a training ``history.csv`` into one float array per column (empty cells are NaN).
+
+    Parameters
+    ----------
+    history_csv : path
+        CSV with a header row that includes ``epoch``; the training module writes
+        ``epoch, train_loss, train_accuracy, train_macro_precision, val_loss, val_accuracy,
+        val_macro_precision, lr``. Every column is read.
+
+    Returns
+    -------
+    dict
+        Column name -> ``(epochs,)`` float array.
+
+    Raises
+    ------
+    MelgenreError
+        If the file has no ``epoch`` column or a cell is not a number.
+    """
+    history_csv = Path(history_csv)
+    with history_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = list(rows[0]) if rows else []
+    if "epoch" not in columns:
+        raise MelgenreError(f"{history_csv.name}: no 'epoch' column or no rows")
+    try:
+        return {col: np.array([float(row[col]) if row[col] not in ("", None) else math.nan for row in rows])
+                for col in columns}
+    except ValueError as err:
+        raise MelgenreError(f"{history_csv.name}: {err}") from None
+
+
+def plot_history(history_csv: str | Path, out: str | Path) -> Path:
+    """Loss and macro precision per epoch, train vs val, with the best val epoch marked.
+
+    Parameters
+    ----------
+    history_csv : path
+        The run's ``history.csv`` (see :func:`read_history`); missing columns or empty cells
+        simply leave gaps.
+    out : path
+        PNG to write (atomically).
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    history = read_history(history_csv)
+    epochs = history["epoch"]
+    nan = np.full_like(epochs, math.nan)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    for ax, metric, label in zip(axes, ("loss", "macro_precision"), ("loss", "macro precision (\"mAP\")")):
+        for split, color in (("train", "tab:blue"), ("val", "tab:orange")):
+            ax.plot(epochs, history.get(f"{split}_{metric}", nan), marker="o", ms=3, color=color, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    val_precision = history.get("val_macro_precision", nan)
+    if np.isfinite(val_precision).any():
+        best = int(np.nanargmax(val_precision))
+        for ax in axes:
+            ax.axvline(epochs[best], color="tab:green", ls="--", lw=1,
+                       label=f"best val epoch {epochs[best]:g} ({val_precision[best]:.3f})")
+    axes[0].set_title("loss")
+    axes[1].set_title("macro precision")
+    for ax in axes:
+        ax.legend()
+    return _save(fig, out)
+
+
+def plot_class_distribution(counts: Mapping[str, Sequence[int]], classes: Sequence[str], out: str | Path) -> Path:
+    """Grouped bars: the number of items of each class in each split.
+
+    Parameters
+    ----------
+    counts : mapping
+        Split name (``"train"``, ``"val"``, ``"test"``) -> count per class, in class order.
+    classes : sequence of str
+        Class names.
+    out : path
+        PNG to write (atomically).
+
+    Returns
+    -------
+    Path
+        ``out``.
+
+    Raises
+    ------
+    MelgenreError
+        If a split's counts do not have one entry per class.
+    """
+    for split, values in counts.items():
+        if len(values) != len(classes):
+            raise MelgenreError(f"split {split!r} has {len(values)} counts for {len(classes)} classes")
+    x = np.arange(len(classes))
+    width = 0.8 / max(len(counts), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(classes) + 2), 4), dpi=100)
+    for k, (split, values) in enumerate(counts.items()):
+        bars = ax.bar(x + (k - (len(counts) - 1) / 2) * width, values, width, label=f"{split} ({sum(values)})")
+        ax.bar_label(bars, fontsize=7)
+    _class_axis(ax, classes)
+    ax.set_ylabel("items")
+    ax.set_title("class distribution per split")
+    ax.legend()
+    return _save(fig, out)
+
+
+def plot_confusion(
+    confusion: Sequence[Sequence[int]], classes: Sequence[str], out: str | Path, title: str = "confusion matrix",
+) -> Path:
+    """Counts and row-normalised confusion matrices side by side, numbers in the cells.
+
+    Parameters
+    ----------
+    confusion : ``C×C`` counts
+        Rows = true class, columns = predicted class (as in :func:`compute_metrics`).
+    classes : sequence of str
+        Class names.
+    out : path
+        PNG to write (atomically).
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    counts = np.asarray(confusion, dtype=np.int64)
+    row_sums = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, row_sums, out=np.zeros(counts.shape), where=row_sums > 0)
+    size = max(5.0, 0.55 * len(classes) + 2.5)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size), dpi=100)
+    for ax, matrix, fmt, subtitle in ((axes[0], counts, "d", "counts"),
+                                      (axes[1], normalised, ".2f", "row-normalised (recall on the diagonal)")):
+        image = ax.imshow(matrix, cmap="Blues", vmin=0)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        threshold = matrix.max() / 2 if matrix.size else 0
+        for (i, j), value in np.ndenumerate(matrix):
+            ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=7,
+                    color="white" if value > threshold else "black")
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(subtitle)
+    fig.suptitle(title)
+    return _save(fig, out)
+
+
+def plot_per_class(metrics: Mapping[str, Any], out: str | Path) -> Path:
+    """Per-class precision, recall and F1 as grouped bars (support under each class name).
+
+    Parameters
+    ----------
+    metrics : mapping
+        A :func:`compute_metrics` dict.
+    out : path
+        PNG to write (atomically).
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    rows = metrics["per_class"]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4), dpi=100)
+    for k, name in enumerate(("precision", "recall", "f1")):
+        ax.bar(x + (k - 1) * 0.27, [row[name] for row in rows], 0.27, label=name)
+    _class_axis(ax, [f"{row['class']}\n(n={row['support']})" for row in rows])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score")
+    ax.set_title(f"per class (accuracy {metrics['accuracy']:.3f}, macro precision {metrics['macro_precision']:.3f})")
+    ax.legend(loc="lower right")
+    return _save(fig, out)
+
+
+def per_class_table(metrics: Mapping[str, Any]) -> str:
+    """A markdown table ``class | precision | recall | F1 | support`` with 3 decimals.
+
+    Parameters
+    ----------
+    metrics : mapping
+        A :func:`compute_metrics` dict.
+
+    Returns
+    -------
+    str
+        The table, one line per class, without a trailing newline.
+    """
+    return _markdown_table(
+        ("class", "precision", "recall", "F1", "support"),
+        ([row["class"], *(f"{row[k]:.3f}" for k in ("precision", "recall", "f1")), str(row["support"])]
+         for row in metrics["per_class"]),
+    )
+
+
+def write_report(
+    run_dir: str | Path, title: str, config: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]],
+    extra_lines: Iterable[str] = (),
+) -> Path:
+    """Write ``run_dir/report.md``: summary table, per-class table, plot links and config.
+
+    Parameters
+    ----------
+    run_dir : path
+        The run folder; PNGs already there (``history.png``, ``class_distribution.png``,
+        ``confusion_*.png``, ``per_class_*.png``) are linked.
+    title : str
+        The report's heading.
+    config : mapping
+        The resolved configuration, written as a YAML block (paths become strings).
+    results : mapping
+        Split name (``"val"``, ``"test"``) -> :func:`evaluate_predictions` dict.
+    extra_lines : iterable of str
+        Markdown lines added after the summary table (notes, timings).
+
+    Returns
+    -------
+    Path
+        The report's path.
+    """
+    run_dir = Path(run_dir)
+    lines = [f"# {title}", "", "## Summary", ""]
+    lines.append(_markdown_table(
+        ("split", "level", "n", *(label for _, label in SUMMARY_METRICS)),
+        ([split, level, str(levels[level]["n"]), *(f"{levels[level][key]:.3f}" for key, _ in SUMMARY_METRICS)]
+         for split, levels in results.items() for level in LEVELS),
+    ))
+    lines += ["", 'Macro averages are over the classes present in the true labels or the predictions '
+              '(scikit-learn\'s `average="macro", zero_division=0`); macro precision is the report\'s "mAP".']
+    lines += ["", *extra_lines] if extra_lines else []
+    if results:
+        split = "test" if "test" in results else next(iter(results))
+        lines += ["", f"## Per class ({split}, track level)", "", per_class_table(results[split]["track"])]
+    plots = [p for p in (run_dir / "history.png", run_dir / "class_distribution.png") if p.exists()]
+    plots += sorted(run_dir.glob("confusion_*.png")) + sorted(run_dir.glob("per_class_*.png"))
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    lines += ["", "## Configuration", "", "```yaml",
+              yaml.safe_dump(_plain(config), sort_keys=False, allow_unicode=True).rstrip(), "```", ""]
+    out = run_dir / "report.md"
+    with atomic_path(out) as tmp:
+        tmp.write_text("\n".join(lines), encoding="utf-8")
+    return out
+
+
+def save_all_plots(
+    run_dir: str | Path, results: Mapping[str, Mapping[str, Any]], classes: Sequence[str],
+    split_counts: Mapping[str, Sequence[int]] | None = None,
+) -> list[Path]:
+    """Write every plot of a run into ``run_dir``.
+
+    Parameters
+    ----------
+    run_dir : path
+        The run folder.
+    results : mapping
+        Split name -> :func:`evaluate_predictions` dict; for each split,
+        ``confusion_<split>_track.png`` and ``per_class_<split>_track.png`` are written.
+    classes : sequence of str
+        Class names.
+    split_counts : mapping, optional
+        Split name -> count per class; when given, ``class_distribution.png`` is written.
+
+    Returns
+    -------
+    list of Path
+        The files written (``history.png`` too when ``run_dir/history.csv`` exists).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for split, levels in results.items():
+        paths.append(plot_confusion(levels["track"]["confusion"], classes, run_dir / f"confusion_{split}_track.png",
+                                    title=f"{split}: track level"))
+        paths.append(plot_per_class(levels["track"], run_dir / f"per_class_{split}_track.png"))
+    if split_counts is not None:
+        paths.append(plot_class_distribution(split_counts, classes, run_dir / "class_distribution.png"))
+    if (run_dir / "history.csv").exists():
+        paths.append(plot_history(run_dir / "history.csv", run_dir / "history.png"))
+    return paths
+
+
+def _check_rows(probs: np.ndarray, *columns: np.ndarray) -> None:
+    """Raise unless ``probs`` is a non-empty ``(N, C)`` array and every column has length N."""
+    if probs.ndim != 2 or len(probs) == 0:
+        raise MelgenreError(f"probabilities must be a non-empty (N, C) array, got shape {probs.shape}")
+    for column in columns:
+        if column.shape != (len(probs),):
+            raise MelgenreError(f"expected {len(probs)} rows, got an array of shape {column.shape}")
+
+
+def _class_axis(ax: plt.Axes, labels: Sequence[str]) -> None:
+    """Class names under grouped bars, with a light horizontal grid."""
+    ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 6 else 0,
+                  ha="right" if len(labels) > 6 else "center")
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _save(fig: plt.Figure, out: str | Path) -> Path:
+    """Write ``fig`` as a PNG to ``out`` atomically and close it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+    return out
+
+
+def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A markdown table from a header and string cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with paths as strings and tuples as lists, for ``yaml.safe_dump``."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value

@@ -1,0 +1,206 @@
+"""Tests for melgenre.evaluate: metrics against scikit-learn, track aggregation, plots, report."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    precision_score,
+    recall_score,
+)
+
+from melgenre import evaluate
+from melgenre.errors import MelgenreError
+
+CLASSES = ["blues", "classical", "country", "disco", "hiphop"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def random_case(case: str, n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded probabilities and labels over 5 classes, bent to make one edge case."""
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(len(CLASSES)), size=n)
+    y = rng.integers(0, len(CLASSES), size=n)
+    if case == "never_predicted":
+        probs[:, 2] = 0.0  # class 2 is in y but never the argmax
+    elif case == "absent_from_y":
+        y[y == 3] = 0  # class 3 is predicted but never true
+    elif case == "absent_everywhere":
+        y[y == 4] = 1  # class 4 is neither true nor predicted
+        probs[:, 4] = 0.0
+    return probs, y
+
+
+@pytest.mark.parametrize("case", ["plain", "never_predicted", "absent_from_y", "absent_everywhere"])
+def test_metrics_match_sklearn(case):
+    probs, y = random_case(case)
+    pred = probs.argmax(axis=1)
+    m = evaluate.compute_metrics(probs, y, CLASSES)
+    # sklearn's macro average without labels= runs over the labels in y_true ∪ y_pred, as documented
+    assert m["n"] == len(y)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["macro_precision"] == pytest.approx(precision_score(y, pred, average="macro", zero_division=0))
+    assert m["macro_recall"] == pytest.approx(recall_score(y, pred, average="macro", zero_division=0))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns about predicted classes absent from y_true
+        assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y, pred, labels=range(len(CLASSES)), zero_division=0)
+    assert [row["class"] for row in m["per_class"]] == CLASSES
+    for key, expected in (("precision", precision), ("recall", recall), ("f1", f1), ("support", support)):
+        assert [row[key] for row in m["per_class"]] == pytest.approx(expected.tolist())
+    assert m["confusion"] == confusion_matrix(y, pred, labels=range(len(CLASSES))).tolist()
+    assert json.loads(json.dumps(m)) == m
+    assert all(type(m[k]) is float for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1"))
+
+
+def test_edge_cases_really_happen():
+    """The parametrised cases above do exercise what they are named after."""
+    probs, y = random_case("never_predicted")
+    assert 2 in y and 2 not in probs.argmax(axis=1)
+    probs, y = random_case("absent_from_y")
+    assert 3 not in y and 3 in probs.argmax(axis=1)
+    m = evaluate.compute_metrics(probs, y, CLASSES)
+    assert m["balanced_accuracy"] > m["macro_recall"]  # the predicted-only class counts 0 in macro recall
+    probs, y = random_case("absent_everywhere")
+    m = evaluate.compute_metrics(probs, y, CLASSES)
+    per_class_mean = np.mean([row["precision"] for row in m["per_class"]])
+    assert m["macro_precision"] > per_class_mean  # the absent class is left out, not counted as 0
+
+
+@pytest.mark.parametrize("probs, y, message", [
+    (np.ones((3, 4)), np.zeros(3, dtype=int), "5 classes"),
+    (np.ones((3, 5)), np.array([0, 1, 5]), r"\[0, 5\)"),
+    (np.ones((3, 5)), np.zeros(2, dtype=int), "3 rows"),
+    (np.ones((0, 5)), np.zeros(0, dtype=int), "non-empty"),
+])
+def test_compute_metrics_rejects_bad_input(probs, y, message):
+    with pytest.raises(MelgenreError, match=message):
+        evaluate.compute_metrics(probs, y, CLASSES)
+
+
+def test_track_level_means_in_first_appearance_order():
+    probs = np.array([[0.2, 0.8], [0.9, 0.1], [0.6, 0.4], [0.5, 0.5], [0.7, 0.3]])
+    y = np.array([1, 0, 1, 0, 0])
+    ids = np.array(["b", "a", "b", "c", "a"])
+    track_probs, track_y, tracks = evaluate.track_level(probs, y, ids)
+    assert tracks.tolist() == ["b", "a", "c"]
+    assert track_y.tolist() == [1, 0, 0]
+    np.testing.assert_allclose(track_probs, [[0.4, 0.6], [0.8, 0.2], [0.5, 0.5]])
+
+
+def test_track_level_rejects_mixed_labels():
+    ids = np.array(["a", "a", "b"])
+    with pytest.raises(MelgenreError, match=r"track 'a' has chunks with different labels \[0, 1\]"):
+        evaluate.track_level(np.full((3, 2), 0.5), np.array([0, 1, 1]), ids)
+    with pytest.raises(MelgenreError, match="3 rows"):
+        evaluate.track_level(np.full((3, 2), 0.5), np.array([0, 1, 1]), ids[:2])
+
+
+def test_track_aggregation_fixes_chunk_errors():
+    # track t0 (class 0): one wrong chunk of three, outvoted by the mean
+    # track t1 (class 1): two wrong chunks, but the right one is confident enough
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7],
+                      [0.1, 0.9], [0.6, 0.4], [0.6, 0.4]])
+    y = np.array([0, 0, 0, 1, 1, 1])
+    ids = np.array(["t0"] * 3 + ["t1"] * 3)
+    result = evaluate.evaluate_predictions(probs, y, ids, ["a", "b"])
+    assert result["chunk"]["n"] == 6 and result["chunk"]["accuracy"] == pytest.approx(0.5)
+    assert result["track"]["n"] == 2 and result["track"]["accuracy"] == 1.0
+    assert result["track"]["confusion"] == [[1, 0], [0, 1]]
+    unchunked = evaluate.evaluate_predictions(probs, y, np.array([f"t{i}" for i in range(6)]), ["a", "b"])
+    assert unchunked["chunk"] == unchunked["track"]
+
+
+def write_history(path: Path) -> Path:
+    """A 4-epoch history.csv with an empty val cell, as the training module writes it."""
+    path.write_text(
+        "epoch,train_loss,train_accuracy,train_macro_precision,val_loss,val_accuracy,val_macro_precision,lr\n"
+        "0,2.1,0.20,0.18,2.0,0.25,0.22,0.001\n"
+        "1,1.7,0.40,0.38,,,,0.001\n"
+        "2,1.3,0.55,0.52,1.5,0.50,0.48,0.0005\n"
+        "3,1.0,0.70,0.69,1.6,0.47,0.45,0.0001\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    """evaluate_predictions dicts for a val and a test split of 5 classes × 3 chunks per track."""
+    out = {}
+    for seed, split in enumerate(("val", "test")):
+        probs, y_track = random_case("plain", n=20, seed=seed + 1)
+        out[split] = evaluate.evaluate_predictions(
+            np.repeat(probs, 3, axis=0) + np.random.default_rng(seed).normal(0, 0.1, (60, len(CLASSES))),
+            np.repeat(y_track, 3), np.repeat([f"{split}{i}" for i in range(20)], 3), CLASSES)
+    return out
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    assert path.stat().st_size > 5_000
+
+
+def test_save_all_plots_writes_every_png(tmp_path, results):
+    write_history(tmp_path / "history.csv")
+    counts = {"train": [80, 79, 80, 80, 81], "val": [10, 10, 10, 10, 10], "test": [10, 11, 10, 9, 10]}
+    paths = evaluate.save_all_plots(tmp_path, results, CLASSES, split_counts=counts)
+    assert sorted(p.name for p in paths) == sorted([
+        "confusion_val_track.png", "per_class_val_track.png", "confusion_test_track.png",
+        "per_class_test_track.png", "class_distribution.png", "history.png"])
+    for path in paths:
+        assert_png(path)
+    assert not list(tmp_path.glob(".*"))  # no temp files left behind
+
+
+def test_plot_history_without_val_column(tmp_path):
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,train_loss,train_macro_precision\n0,1.0,0.3\n1,0.8,\n")
+    assert_png(evaluate.plot_history(history, tmp_path / "h.png"))
+    history.write_text("epoch,train_loss\n0,not-a-number\n")
+    with pytest.raises(MelgenreError, match="history.csv"):
+        evaluate.plot_history(history, tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_plot_class_distribution_rejects_wrong_length(tmp_path):
+    with pytest.raises(MelgenreError, match="'val' has 2 counts for 5 classes"):
+        evaluate.plot_class_distribution({"val": [1, 2]}, CLASSES, tmp_path / "d.png")
+
+
+def test_per_class_table(results):
+    table = evaluate.per_class_table(results["test"]["track"]).splitlines()
+    assert table[0] == "| class | precision | recall | F1 | support |"
+    assert len(table) == 2 + len(CLASSES)
+    first = results["test"]["track"]["per_class"][0]
+    assert table[2] == (f"| blues | {first['precision']:.3f} | {first['recall']:.3f} | {first['f1']:.3f} "
+                        f"| {first['support']} |")
+
+
+def test_write_report(tmp_path, results):
+    evaluate.save_all_plots(tmp_path, results, CLASSES)
+    config = {"preset": "fast", "model": {"name": "melcnn", "width": 32}, "data": Path("/data/gtzan.h5")}
+    report = evaluate.write_report(tmp_path, "melcnn on GTZAN", config, results, extra_lines=["trained 3 epochs"])
+    text = report.read_text()
+    assert report == tmp_path / "report.md"
+    assert text.startswith("# melcnn on GTZAN\n")
+    for split in ("val", "test"):
+        for level in ("chunk", "track"):
+            m = results[split][level]
+            assert (f"| {split} | {level} | {m['n']} | {m['accuracy']:.3f} | {m['macro_precision']:.3f} "
+                    f"| {m['macro_recall']:.3f} | {m['macro_f1']:.3f} |") in text
+    assert "## Per class (test, track level)" in text
+    assert "| class | precision | recall | F1 | support |" in text
+    assert "trained 3 epochs" in text
+    assert "![confusion_test_track](confusion_test_track.png)" in text
+    assert "history.png" not in text  # not written: no history.csv
+    assert "```yaml\npreset: fast\nmodel:\n  name: melcnn\n  width: 32\ndata: /data/gtzan.h5\n```" in text
