@@ -26,6 +26,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import MaxNLocator
 import yaml
 from torchmetrics.functional.classification import (
     multiclass_accuracy,
@@ -247,6 +248,8 @@ def plot_history(history_csv: str | Path, out: str | Path) -> Path:
         for ax in axes:
             ax.axvline(epochs[best], color="tab:green", ls="--", lw=1,
                        label=f"best val epoch {epochs[best]:g} ({val_precision[best]:.3f})")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_title("loss")
     axes[1].set_title("macro precision")
     for ax in axes:
@@ -286,9 +289,10 @@ def plot_class_distribution(counts: Mapping[str, Sequence[int]], classes: Sequen
         bars = ax.bar(x + (k - (len(counts) - 1) / 2) * width, values, width, label=f"{split} ({sum(values)})")
         ax.bar_label(bars, fontsize=7)
     _class_axis(ax, classes)
+    ax.set_ylim(0, 1.2 * max((max(v, default=0) for v in counts.values()), default=0) + 1)
     ax.set_ylabel("items")
     ax.set_title("class distribution per split")
-    ax.legend()
+    ax.legend(ncols=max(len(counts), 1), loc="upper center")
     return _save(fig, out)
 
 
@@ -318,11 +322,11 @@ def plot_confusion(
     normalised = np.divide(counts, row_sums, out=np.zeros(counts.shape), where=row_sums > 0)
     size = max(5.0, 0.55 * len(classes) + 2.5)
     fig, axes = plt.subplots(1, 2, figsize=(2 * size, size), dpi=100)
-    for ax, matrix, fmt, subtitle in ((axes[0], counts, "d", "counts"),
-                                      (axes[1], normalised, ".2f", "row-normalised (recall on the diagonal)")):
-        image = ax.imshow(matrix, cmap="Blues", vmin=0)
+    for ax, matrix, fmt, vmax, subtitle in ((axes[0], counts, "d", None, "counts"),
+                                            (axes[1], normalised, ".2f", 1.0, "row-normalised (recall on the diagonal)")):
+        image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=vmax)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-        threshold = matrix.max() / 2 if matrix.size else 0
+        threshold = (vmax or matrix.max()) / 2
         for (i, j), value in np.ndenumerate(matrix):
             ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=7,
                     color="white" if value > threshold else "black")
@@ -353,8 +357,8 @@ def plot_per_class(metrics: Mapping[str, Any], out: str | Path) -> Path:
     rows = metrics["per_class"]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4), dpi=100)
-    for k, name in enumerate(("precision", "recall", "f1")):
-        ax.bar(x + (k - 1) * 0.27, [row[name] for row in rows], 0.27, label=name)
+    for k, (name, label) in enumerate((("precision", "precision"), ("recall", "recall"), ("f1", "F1"))):
+        ax.bar(x + (k - 1) * 0.27, [row[name] for row in rows], 0.27, label=label)
     _class_axis(ax, [f"{row['class']}\n(n={row['support']})" for row in rows])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("score")
@@ -424,7 +428,7 @@ def write_report(
     plots = [p for p in (run_dir / "history.png", run_dir / "class_distribution.png") if p.exists()]
     plots += sorted(run_dir.glob("confusion_*.png")) + sorted(run_dir.glob("per_class_*.png"))
     if plots:
-        lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+        lines += ["", "## Plots"] + [line for p in plots for line in ("", f"![{p.stem}]({p.name})")]
     lines += ["", "## Configuration", "", "```yaml",
               yaml.safe_dump(_plain(config), sort_keys=False, allow_unicode=True).rstrip(), "```", ""]
     out = run_dir / "report.md"
