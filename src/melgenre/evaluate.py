@@ -26,8 +26,8 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.ticker import MaxNLocator
 import yaml
+from matplotlib.ticker import MaxNLocator
 from torchmetrics.functional.classification import (
     multiclass_accuracy,
     multiclass_confusion_matrix,
@@ -148,7 +148,7 @@ def compute_metrics(probs: np.ndarray, y: np.ndarray, classes: Sequence[str]) ->
     support = confusion.sum(axis=1)
     present = (support > 0) | (confusion.sum(axis=0) > 0)
     return {
-        "n": int(len(y)),
+        "n": len(y),
         "accuracy": float(multiclass_accuracy(pred, target, num_classes=n_classes, average="micro")),
         **{f"macro_{name}": float(scores[present].mean()) for name, scores in per_class.items()},
         "balanced_accuracy": float(per_class["recall"][support > 0].mean()),
@@ -236,12 +236,11 @@ def plot_history(history_csv: str | Path, out: str | Path) -> Path:
     epochs = history["epoch"]
     nan = np.full_like(epochs, math.nan)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-    for ax, metric, label in zip(axes, ("loss", "macro_precision"), ("loss", "macro precision (\"mAP\")")):
+    panels = (("loss", "loss"), ("macro_precision", 'macro precision ("mAP")'))
+    for ax, (metric, label) in zip(axes, panels):
         for split, color in (("train", "tab:blue"), ("val", "tab:orange")):
             ax.plot(epochs, history.get(f"{split}_{metric}", nan), marker="o", ms=3, color=color, label=split)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
+        ax.set_title(label)
     val_precision = history.get("val_macro_precision", nan)
     if np.isfinite(val_precision).any():
         best = int(np.nanargmax(val_precision))
@@ -250,9 +249,8 @@ def plot_history(history_csv: str | Path, out: str | Path) -> Path:
                        label=f"best val epoch {epochs[best]:g} ({val_precision[best]:.3f})")
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0].set_title("loss")
-    axes[1].set_title("macro precision")
-    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
         ax.legend()
     return _save(fig, out)
 
@@ -419,9 +417,11 @@ def write_report(
         ([split, level, str(levels[level]["n"]), *(f"{levels[level][key]:.3f}" for key, _ in SUMMARY_METRICS)]
          for split, levels in results.items() for level in LEVELS),
     ))
-    lines += ["", 'Macro averages are over the classes present in the true labels or the predictions '
-              '(scikit-learn\'s `average="macro", zero_division=0`); macro precision is the report\'s "mAP".']
-    lines += ["", *extra_lines] if extra_lines else []
+    lines += ["", ("Macro averages are over the classes present in the true labels or the predictions "
+                   '(scikit-learn\'s `average="macro", zero_division=0`); macro precision is the report\'s "mAP".')]
+    extra = list(extra_lines)
+    if extra:
+        lines += ["", *extra]
     if results:
         split = "test" if "test" in results else next(iter(results))
         lines += ["", f"## Per class ({split}, track level)", "", per_class_table(results[split]["track"])]
