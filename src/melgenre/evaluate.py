@@ -517,3 +517,173 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return str(value) if isinstance(value, Path) else value
+
+
+# -- runs table: every run beside the report's published numbers (`melgenre table`) ------------
+
+RUNS_TABLE_COLUMNS: dict[str, str] = {  # row-dict key (and CSV column) -> markdown header
+    "row": "row",
+    "run": "run",
+    "status": "status",
+    "model": "model",
+    "dataset": "dataset",
+    "split": "split",
+    "epochs": "epochs",
+    "best_epoch": "best epoch",
+    "train_seconds": "train s",
+    "val_accuracy": "val acc",
+    "val_macro_precision": "val macro P",
+    "test_accuracy": "test acc",
+    "test_macro_precision": "test macro P",
+    "ref_test_macro_precision": "report test macro P",
+    "ref_test_accuracy": "report test acc",
+}
+
+
+def runs_table(runs_dir: str | Path, level: str = "track") -> tuple[str, list[dict[str, Any]]]:
+    """All runs under ``runs_dir`` side by side with the report's numbers, as markdown and as rows.
+
+    A run is a folder ``runs_dir/<name>/`` holding ``config.yaml`` or ``metrics.json`` (as
+    written by :func:`melgenre.train.fit`); a folder holding neither is searched one level
+    deeper, which finds ``melgenre cv``'s ``<name>/fold<k>/`` and ``<name>/final/`` runs. A run
+    without ``metrics.json`` is listed as ``unfinished`` with empty metrics.
+
+    Parameters
+    ----------
+    runs_dir : path
+        Folder of run directories.
+    level : {"track", "chunk"}
+        Which metrics of ``metrics.json``'s ``results.{val,test}`` to show.
+
+    Returns
+    -------
+    markdown : str
+        A markdown table (scores with 3 decimals, empty cells for missing values).
+    rows : list of dict
+        One dict per run, keys as :data:`RUNS_TABLE_COLUMNS`: ``row`` (``reference.row`` of the
+        config), ``run`` (path under ``runs_dir``), ``status`` (finished / unfinished /
+        unreadable), ``model`` (name plus scale and head if set), ``dataset``
+        (``reference.dataset``, else ``"?"``), ``split`` (kind and train/val/test track counts
+        from ``splits.json``, else the fractions), ``epochs``, ``best_epoch`` (0-based, as in
+        ``metrics.json``), ``train_seconds`` (whole seconds), ``{val,test}_{accuracy,
+        macro_precision}`` (rounded to 3 decimals) and the published ``ref_test_macro_precision``
+        / ``ref_test_accuracy`` from ``reference``; missing values are ``None``. Sorted by
+        reference row (runs without one last), then run.
+
+    Raises
+    ------
+    MelgenreError
+        If ``runs_dir`` is not a folder or ``level`` is unknown.
+    """
+    runs_dir = Path(runs_dir)
+    if level not in ("track", "chunk"):
+        raise MelgenreError(f"level must be 'track' or 'chunk', got {level!r}")
+    if not runs_dir.is_dir():
+        raise MelgenreError(f"{runs_dir}: no such folder of runs")
+    rows = [_run_row(run, runs_dir, level) for run in _run_dirs(runs_dir)]
+    rows.sort(key=lambda r: (not isinstance(r["row"], int), r["row"] if isinstance(r["row"], int) else 0, r["run"]))
+    header = [label + (f" ({level})" if key.startswith(("val_", "test_")) else "")
+              for key, label in RUNS_TABLE_COLUMNS.items()]
+    cells = ([_table_cell(row[key]).replace("|", "\\|") for key in RUNS_TABLE_COLUMNS] for row in rows)
+    return _markdown_table(header, cells), rows
+
+
+def write_runs_table(runs_dir: str | Path, out_md: str | Path, out_csv: str | Path,
+                     level: str = "track") -> list[dict[str, Any]]:
+    """Write :func:`runs_table` as markdown (``out_md``) and CSV (``out_csv``, columns
+    :data:`RUNS_TABLE_COLUMNS`, cells as in the markdown), each atomically; return the rows."""
+    markdown, rows = runs_table(runs_dir, level)
+    out_md, out_csv = Path(out_md), Path(out_csv)
+    for out in (out_md, out_csv):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_md) as tmp:
+        tmp.write_text(f"# Runs in {runs_dir} ({level} level)\n\n{markdown}\n")
+    with atomic_path(out_csv) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(RUNS_TABLE_COLUMNS)
+        writer.writerows([_table_cell(row[key]) for key in RUNS_TABLE_COLUMNS] for row in rows)
+    return rows
+
+
+def _is_run(folder: Path) -> bool:
+    return (folder / "config.yaml").is_file() or (folder / "metrics.json").is_file()
+
+
+def _run_dirs(runs_dir: Path) -> list[Path]:
+    """``runs_dir/*`` runs, and ``runs_dir/*/*`` runs under folders that are not runs themselves."""
+    found = []
+    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if _is_run(folder):
+            found.append(folder)
+        else:
+            found += [p for p in sorted(folder.iterdir()) if p.is_dir() and _is_run(p)]
+    return found
+
+
+def _run_row(run_dir: Path, runs_dir: Path, level: str) -> dict[str, Any]:
+    """One row of :func:`runs_table`."""
+    import json
+
+    def read(name: str, parse) -> tuple[Any, bool]:  # (content or None, readable)
+        path = run_dir / name
+        if not path.is_file():
+            return None, True
+        try:
+            return parse(path.read_text()), True
+        except (OSError, ValueError, yaml.YAMLError):
+            return None, False
+
+    config, config_ok = read("config.yaml", yaml.safe_load)
+    metrics, metrics_ok = read("metrics.json", json.loads)
+    splits, _ = read("splits.json", json.loads)
+    config = config if isinstance(config, dict) else {}
+    metrics = metrics if isinstance(metrics, dict) else {}
+    ref = config.get("reference") or {}
+    results = metrics.get("results") or {}
+    status = "unreadable" if not (config_ok and metrics_ok) else "finished" if metrics else "unfinished"
+    train_seconds = metrics.get("train_seconds")
+    row = {
+        "row": ref.get("row"),
+        "run": run_dir.relative_to(runs_dir).as_posix(),
+        "status": status,
+        "model": _model_label(config.get("model") or {}),
+        "dataset": ref.get("dataset") or "?",
+        "split": _split_label(config.get("data") or {}, splits),
+        "epochs": metrics.get("epochs"),
+        "best_epoch": metrics.get("best_epoch"),
+        "train_seconds": None if train_seconds is None else int(round(train_seconds)),
+    }
+    for split in ("val", "test"):
+        scores = (results.get(split) or {}).get(level) or {}
+        for key in ("accuracy", "macro_precision"):
+            row[f"{split}_{key}"] = _round3(scores.get(key))
+    row["ref_test_macro_precision"] = _round3(ref.get("test_macro_precision"))
+    row["ref_test_accuracy"] = _round3(ref.get("test_accuracy"))
+    return row
+
+
+def _model_label(model: Mapping[str, Any]) -> str:
+    """``yolov8_cls (n, gap)``: the registry name plus scale and head when the config sets them."""
+    extras = [str(model[k]) for k in ("scale", "head") if model.get(k) is not None]
+    name = str(model.get("name", "?"))
+    return f"{name} ({', '.join(extras)})" if extras else name
+
+
+def _split_label(data: Mapping[str, Any], splits: Mapping[str, Any] | None) -> str:
+    """``stratified 700/100/200`` from the run's track counts, else from its fractions."""
+    kind = str(data.get("split", "?"))
+    if isinstance(splits, Mapping):
+        return f"{kind} " + "/".join(str(len(splits.get(s) or [])) for s in ("train", "val", "test"))
+    fractions = data.get("fractions")
+    return f"{kind} " + "/".join(f"{f:g}" for f in fractions) if fractions else kind
+
+
+def _round3(value: Any) -> float | None:
+    return round(float(value), 3) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _table_cell(value: Any) -> str:
+    """3 decimals for scores, nothing for missing values."""
+    if value is None:
+        return ""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,102 @@
+"""Tests for melgenre.evaluate.runs_table / write_runs_table on hand-made run directories."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from melgenre.errors import MelgenreError
+from melgenre.evaluate import RUNS_TABLE_COLUMNS, runs_table, write_runs_table
+
+
+def scores(accuracy: float, macro_precision: float) -> dict[str, float]:
+    """One ``results.<split>.<level>`` entry of metrics.json (the keys runs_table reads, plus others)."""
+    return {"n": 100, "accuracy": accuracy, "macro_precision": macro_precision, "macro_recall": 0.5, "macro_f1": 0.5}
+
+
+def make_run(runs: Path, name: str, row: int, dataset: str, model: dict, published: tuple = (None, None),
+             results: dict | None = None, splits: dict | None = None, **facts) -> Path:
+    """A run directory as melgenre.train.fit leaves it: config.yaml, then splits.json / metrics.json."""
+    run = runs / name
+    run.mkdir(parents=True)
+    config = {"name": run.name, "reference": {"row": row, "dataset": dataset, "test_macro_precision": published[0],
+                                              "test_accuracy": published[1]},
+              "data": {"split": "stratified", "fractions": [0.8, 0.1, 0.1]}, "model": model}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    if splits:
+        (run / "splits.json").write_text(json.dumps({k: [f"t{i}" for i in range(n)] for k, n in splits.items()}))
+    if results is not None:
+        (run / "metrics.json").write_text(json.dumps({"name": run.name, **facts, "results": results}))
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path) -> Path:
+    runs = tmp_path / "runs"
+    make_run(runs, "best", 18, "v2", {"name": "yolov8_cls", "scale": "n", "head": "gap"}, (0.803, 0.80),
+             {"val": {"chunk": scores(0.7, 0.71), "track": scores(0.75, 0.7649)},
+              "test": {"chunk": scores(0.6, 0.61), "track": scores(0.8124, 0.79)}},
+             {"train": 800, "val": 100, "test": 100}, epochs=212, best_epoch=111, train_seconds=3599.6)
+    make_run(runs, "base", 4, "v1", {"name": "yolov8_cls"},
+             results={"val": {"chunk": scores(0.5, 0.5), "track": scores(0.55, 0.56)},
+                      "test": {"chunk": scores(0.4, 0.4), "track": scores(0.45, 0.4567)}},
+             epochs=150, best_epoch=49, train_seconds=10.2)
+    make_run(runs, "cnn", 1, "v1", {"name": "vanilla_cnn"})  # unfinished: no metrics.json yet
+    return runs
+
+
+def test_runs_table_lists_runs_with_metrics_and_published_numbers(runs):
+    markdown, rows = runs_table(runs)
+    assert [r["run"] for r in rows] == ["cnn", "base", "best"]  # by reference row
+    cnn, base, best = rows
+    assert cnn["status"] == "unfinished" and cnn["test_accuracy"] is None and cnn["epochs"] is None
+    assert best == {
+        "row": 18, "run": "best", "status": "finished", "model": "yolov8_cls (n, gap)", "dataset": "v2",
+        "split": "stratified 800/100/100", "epochs": 212, "best_epoch": 111, "train_seconds": 3600,
+        "val_accuracy": 0.75, "val_macro_precision": 0.765, "test_accuracy": 0.812, "test_macro_precision": 0.79,
+        "ref_test_macro_precision": 0.803, "ref_test_accuracy": 0.8,
+    }
+    assert (base["model"], base["split"], base["test_macro_precision"]) == ("yolov8_cls", "stratified 0.8/0.1/0.1", 0.457)
+    assert base["ref_test_macro_precision"] is None
+    lines = markdown.splitlines()
+    assert "report test macro P" in lines[0] and "test acc (track)" in lines[0] and len(lines) == 5
+    assert lines[2].startswith("| 1 | cnn | unfinished | vanilla_cnn | v1 | stratified 0.8/0.1/0.1 |  |")
+    assert lines[4] == ("| 18 | best | finished | yolov8_cls (n, gap) | v2 | stratified 800/100/100 | 212 | 111 | 3600 "
+                        "| 0.750 | 0.765 | 0.812 | 0.790 | 0.803 | 0.800 |")
+    assert lines[3].endswith("| 0.450 | 0.457 |  |  |")  # base: no published numbers
+
+
+def test_runs_table_chunk_level_and_cv_runs(runs):
+    cv = runs / "m19-cv"  # `melgenre cv` writes runs/<name>/fold<k>/ and runs/<name>/final/, no config at the top
+    cv.mkdir()
+    (cv / "cv.json").write_text("{}")
+    make_run(cv, "final", 19, "v2", {"name": "yolov8_cls"}, results={"test": {"chunk": scores(0.9, 0.91),
+                                                                              "track": scores(0.95, 0.96)}})
+    markdown, rows = runs_table(runs, level="chunk")
+    assert [r["run"] for r in rows] == ["cnn", "base", "best", "m19-cv/final"]
+    assert (rows[2]["test_accuracy"], rows[3]["test_macro_precision"], rows[3]["val_accuracy"]) == (0.6, 0.91, None)
+    assert "test acc (chunk)" in markdown
+    with pytest.raises(MelgenreError, match="level"):
+        runs_table(runs, level="clip")
+    with pytest.raises(MelgenreError, match="no such folder"):
+        runs_table(runs / "missing")
+
+
+def test_write_runs_table_csv_parses_back(runs, tmp_path):
+    out = tmp_path / "out"
+    rows = write_runs_table(runs, out / "table.md", out / "table.csv")
+    assert sorted(p.name for p in out.iterdir()) == ["table.csv", "table.md"]  # no temp files left
+    assert runs_table(runs)[0] in (out / "table.md").read_text()
+    with (out / "table.csv").open(newline="") as f:
+        parsed = list(csv.DictReader(f))
+    assert [list(r) for r in parsed] == [list(RUNS_TABLE_COLUMNS)] * len(rows)
+    for row, back in zip(rows, parsed):
+        assert back == {k: "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for k, v in row.items()}
+        for key, value in row.items():
+            if isinstance(value, float):
+                assert float(back[key]) == value
+    assert parsed[2]["ref_test_macro_precision"] == "0.803" and parsed[2]["test_accuracy"] == "0.812"
