@@ -219,3 +219,114 @@ def models_show(
     say(f"output shape: {summary.output_shape} (logits)")
     say(f"parameters:   {summary.total_params:,} ({summary.trainable_params:,} trainable)")
     say(f"FLOPs:        {summary.flops / 1e9:.3f} GFLOP ({summary.flops:,}; 2 x multiply-accumulates)")
+
+
+# -- training and evaluation -------------------------------------------------------------------
+
+def _experiment(config: Path, overrides: list[str] | None, accelerator: str | None, devices: str | None,
+                num_nodes: int | None, strategy: str | None):
+    from melgenre.config import load_config
+
+    extra = [f"train.{k}={v}" for k, v in (("accelerator", accelerator), ("devices", devices),
+                                           ("num_nodes", num_nodes), ("strategy", strategy)) if v is not None]
+    return load_config(config, [*(overrides or []), *extra])
+
+
+_OVERRIDE_HELP = "Change a config value, e.g. --override optim.lr=3e-4 (repeatable; value read as YAML). Default: none."
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Experiment YAML (see configs/)."),
+    override: list[str] = typer.Option(None, "--override", "-O", help=_OVERRIDE_HELP),
+    data: Path = typer.Option(None, "--data", "-d", help="HDF5 file from `melgenre prepare`. Default: data.path of the config."),
+    out: Path = typer.Option(Path("runs"), "--out", help="Folder of run directories; the run goes to OUT/<name>."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run of the same name first. Default: resume an unfinished run."),
+    accelerator: str = typer.Option(None, "--accelerator", help="Lightning accelerator (cpu, gpu, auto). Default: train.accelerator (cpu)."),
+    devices: str = typer.Option(None, "--devices", help="Devices per node, e.g. 2 or auto. Default: train.devices (1)."),
+    num_nodes: int = typer.Option(None, "--num-nodes", help="Nodes for multi-node DDP. Default: train.num_nodes (1)."),
+    strategy: str = typer.Option(None, "--strategy", help="Lightning strategy, e.g. ddp. Default: train.strategy (auto)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars. Default: on."),
+) -> None:
+    """Train an experiment config; writes checkpoints, history, metrics, plots and report.md."""
+    from melgenre.train import fit
+
+    cfg = _experiment(config, override, accelerator, devices, num_nodes, strategy)
+    run_dir = fit(cfg, out, data=data, overwrite=overwrite, progress=progress)
+    _print_metrics(run_dir)
+
+
+def _print_metrics(run_dir: Path) -> None:
+    import json
+
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        return
+    metrics = json.loads(path.read_text())
+    table = Table(title=f"{run_dir} — best checkpoint")
+    for col in ("split", "level", "accuracy", "macro precision", "macro recall", "macro F1", "n"):
+        table.add_column(col, justify="left" if col in ("split", "level") else "right")
+    for split, levels in metrics["results"].items():
+        for level, m in levels.items():
+            table.add_row(split, level, f"{m['accuracy']:.3f}", f"{m['macro_precision']:.3f}",
+                          f"{m['macro_recall']:.3f}", f"{m['macro_f1']:.3f}", str(m["n"]))
+    console.print(table)
+    if "best_epoch" in metrics:
+        say(f"best epoch {metrics['best_epoch']} of {metrics.get('epochs')}; "
+            f"training took {metrics.get('train_seconds', 0):.0f} s; report: {run_dir / 'report.md'}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `melgenre train`."),
+    data: Path = typer.Option(None, "--data", "-d", help="HDF5 file to evaluate on. Default: the run's data.path."),
+    split: list[str] = typer.Option(["val", "test"], "--split", "-s", help="Split(s) to evaluate (repeatable)."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="Checkpoint file. Default: RUN_DIR/checkpoints/best.ckpt."),
+) -> None:
+    """Evaluate a run's checkpoint: metrics at chunk and track level, plots, report.md."""
+    from melgenre.train import evaluate_run
+
+    evaluate_run(run_dir, checkpoint=checkpoint, splits=tuple(split), data=data)
+    _print_metrics(run_dir)
+
+
+@app.command()
+def cv(
+    config: Path = typer.Argument(..., help="Experiment YAML (see configs/)."),
+    folds: int = typer.Option(5, "--folds", "-k", help="Number of folds."),
+    override: list[str] = typer.Option(None, "--override", "-O", help=_OVERRIDE_HELP),
+    data: Path = typer.Option(None, "--data", "-d", help="HDF5 file from `melgenre prepare`. Default: data.path of the config."),
+    out: Path = typer.Option(Path("runs"), "--out", help="Folder of run directories; CV goes to OUT/<name>/."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars. Default: on."),
+) -> None:
+    """K-fold cross-validation, then a final retrain for the mean best epoch, evaluated on test."""
+    from melgenre.train import cross_validate
+
+    if folds < 2:
+        raise typer.BadParameter("--folds must be at least 2")
+    cfg = _experiment(config, override, None, None, None, None)
+    result = cross_validate(cfg, folds, out, data=data, progress=progress)
+    acc, prec = result["val"]["track"]["accuracy"], result["val"]["track"]["macro_precision"]
+    say(f"{folds}-fold CV (track level): val accuracy {acc['mean']:.3f} ± {acc['std']:.3f}, "
+        f"macro precision {prec['mean']:.3f} ± {prec['std']:.3f}; final retrain {result['final_epochs']} epochs")
+    if result["test"]:
+        t = result["test"]["track"]
+        say(f"final model on test: accuracy {t['accuracy']:.3f}, macro precision {t['macro_precision']:.3f}")
+    say(f"details: {out / cfg.name / 'cv.md'}")
+
+
+@app.command()
+def table(
+    runs_dir: Path = typer.Argument(Path("runs"), help="Folder of run directories."),
+    level: str = typer.Option("track", "--level", help="Metrics level: track or chunk."),
+    out: Path = typer.Option(None, "--out", help="Also write the table to OUT (.md) and OUT with .csv. Default: print only."),
+) -> None:
+    """All runs side by side with the report's Table 2 numbers (markdown; CSV with --out)."""
+    from melgenre import evaluate as ev
+
+    if level not in ("track", "chunk"):
+        raise typer.BadParameter("--level must be track or chunk")
+    if out is not None:
+        ev.write_runs_table(runs_dir, out.with_suffix(".md"), out.with_suffix(".csv"), level=level)
+    markdown, _ = ev.runs_table(runs_dir, level=level)
+    typer.echo(markdown)

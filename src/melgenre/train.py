@@ -199,6 +199,16 @@ def _load_or_save_config(cfg: ExperimentConfig, run_dir: Path) -> None:
         tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
+def _with_data(cfg: ExperimentConfig, data: str | Path | None) -> ExperimentConfig:
+    """``cfg`` with ``data.path`` replaced by ``data`` (if given), checked to be a file."""
+    if data:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(data)))
+    if not cfg.data.path or not Path(cfg.data.path).is_file():
+        raise ConfigError(f"data.path: {cfg.data.path or '(unset)'} is not a file; "
+                          "run `melgenre prepare` and pass --data")
+    return cfg
+
+
 def fit(cfg: ExperimentConfig, runs_dir: str | Path = "runs", data: str | Path | None = None,
         overwrite: bool = False, progress: bool = True, evaluate_splits: tuple[str, ...] = ("val", "test"),
         splits: dict[str, list[str]] | None = None) -> Path:
@@ -225,11 +235,7 @@ def fit(cfg: ExperimentConfig, runs_dir: str | Path = "runs", data: str | Path |
     Path
         The run directory.
     """
-    if data:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(data)))
-    if not cfg.data.path or not Path(cfg.data.path).is_file():
-        raise ConfigError(f"data.path: {cfg.data.path or '(unset)'} is not a file; "
-                          "run `melgenre prepare` and pass --data")
+    cfg = _with_data(cfg, data)
     data_path = Path(cfg.data.path)
     run_dir = Path(runs_dir) / cfg.name
     if overwrite and run_dir.exists():
@@ -252,8 +258,8 @@ def fit(cfg: ExperimentConfig, runs_dir: str | Path = "runs", data: str | Path |
                 splits = make_splits(store, cfg.data, cfg.seed)
         save_splits(splits, split_path)
     dm = MelDataModule(data_path, splits, cfg.data, cfg.seed)
-    if len(dm.rows_for("train")) == 0 or len(dm.rows_for("val")) == 0:
-        raise ConfigError(f"{cfg.name}: the train and val splits need at least one track each")
+    if len(dm.rows_for("train")) == 0:
+        raise ConfigError(f"{cfg.name}: the train split has no tracks")
 
     module = GenreClassifier(
         model=cfg.model, classes=dm.classes, optim=dataclasses.asdict(cfg.optim),
@@ -264,15 +270,20 @@ def fit(cfg: ExperimentConfig, runs_dir: str | Path = "runs", data: str | Path |
     module.history_path = run_dir / "history.csv"
     monitor, mode = cfg.train.monitor, _mode(cfg.train.monitor)
     ckpt_dir = run_dir / "checkpoints"
-    best = AtomicCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
-                            save_last=True, enable_version_counter=False)
+    has_val = len(dm.rows_for("val")) > 0
+    if has_val:
+        best = AtomicCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
+                                save_last=True, enable_version_counter=False)
+        callbacks = [best, EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.patience)]
+    else:  # a final retrain for a fixed number of epochs: no validation, keep the last epoch
+        best = AtomicCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True)
+        callbacks = [best]
     trainer = L.Trainer(
         default_root_dir=run_dir, max_epochs=cfg.train.max_epochs, accelerator=cfg.train.accelerator,
         devices=cfg.train.devices, strategy=cfg.train.strategy, num_nodes=cfg.train.num_nodes,
         precision=cfg.train.precision, gradient_clip_val=cfg.train.grad_clip or None,
         deterministic=cfg.train.deterministic, limit_train_batches=cfg.train.limit_train_batches,
-        callbacks=[best, EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.patience),
-                   LearningRateMonitor(logging_interval="epoch")],
+        callbacks=[*callbacks, LearningRateMonitor(logging_interval="epoch")], limit_val_batches=1.0 if has_val else 0,
         logger=TensorBoardLogger(save_dir=run_dir, name="tb", version=""),
         enable_progress_bar=progress, enable_model_summary=progress, num_sanity_val_steps=0,
         log_every_n_steps=10,
@@ -282,7 +293,7 @@ def fit(cfg: ExperimentConfig, runs_dir: str | Path = "runs", data: str | Path |
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.exists() else None)
     if not trainer.is_global_zero:
         return run_dir
-    best_path = Path(best.best_model_path or last)
+    best_path = Path(best.best_model_path) if has_val and best.best_model_path else last
     evaluate_run(run_dir, checkpoint=best_path, splits=evaluate_splits, data=data_path,
                  extra={"train_seconds": time.perf_counter() - started,
                         "best_epoch": best_epoch(module.history, monitor),
@@ -344,3 +355,70 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None, spli
     lines = [f"- {k}: {v}" for k, v in (extra or {}).items()]
     evaluate.write_report(run_dir, f"{cfg.name}", cfg.to_dict(), results, extra_lines=lines)
     return metrics
+
+
+def cross_validate(cfg: ExperimentConfig, folds: int, runs_dir: str | Path = "runs", data: str | Path | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """K-fold CV, then a final retrain (the report's models 19–20).
+
+    A stratified test part (``data.fractions[2]``) is held out; the other tracks are cut into
+    ``folds`` folds. Each fold trains with early stopping on its validation fold
+    (``RUNS_DIR/<name>/fold<k>``). Then ``final`` trains on all non-test tracks for the mean best
+    epoch count (no validation) and is evaluated once on the test part. Writes ``cv.json`` and
+    ``cv.md`` into ``RUNS_DIR/<name>``; finished folds are skipped on a rerun.
+    """
+    from melgenre.data import kfold_split, track_table
+    from melgenre.store import MelStore
+
+    cfg = _with_data(cfg, data)
+    data_path = Path(cfg.data.path)
+    base = Path(runs_dir) / cfg.name
+    with MelStore(data_path) as store:
+        ids, labels = track_table(store)
+    test_fraction = cfg.data.fractions[2] / sum(cfg.data.fractions)
+    fold_metrics = []
+    for k in range(folds):
+        fold_cfg = dataclasses.replace(cfg, name=f"fold{k}", data=dataclasses.replace(
+            cfg.data, split="kfold", folds=folds, fold=k))
+        run = base / fold_cfg.name
+        if not (run / "metrics.json").exists():
+            fit(fold_cfg, base, progress=progress, evaluate_splits=("val",),
+                splits=kfold_split(ids, labels, test_fraction, folds, k, cfg.seed))
+        fold_metrics.append(json.loads((run / "metrics.json").read_text()))
+
+    epochs = max(1, int(round(float(np.mean([m["best_epoch"] + 1 for m in fold_metrics])))))
+    held = kfold_split(ids, labels, test_fraction, folds, 0, cfg.seed)
+    final_cfg = dataclasses.replace(cfg, name="final", train=dataclasses.replace(cfg.train, max_epochs=epochs))
+    final_dir = base / "final"
+    if not (final_dir / "metrics.json").exists():
+        fit(final_cfg, base, progress=progress, evaluate_splits=("test",),
+            splits={"train": held["train"] + held["val"], "val": [], "test": held["test"]})
+    final = json.loads((final_dir / "metrics.json").read_text())
+
+    def summary(level: str, key: str) -> dict[str, Any]:
+        values = [m["results"]["val"][level][key] for m in fold_metrics]
+        return {"folds": values, "mean": float(np.mean(values)), "std": float(np.std(values))}
+
+    result = {
+        "name": cfg.name, "folds": folds, "final_epochs": epochs,
+        "val": {level: {key: summary(level, key) for key in ("accuracy", "macro_precision", "macro_f1")}
+                for level in ("chunk", "track")},
+        "best_epochs": [m["best_epoch"] for m in fold_metrics],
+        "test": final["results"].get("test", {}),
+    }
+    with atomic_path(base / "cv.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    lines = [f"# {cfg.name}: {folds}-fold cross-validation", "",
+             "| fold | best epoch | val accuracy (track) | val macro precision (track) |", "|---|---|---|---|"]
+    for k, m in enumerate(fold_metrics):
+        t = m["results"]["val"]["track"]
+        lines.append(f"| {k} | {m['best_epoch']} | {t['accuracy']:.3f} | {t['macro_precision']:.3f} |")
+    acc, prec = result["val"]["track"]["accuracy"], result["val"]["track"]["macro_precision"]
+    lines.append(f"| mean ± std | | {acc['mean']:.3f} ± {acc['std']:.3f} | {prec['mean']:.3f} ± {prec['std']:.3f} |")
+    if result["test"]:
+        t = result["test"]["track"]
+        lines += ["", f"Final retrain on all non-test tracks for {epochs} epochs: test accuracy {t['accuracy']:.3f}, "
+                  f"macro precision {t['macro_precision']:.3f} (track level; see final/report.md)."]
+    with atomic_path(base / "cv.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return result

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+
+from melgenre import store as store_mod
+from melgenre.config import AugmentConfig, DataConfig
+from melgenre.data import (MelDataModule, augment_image, fault_filtered_split, gtzan_fault_filtered,
+                           kfold_split, rows_of, stratified_split, track_table)
+from melgenre.errors import ConfigError
+from melgenre.store import MelStore
+
+
+def _tracks(per_class=(20, 20, 7, 7)):
+    ids = np.array([f"c{c}/t{i:03d}" for c, n in enumerate(per_class) for i in range(n)], dtype=object)
+    labels = np.array([c for c, n in enumerate(per_class) for _ in range(n)])
+    return ids, labels
+
+
+def test_stratified_split_is_stratified_deterministic_and_complete():
+    ids, labels = _tracks()
+    a = stratified_split(ids, labels, [0.7, 0.1, 0.2], seed=1)
+    b = stratified_split(ids, labels, [0.7, 0.1, 0.2], seed=1)
+    c = stratified_split(ids, labels, [0.7, 0.1, 0.2], seed=2)
+    assert a == b and a != c
+    all_ids = a["train"] + a["val"] + a["test"]
+    assert sorted(all_ids) == sorted(ids) and len(set(all_ids)) == len(ids)
+    label_of = dict(zip(ids, labels))
+    for split, expected in (("train", [14, 14, 5, 5]), ("val", [2, 2, 1, 1]), ("test", [4, 4, 1, 1])):
+        assert np.bincount([label_of[t] for t in a[split]], minlength=4).tolist() == expected, split
+
+
+def test_report_split_sizes_on_gtzan_shape():
+    ids, labels = _tracks((100,) * 9 + (99,))  # 999 tracks: jazz.00054 is unreadable
+    for fractions, sizes in (([0.7, 0.1, 0.2], (700, 100, 200)), ([0.8, 0.1, 0.1], (800, 100, 100))):
+        s = stratified_split(ids, labels, fractions, seed=0)
+        got = (len(s["train"]), len(s["val"]), len(s["test"]))
+        assert sum(got) == 999 and all(abs(g - e) <= 1 for g, e in zip(got, sizes)), got
+
+
+def test_kfold_folds_disjoint_and_covering():
+    ids, labels = _tracks()
+    folds = [kfold_split(ids, labels, 0.2, 4, k, seed=3) for k in range(4)]
+    test = folds[0]["test"]
+    assert all(f["test"] == test for f in folds)
+    vals = [set(f["val"]) for f in folds]
+    assert set().union(*vals) == set(ids) - set(test)
+    assert sum(len(v) for v in vals) == len(ids) - len(test)  # disjoint
+    for f in folds:
+        assert not set(f["train"]) & set(f["val"]) and not set(f["train"]) & set(test)
+    with pytest.raises(ConfigError, match="folds"):
+        kfold_split(ids, labels, 0.2, 8, 0, seed=0)  # a 7-track class cannot fill 8 folds
+
+
+def test_fault_filtered_split_lists():
+    split = gtzan_fault_filtered()
+    assert [len(split[s]) for s in ("train", "val", "test")] == [443, 197, 290]
+    assert not set(split["train"]) & set(split["test"])
+    ids = np.array(["jazz/jazz.00054", "blues/blues.00012", "blues/blues.00000", "pop/pop.00015"], dtype=object)  # pop.00015: excluded
+    mapped = fault_filtered_split(ids)
+    assert mapped == {"train": ["jazz/jazz.00054"], "val": ["blues/blues.00000"], "test": ["blues/blues.00012"]}
+    with pytest.raises(ConfigError, match="fault_filtered"):
+        fault_filtered_split(np.array(["class00/x"], dtype=object))
+
+
+def test_augmentation_keeps_shape_and_changes_pixels():
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 40)).astype(np.float32)
+    cfg = AugmentConfig(time_masks=2, time_mask_width=8, freq_masks=2, freq_mask_width=6, time_shift=0.2, freq_shift=3)
+    y = augment_image(x, cfg, rng)
+    assert y.shape == x.shape and y.dtype == np.float32 and not np.array_equal(x, y)
+    assert np.array_equal(augment_image(x, AugmentConfig(), rng), x)  # all off: identity
+    shifted = augment_image(x, AugmentConfig(freq_shift=3), np.random.default_rng(5))
+    k = next(k for k in range(-3, 4) if np.array_equal(shifted[3:-3], x[3 - k:32 - 3 - k]))
+    assert -3 <= k <= 3
+
+
+def test_datamodule_groups_rows_by_track(small_corpus, tmp_path):
+    path = tmp_path / "f.h5"
+    store_mod.prepare(small_corpus, "fast", path, workers=1, progress=False)
+    with MelStore(path) as s:
+        ids, labels = track_table(s)
+        splits = stratified_split(ids, labels, [0.5, 0.25, 0.25], seed=0)
+        for name in splits:
+            rows = rows_of(s, splits[name])
+            assert set(s.track_id[rows]) == set(splits[name])  # every chunk of those tracks, nothing else
+    dm = MelDataModule(path, splits, DataConfig(batch_size=2, in_memory=False))
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (2, 1, 128, 130) and x.dtype == torch.float32 and y.dtype == torch.int64
+    weights = dm.class_weights()
+    counts = np.bincount(dm.store.y[dm.rows_for("train")], minlength=3)
+    np.testing.assert_allclose(weights.numpy() * counts, counts.sum() / 3, rtol=1e-6)
+    assert dm.class_counts("train").sum() == len(splits["train"])
