@@ -57,8 +57,17 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
     ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging. Default: info."),
 ) -> None:
     """melgenre: mel-spectrogram images -> genre classifiers."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("melgenre")
+    if not logger.handlers:
+        logger.addHandler(RichHandler(console=err_console, show_path=False, markup=False))
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 # -- data preparation --------------------------------------------------------------------------
@@ -223,10 +232,21 @@ def models_show(
 
 # -- training and evaluation -------------------------------------------------------------------
 
+def _quiet_lightning() -> None:
+    """Hide Lightning's start-up tips and hardware lines unless --verbose (warnings still show)."""
+    import logging
+
+    import lightning  # noqa: F401  (it sets its own level on import)
+
+    if logging.getLogger("melgenre").level > logging.DEBUG:
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
+
 def _experiment(config: Path, overrides: list[str] | None, accelerator: str | None, devices: str | None,
                 num_nodes: int | None, strategy: str | None):
     from melgenre.config import load_config
 
+    _quiet_lightning()
     extra = [f"train.{k}={v}" for k, v in (("accelerator", accelerator), ("devices", devices),
                                            ("num_nodes", num_nodes), ("strategy", strategy)) if v is not None]
     return load_config(config, [*(overrides or []), *extra])

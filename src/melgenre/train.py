@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,10 @@ class GenreClassifier(L.LightningModule):
         row |= self._val
         row["lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"])
         self.history.append(row)
+        if self.trainer.is_global_zero:
+            log.info("epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f macro precision %.3f | lr %.2e",
+                     row["epoch"], row["train_loss"], row["train_accuracy"], row.get("val_loss", float("nan")),
+                     row.get("val_accuracy", float("nan")), row.get("val_macro_precision", float("nan")), row["lr"])
         if self.history_path is not None and self.trainer.is_global_zero:
             write_history(self.history, self.history_path)
 
@@ -181,6 +186,13 @@ class AtomicCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             os.replace(tmp, filepath)
         self._last_checkpoint_saved = filepath
+
+
+def _batches_limit(value: float) -> float | int | None:
+    """Lightning reads a float as a fraction and an int as a count; None means all batches."""
+    if value == 1.0:
+        return None
+    return int(value) if value > 1 else value
 
 
 def _mode(monitor: str) -> str:
@@ -246,6 +258,7 @@ def fit(cfg: ExperimentConfig, runs_dir: str | Path = "runs", data: str | Path |
     run_dir.mkdir(parents=True, exist_ok=True)
     _load_or_save_config(cfg, run_dir)
 
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning 2.6 vs torch 2.13 deprecation noise
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     split_path = run_dir / "splits.json"
     if split_path.exists():
@@ -282,11 +295,12 @@ def fit(cfg: ExperimentConfig, runs_dir: str | Path = "runs", data: str | Path |
         default_root_dir=run_dir, max_epochs=cfg.train.max_epochs, accelerator=cfg.train.accelerator,
         devices=cfg.train.devices, strategy=cfg.train.strategy, num_nodes=cfg.train.num_nodes,
         precision=cfg.train.precision, gradient_clip_val=cfg.train.grad_clip or None,
-        deterministic=cfg.train.deterministic, limit_train_batches=cfg.train.limit_train_batches,
-        callbacks=[*callbacks, LearningRateMonitor(logging_interval="epoch")], limit_val_batches=1.0 if has_val else 0,
+        deterministic=cfg.train.deterministic,
+        limit_train_batches=_batches_limit(cfg.train.limit_train_batches),
+        callbacks=[*callbacks, LearningRateMonitor(logging_interval="epoch")], limit_val_batches=None if has_val else 0,
         logger=TensorBoardLogger(save_dir=run_dir, name="tb", version=""),
         enable_progress_bar=progress, enable_model_summary=progress, num_sanity_val_steps=0,
-        log_every_n_steps=10,
+        log_every_n_steps=max(1, min(10, len(dm.rows_for("train")) // cfg.data.batch_size)),
     )
     last = ckpt_dir / "last.ckpt"
     started = time.perf_counter()
@@ -295,7 +309,7 @@ def fit(cfg: ExperimentConfig, runs_dir: str | Path = "runs", data: str | Path |
         return run_dir
     best_path = Path(best.best_model_path) if has_val and best.best_model_path else last
     evaluate_run(run_dir, checkpoint=best_path, splits=evaluate_splits, data=data_path,
-                 extra={"train_seconds": time.perf_counter() - started,
+                 extra={"train_seconds": round(time.perf_counter() - started, 1),
                         "best_epoch": best_epoch(module.history, monitor),
                         "epochs": len(module.history)})
     return run_dir
