@@ -165,7 +165,8 @@ def test_partial_weights_load_reports_matches(tmp_path, suffix):
     if suffix == ".pt":
         torch.save({"state_dict": state}, path)
     else:
-        save_file = pytest.importorskip("safetensors.torch").save_file
+        from safetensors.torch import save_file
+
         save_file(state, str(path))
     target = tiny("melcnn")
     report = load_weights(target, path)
@@ -224,8 +225,7 @@ def test_build_with_weights_option(tmp_path):
 
 @pytest.mark.parametrize("key", ["vanilla_cnn", "yolov4_cls", "yolov8_gap", "yolov8_ultralytics", "melcnn"])
 def test_onnx_export_matches_torch_with_dynamic_batch(tmp_path, key):
-    pytest.importorskip("onnx")  # needed by torch's TorchScript-based exporter
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
     torch.manual_seed(0)
     model = tiny(key, in_channels=3 if key == "yolov8_ultralytics" else 1)
     path = export_onnx(model, tmp_path / f"{key}.onnx", (1, 64, 64), opset=17, batch_size=2)
