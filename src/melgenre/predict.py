@@ -1,0 +1,609 @@
+"""Genre prediction for audio files of any length, with PyTorch or ONNX Runtime.
+
+Where a model comes from (:func:`load_model`):
+
+* a **model package**: ``<stem>.safetensors`` (the model's ``state_dict``) beside ``<stem>.json``
+  (the *card*: format, model config, classes, feature preset, model id, metrics, training facts),
+  written by :func:`save_package`; the default model is the package ``melgenre/weights/default.json``;
+* a **run directory** of ``melgenre train`` or one of its ``.ckpt`` files (the preset is read from
+  the run's feature file, the metrics from its ``metrics.json``);
+* an **ONNX file** written by :func:`export_onnx_file` (the card is in its metadata).
+
+How a clip of any length becomes one prediction (:func:`window_images`): chunked presets
+(``fast``: 3-s chunks, hop 1.5 s) take every chunk of the whole clip, with no 30-s limit;
+unchunked presets (``v1``, ``v2``: one image per 30 s) cut the clip into back-to-back windows of
+``duration`` seconds. The track's probabilities are the mean of the windows' softmax outputs,
+the same rule as track-level evaluation after training.
+
+>>> from melgenre import load_model
+>>> model = load_model("runs/melcnn-fast")  # doctest: +SKIP
+>>> model.predict("song.mp3").top  # doctest: +SKIP
+[('rock', 0.81), ('metal', 0.11), ('blues', 0.03)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from melgenre import __version__, audio, features
+from melgenre.errors import AudioDecodeError, MelgenreError
+from melgenre.features import Preset
+from melgenre.models import build_from_config
+from melgenre.utils import atomic_path
+
+#: ``format`` field of a model card.
+CARD_FORMAT = "melgenre-model/1"
+
+#: Folder (an importlib resource) holding the default model package ``default.json`` + ``.safetensors``.
+DEFAULT_MODEL_DIR = resources.files("melgenre").joinpath("weights")
+
+#: Backends :func:`load_model` accepts.
+BACKENDS = ("torch", "onnx")
+
+#: Images per forward pass.
+BATCH_SIZE = 32
+
+_ONNX_PROVIDERS = ["CPUExecutionProvider"]
+
+
+# -- predictions -------------------------------------------------------------------------------
+
+@dataclass
+class Prediction:
+    """The genre of one clip: track-level probabilities plus the per-window detail behind them."""
+
+    source: str  # file path, or the name given for bytes / arrays
+    label: str  # most probable class
+    probabilities: dict[str, float]  # every class, track level (mean over windows)
+    top: list[tuple[str, float]]  # the top-k classes, most probable first
+    window_probabilities: np.ndarray  # (W, C) softmax output of each window
+    window_starts: list[float]  # start of each window in seconds
+    duration: float  # length of the clip in seconds
+    padded: bool  # some window was zero-padded (e.g. the clip is shorter than one window)
+    silent: bool  # the clip's peak is below melgenre.audio.SILENCE_PEAK
+    model_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form: plain lists and floats rounded to 6 decimals."""
+        def r(x: float) -> float:
+            return round(float(x), 6)
+
+        return {
+            "source": self.source,
+            "label": self.label,
+            "probabilities": {k: r(v) for k, v in self.probabilities.items()},
+            "top": [[k, r(v)] for k, v in self.top],
+            "window_probabilities": [[r(v) for v in row] for row in self.window_probabilities],
+            "window_starts": [r(s) for s in self.window_starts],
+            "duration": r(self.duration),
+            "padded": self.padded,
+            "silent": self.silent,
+            "model_id": self.model_id,
+        }
+
+
+def window_images(y: np.ndarray, preset: Preset) -> tuple[np.ndarray, list[float], bool]:
+    """Mel images of every window of a clip of any length.
+
+    Parameters
+    ----------
+    y : np.ndarray
+        Mono audio at ``preset.sr``.
+    preset : Preset
+        Chunked presets take every full chunk of the whole clip (``duration`` is ignored);
+        unchunked ones cut the clip into windows of ``duration`` seconds, hop ``duration``,
+        keeping a last partial window only if it is the only one or covers at least half a
+        window. Each window is padded/trimmed with :func:`melgenre.features.fit_to_preset`.
+
+    Returns
+    -------
+    images : np.ndarray
+        ``(W, H, W_img)`` float32 images in [0, 1], rounded to float16 precision as stored
+        for training (so a prediction equals evaluation on a prepared feature file).
+    starts : list of float
+        Start of each window in seconds.
+    padded : bool
+        True when some window was zero-padded.
+    """
+    sr = preset.sr
+    if preset.chunk_seconds is not None:
+        whole = dataclasses.replace(preset, duration=None)
+        padded = len(y) < int(round(preset.chunk_seconds * sr))
+        y = features.fit_to_preset(y, whole)
+        images = features.mel_images(y, whole)
+        starts = [f * preset.hop_length / sr for f in features.chunk_starts(preset.n_frames(len(y)), whole)]
+    elif preset.duration is None:  # one image of the whole clip
+        images, starts, padded = features.mel_images(y, preset), [0.0], False
+    else:
+        win = int(round(preset.duration * sr))
+        offsets = [s for s in range(0, max(len(y), 1), win) if s == 0 or len(y) - s >= win / 2]
+        padded = any(len(y) - s < win for s in offsets)
+        images = np.concatenate([features.mel_images(features.fit_to_preset(y[s:s + win], preset), preset)
+                                 for s in offsets])
+        starts = [s / sr for s in offsets]
+    return images.astype(np.float16).astype(np.float32), starts, padded
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class GenreModel:
+    """A trained classifier with its classes and feature preset, ready to predict.
+
+    Made by :func:`load_model`. Attributes: ``classes`` (list of str), ``preset``
+    (:class:`~melgenre.features.Preset`), ``card`` (the model card dict), ``model_id`` and
+    ``backend`` (``"torch"`` or ``"onnx"``).
+    """
+
+    def __init__(self, card: dict[str, Any], module: nn.Module | None = None, session: Any = None):
+        self.card = card
+        self.classes: list[str] = list(card["classes"])
+        self.preset = Preset.from_dict(card["preset"])
+        self.model_id: str = card["model_id"]
+        self.backend = "torch" if module is not None else "onnx"
+        self._module = module.eval() if module is not None else None
+        self._session = session
+
+    def __repr__(self) -> str:
+        return (f"GenreModel({self.model_id!r}, backend={self.backend!r}, preset={self.preset.name!r}, "
+                f"classes={len(self.classes)})")
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        if self._module is not None:
+            with torch.inference_mode():
+                return self._module(torch.from_numpy(x)).numpy()
+        return self._session.run(["logits"], {"mel": x})[0]
+
+    def predict_images(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities of mel images.
+
+        Parameters
+        ----------
+        images : np.ndarray
+            ``(N, H, W)`` float32 images made with this model's preset.
+
+        Returns
+        -------
+        np.ndarray
+            ``(N, C)`` softmax probabilities, computed in batches of :data:`BATCH_SIZE`.
+        """
+        x = np.ascontiguousarray(np.asarray(images, dtype=np.float32)[:, None])
+        out = [_softmax(self._logits(x[i:i + BATCH_SIZE])) for i in range(0, len(x), BATCH_SIZE)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
+
+    def _samples(self, source: str | Path | bytes | np.ndarray, sr: int | None, name: str | None) -> tuple[np.ndarray, str]:
+        """Mono float32 audio at the preset's rate, and the name to report."""
+        if not isinstance(source, np.ndarray):
+            label = name or ("<bytes>" if isinstance(source, bytes) else str(source))
+            return audio.load(source, sr=self.preset.sr, name=label).samples, label
+        label = name or "<array>"
+        if sr is None:
+            raise MelgenreError(f"{label}: pass sr= (the sample rate) with a numpy array")
+        if source.ndim not in (1, 2) or (source.ndim == 2 and source.shape[1] > source.shape[0]):
+            raise MelgenreError(f"{label}: expected audio of shape (samples,) or (samples, channels), "
+                                f"got {source.shape}")
+        y = np.asarray(source)
+        if np.issubdtype(y.dtype, np.integer):
+            y = y / np.float32(np.iinfo(y.dtype).max)
+        y = audio.to_mono(y.astype(np.float32, copy=False))
+        if y.size == 0 or not np.all(np.isfinite(y)):
+            raise MelgenreError(f"{label}: the array is empty or holds NaN/infinite samples")
+        return np.ascontiguousarray(audio.resample(y, int(sr), self.preset.sr)), label
+
+    def predict(self, source: str | Path | bytes | np.ndarray, sr: int | None = None, top_k: int = 3,
+                name: str | None = None) -> Prediction:
+        """Predict the genre of one clip of any length.
+
+        Parameters
+        ----------
+        source : path, bytes or np.ndarray
+            An audio file (any format :func:`melgenre.audio.load` reads), its raw bytes, or
+            samples of shape ``(T,)`` or ``(T, channels)`` (downmixed and resampled).
+        sr : int, optional
+            Sample rate of an array ``source`` (required for arrays, ignored otherwise).
+        top_k : int
+            How many classes ``Prediction.top`` lists (at most all classes).
+        name : str, optional
+            Name used in the result and in error messages (default: the path, ``<bytes>`` or
+            ``<array>``).
+
+        Returns
+        -------
+        Prediction
+            Track-level probabilities (mean over windows) and per-window detail.
+
+        Raises
+        ------
+        AudioDecodeError
+            The file or bytes cannot be decoded.
+        MelgenreError
+            An array without ``sr``, of the wrong shape, empty or non-finite.
+        """
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        y, label = self._samples(source, sr, name)
+        images, starts, padded = window_images(y, self.preset)
+        window_probs = self.predict_images(images)
+        probs = window_probs.mean(axis=0, dtype=np.float64)
+        order = np.argsort(-probs, kind="stable")
+        return Prediction(
+            source=label,
+            label=self.classes[order[0]],
+            probabilities={c: float(p) for c, p in zip(self.classes, probs)},
+            top=[(self.classes[i], float(probs[i])) for i in order[:top_k]],
+            window_probabilities=window_probs,
+            window_starts=starts,
+            duration=len(y) / self.preset.sr,
+            padded=padded,
+            silent=audio.is_silent(y),
+            model_id=self.model_id,
+        )
+
+
+# -- reading models ----------------------------------------------------------------------------
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MelgenreError(f"{path}: cannot read JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict):
+        raise MelgenreError(f"{path}: expected a JSON object")
+    return data
+
+
+def _weights_bytes(module: nn.Module) -> bytes:
+    """The module's state_dict as safetensors bytes (deterministic: what a package stores)."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().contiguous() for k, v in module.state_dict().items()})
+
+
+def _model_id(name: str, weights: bytes) -> str:
+    return f"{name}-{hashlib.sha256(weights).hexdigest()[:12]}"
+
+
+def _build(path: Path, model_config: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
+    try:
+        module = build_from_config(model_config)
+        module.load_state_dict(state, strict=True)
+    except (MelgenreError, RuntimeError, TypeError, KeyError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MelgenreError(f"{path}: weights do not fit the model config ({reason})") from None
+    return module.eval()
+
+
+def _scalars(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _run_card(run_dir: Path, hparams: dict[str, Any]) -> dict[str, Any]:
+    """Card fields a run directory knows: preset (from its feature file), metrics, training facts."""
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    metrics_path = run_dir / "metrics.json"
+    metrics = _read_json(metrics_path) if metrics_path.exists() else {}
+    candidates = [p for p in (metrics.get("data"), (cfg.get("data") or {}).get("path")) if p]
+    data = next((Path(p) for p in candidates if Path(p).is_file()), None)
+    if data is None:
+        raise MelgenreError(f"{run_dir}: cannot find the run's feature file "
+                            f"({', '.join(map(str, candidates)) or 'no data.path'}), which holds its preset")
+    from melgenre.store import MelStore
+
+    with MelStore(data) as store:
+        preset = store.preset.to_dict()
+        described = {"file": data.name, "root": str(store.attrs.get("root", "")),
+                     "n_tracks": int(store.attrs.get("n_tracks", 0)),
+                     "input_hash": str(store.attrs.get("input_hash", "")), "preset": store.preset.name}
+    splits_path = run_dir / "splits.json"
+    splits = _read_json(splits_path) if splits_path.exists() else {}
+    card_metrics = {split: {level: _scalars(m) for level, m in levels.items()}
+                    for split, levels in metrics.get("results", {}).items()}
+    card_metrics["split_tracks"] = {k: len(v) for k, v in splits.items()}
+    card_metrics |= _scalars({k: metrics[k] for k in ("epochs", "best_epoch") if k in metrics})
+    return {
+        "preset": preset,
+        "metrics": card_metrics,
+        "training": {"config": cfg.get("name", run_dir.name), "run": run_dir.name, "seed": cfg.get("seed"),
+                     "optim": hparams.get("optim"), "data": described},
+    }
+
+
+def _from_checkpoint(ckpt: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Model and card of a training checkpoint inside a run directory."""
+    if not ckpt.is_file():
+        raise MelgenreError(f"{ckpt}: no such checkpoint")
+    try:  # weights_only: a checkpoint cannot run code while loading
+        raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+        hparams, full_state = dict(raw["hyper_parameters"]), raw["state_dict"]
+        classes = list(hparams["classes"])
+    except Exception as exc:  # corrupt zip, pickle or a foreign checkpoint: anything can come out
+        raise MelgenreError(f"{ckpt}: not a readable melgenre checkpoint ({type(exc).__name__})") from None
+    run_dir = ckpt.parent.parent
+    if not (run_dir / "config.yaml").is_file():
+        raise MelgenreError(f"{ckpt}: not inside a run directory (no {run_dir / 'config.yaml'}); "
+                            "its preset is unknown")
+    state = {k[len("model."):]: v for k, v in full_state.items() if k.startswith("model.")}
+    config = build_from_config({**hparams["model"], "num_classes": len(classes)}).config
+    module = _build(ckpt, config, state)
+    card = {"format": CARD_FORMAT, "model": config, "classes": classes,
+            "model_id": _model_id(config["name"], _weights_bytes(module)),
+            **_run_card(run_dir, hparams), "created_with": __version__}
+    return module, card
+
+
+def _run_checkpoint(run_dir: Path) -> Path:
+    if not (run_dir / "config.yaml").is_file():
+        raise MelgenreError(f"{run_dir}: not a run directory (no config.yaml)")
+    for name in ("best.ckpt", "last.ckpt"):  # a final retrain without validation keeps only last.ckpt
+        if (run_dir / "checkpoints" / name).is_file():
+            return run_dir / "checkpoints" / name
+    raise MelgenreError(f"{run_dir}: no checkpoints/best.ckpt or last.ckpt")
+
+
+def _check_card(path: Path, card: dict[str, Any]) -> dict[str, Any]:
+    if card.get("format") != CARD_FORMAT:
+        raise MelgenreError(f"{path}: not a melgenre model card (format {card.get('format')!r}, "
+                            f"expected {CARD_FORMAT!r})")
+    missing = [k for k in ("model", "classes", "preset", "model_id") if k not in card]
+    if missing:
+        raise MelgenreError(f"{path}: model card lacks {', '.join(missing)}")
+    try:
+        Preset.from_dict(card["preset"])
+    except MelgenreError as exc:
+        raise MelgenreError(f"{path}: {exc}") from None
+    return card
+
+
+def _from_package(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Model and card of a package (``path`` is its .json or .safetensors)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    card_path, weights_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
+    for p in (card_path, weights_path):
+        if not p.is_file():
+            raise MelgenreError(f"{p}: no such file (a model package is <stem>.json + <stem>.safetensors)")
+    card = _check_card(card_path, _read_json(card_path))
+    data = weights_path.read_bytes()
+    if not card["model_id"].endswith(hashlib.sha256(data).hexdigest()[:12]):
+        raise MelgenreError(f"{weights_path}: weights do not match the card's model_id {card['model_id']}")
+    try:
+        state = load(data)
+    except (SafetensorError, ValueError) as exc:
+        raise MelgenreError(f"{weights_path}: cannot read safetensors ({exc})") from None
+    return _build(weights_path, card["model"], state), card
+
+
+def _load_torch(source: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Model and card of a run directory, checkpoint or package."""
+    path = Path(source)
+    if path.is_dir():
+        return _from_checkpoint(_run_checkpoint(path))
+    if path.suffix == ".ckpt":
+        return _from_checkpoint(path)
+    if path.suffix in (".json", ".safetensors"):
+        return _from_package(path)
+    if not path.exists():
+        raise MelgenreError(f"{path}: no such file or directory")
+    raise MelgenreError(f"{path}: not a model (use a run directory, a .ckpt, a package .json/.safetensors "
+                        "or an exported .onnx)")
+
+
+def _write_onnx(module: nn.Module, card: dict[str, Any], path: Path) -> None:
+    """Export ``module`` to ``path`` with the card in the ONNX metadata."""
+    import onnx
+
+    from melgenre.models import export_onnx
+
+    h, w = Preset.from_dict(card["preset"]).image_shape()
+    export_onnx(module, path, input_shape=(1, h, w), opset=17)
+    proto = onnx.load(str(path))
+    props = {"melgenre_card": json.dumps(card), "classes": json.dumps(card["classes"]),
+             "preset": json.dumps(card["preset"])}
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+
+
+def _onnx_session(model: str | Path | bytes, label: str) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    try:
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                    providers=_ONNX_PROVIDERS)
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MelgenreError(f"{label}: not a readable ONNX model ({reason})") from None
+
+
+def _from_onnx(path: Path) -> GenreModel:
+    if not path.is_file():
+        raise MelgenreError(f"{path}: no such file")
+    session = _onnx_session(path, str(path))
+    meta = session.get_modelmeta().custom_metadata_map
+    if "melgenre_card" not in meta:
+        raise MelgenreError(f"{path}: no melgenre card in the ONNX metadata (export it with `melgenre export`)")
+    try:
+        card = json.loads(meta["melgenre_card"])
+    except json.JSONDecodeError:
+        raise MelgenreError(f"{path}: the melgenre card in the ONNX metadata is not valid JSON") from None
+    return GenreModel(_check_card(path, card), session=session)
+
+
+def default_model_path() -> Path:
+    """Path of the default package's card (``melgenre/weights/default.json``); it may not exist."""
+    return Path(str(DEFAULT_MODEL_DIR.joinpath("default.json")))
+
+
+def load_model(path: str | Path | None = None, backend: str | None = None) -> GenreModel:
+    """Load a model for prediction.
+
+    Parameters
+    ----------
+    path : path, optional
+        A run directory (its best checkpoint, else the last), a ``.ckpt`` inside a run
+        directory, a package ``.json`` or ``.safetensors``, or an ``.onnx`` file written by
+        :func:`export_onnx_file`. Default: the installed default package
+        (:func:`default_model_path`).
+    backend : {"torch", "onnx"}, optional
+        ``"onnx"`` runs the model with ONNX Runtime on CPU (a non-ONNX model is exported in
+        memory first). Default: ``"torch"``, or ``"onnx"`` for an ``.onnx`` file.
+
+    Returns
+    -------
+    GenreModel
+
+    Raises
+    ------
+    MelgenreError
+        No default model is installed, or the source is missing or unreadable (the message
+        names the file).
+    """
+    if path is None:
+        path = default_model_path()
+        if not path.is_file():
+            raise MelgenreError("no default model is installed; pass --model (a run directory, .ckpt, "
+                                "package .json or .onnx)")
+    path = Path(path)
+    is_onnx = path.suffix == ".onnx"
+    backend = backend or ("onnx" if is_onnx else "torch")
+    if backend not in BACKENDS:
+        raise MelgenreError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if is_onnx:
+        if backend != "onnx":
+            raise MelgenreError(f"{path}: an ONNX model runs only with the onnx backend")
+        return _from_onnx(path)
+    module, card = _load_torch(path)
+    if backend == "torch":
+        return GenreModel(card, module=module)
+    with tempfile.TemporaryDirectory(prefix="melgenre-onnx-") as tmp:  # private (0700), removed at once
+        onnx_path = Path(tmp) / "model.onnx"
+        _write_onnx(module, card, onnx_path)
+        return GenreModel(card, session=_onnx_session(onnx_path.read_bytes(), str(path)))
+
+
+# -- writing models ----------------------------------------------------------------------------
+
+def save_package(source: str | Path, out: str | Path) -> Path:
+    """Write a model package: ``<out>.safetensors`` (weights) and ``<out>.json`` (the card).
+
+    Parameters
+    ----------
+    source : path
+        A run directory (its best checkpoint, config, metrics and feature-file preset), a
+        ``.ckpt`` inside one, or another package.
+    out : path
+        The package stem; any suffix is replaced. Both files are written atomically, the
+        weights first.
+
+    Returns
+    -------
+    Path
+        The card (``.json``).
+    """
+    module, card = _load_torch(source)
+    out = Path(out)
+    weights = _weights_bytes(module)
+    card = {**card, "model_id": _model_id(card["model"]["name"], weights)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out.with_suffix(".safetensors")) as tmp:
+        tmp.write_bytes(weights)
+    with atomic_path(out.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(card, indent=1) + "\n")
+    return out.with_suffix(".json")
+
+
+def export_onnx_file(source: str | Path, out: str | Path) -> Path:
+    """Export a model to ONNX (opset 17, dynamic batch) with its card in the metadata.
+
+    The graph's input is ``mel`` ``(batch, 1, H, W)`` and its output ``logits``
+    ``(batch, C)``; ``metadata_props`` hold ``melgenre_card`` (the card as JSON), ``classes``
+    and ``preset``, so :func:`load_model` can predict with the file alone.
+
+    Parameters
+    ----------
+    source : path
+        A run directory, a ``.ckpt`` inside one, or a package ``.json``/``.safetensors``.
+    out : path
+        The ``.onnx`` file to write (atomically).
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    module, card = _load_torch(source)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        _write_onnx(module, card, tmp)
+    return out
+
+
+# -- many files --------------------------------------------------------------------------------
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files to predict: files as given, and audio files under directories (recursive, sorted).
+
+    Directory scans keep files whose suffix is in :data:`melgenre.audio.AUDIO_EXTENSIONS` and
+    skip hidden names (such as temp files being written). Duplicates are dropped.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                          and f.suffix.lower() in audio.AUDIO_EXTENSIONS)
+        else:
+            out.append(p)
+    return list(dict.fromkeys(out))
+
+
+def predict_paths(paths: Iterable[str | Path], model: GenreModel,
+                  top_k: int = 3) -> Iterator[tuple[Path, Prediction | None, str | None]]:
+    """Predict every file of ``paths`` (directories are expanded with :func:`expand_paths`).
+
+    Parameters
+    ----------
+    paths : iterable of path
+        Files and directories.
+    model : GenreModel
+        The model to use.
+    top_k : int
+        Classes per ``Prediction.top``.
+
+    Yields
+    ------
+    tuple
+        ``(path, prediction, None)`` or, when the file fails, ``(path, None, reason)``;
+        one file's failure never stops the run.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    for path in expand_paths(paths):
+        try:
+            yield path, model.predict(path, top_k=top_k), None
+        except AudioDecodeError as exc:
+            yield path, None, exc.reason
+        except MelgenreError as exc:
+            yield path, None, str(exc)
+        except Exception as exc:  # noqa: BLE001  (a batch run reports any per-file failure and goes on)
+            yield path, None, f"{type(exc).__name__}: {exc}"
