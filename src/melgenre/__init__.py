@@ -12,5 +12,14 @@ from melgenre.errors import AudioDecodeError, ConfigError, DatasetError, Melgenr
 __version__ = "0.1.0"
 
 __all__ = [
-    "AudioDecodeError", "ConfigError", "DatasetError", "MelgenreError", "StoreError", "__version__",
+    "AudioDecodeError", "ConfigError", "DatasetError", "MelgenreError", "StoreError", "__version__", "load_model",
 ]
+
+
+def __getattr__(name: str):
+    """Lazy ``melgenre.load_model``: torch is imported on first use, not by ``import melgenre``."""
+    if name == "load_model":
+        from melgenre.predict import load_model
+
+        return load_model
+    raise AttributeError(f"module 'melgenre' has no attribute {name!r}")
