@@ -350,3 +350,103 @@ def table(
         ev.write_runs_table(runs_dir, out.with_suffix(".md"), out.with_suffix(".csv"), level=level)
     markdown, _ = ev.runs_table(runs_dir, level=level)
     typer.echo(markdown)
+
+
+# -- prediction and export ---------------------------------------------------------------------
+
+_MODEL_HELP = ("Model: a run directory, a .ckpt, a package .json/.safetensors or an exported .onnx. "
+               "Default: the installed default model (melgenre/weights/default.json).")
+
+
+def _predict_csv(results: list[tuple[Path, object, str | None]], top_k: int) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["file", "label", "prob", *[f"{kind}{i}" for i in range(1, top_k + 1) for kind in ("top", "prob")],
+                     "error"])
+    for path, pred, error in results:
+        if pred is None:
+            writer.writerow([str(path), "", "", *[""] * (2 * top_k), error])
+            continue
+        top = [*pred.top, *[("", None)] * (top_k - len(pred.top))]
+        cells = [x for genre, p in top for x in (genre, "" if p is None else f"{p:.6f}")]
+        writer.writerow([str(path), pred.label, f"{pred.probabilities[pred.label]:.6f}", *cells, ""])
+    return buf.getvalue()
+
+
+@app.command("predict")
+def predict_cmd(
+    paths: list[Path] = typer.Argument(..., metavar="PATH...", help="Audio files and/or folders (searched recursively for audio files)."),
+    model: Path = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="Genres to list per file. Default: 3."),
+    fmt: str = typer.Option("table", "--format", "-f", help="Output on stdout: table, json or csv. Default: table."),
+    backend: str = typer.Option(None, "--backend", help="Inference backend: torch or onnx. Default: torch (onnx for an .onnx model)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr when there is more than one file. Default: on."),
+) -> None:
+    """Predict the genre of audio files of any length; failing files are reported and skipped (exit code 1)."""
+    import json
+
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from melgenre.predict import expand_paths, load_model, predict_paths
+
+    if fmt not in ("table", "json", "csv"):
+        raise typer.BadParameter("--format must be table, json or csv")
+    files = expand_paths(paths)
+    if not files:
+        raise MelgenreError(f"no audio files in {', '.join(map(str, paths))}")
+    genre_model = load_model(model, backend=backend)
+    top_k = min(top_k, len(genre_model.classes))
+    bar = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=err_console, transient=True, disable=not progress or len(files) < 2)
+    results = []
+    with bar:
+        task = bar.add_task("predict", total=len(files))
+        for path, pred, error in predict_paths(files, genre_model, top_k):
+            if error is not None:
+                err_console.print(f"[bold red]error:[/] {escape(str(path))}: {escape(error)}", highlight=False,
+                                  soft_wrap=True)
+            results.append((path, pred, error))
+            bar.advance(task)
+    if fmt == "json":
+        typer.echo(json.dumps([pred.to_dict() if pred is not None else {"source": str(path), "error": error}
+                               for path, pred, error in results], indent=1))
+    elif fmt == "csv":
+        typer.echo(_predict_csv(results, top_k), nl=False)
+    else:
+        out = Table(title=f"model {genre_model.model_id} ({genre_model.backend}, preset {genre_model.preset.name})")
+        out.add_column("file", overflow="fold")
+        out.add_column(f"top {top_k}")
+        out.add_column("windows", justify="right")
+        out.add_column("flags")
+        for path, pred, error in results:
+            if pred is None:
+                out.add_row(escape(str(path)), f"[red]error: {escape(error)}", "", "")
+                continue
+            flags = ", ".join(f for f, on in (("padded", pred.padded), ("silent", pred.silent)) if on)
+            out.add_row(escape(str(path)), ", ".join(f"{escape(genre)} {p:.3f}" for genre, p in pred.top),
+                        str(len(pred.window_starts)), flags)
+        console.print(out)
+    if any(error is not None for _, _, error in results):
+        raise typer.Exit(1)
+
+
+@app.command("export")
+def export_cmd(
+    source: Path = typer.Argument(..., help="A run directory, a .ckpt inside one, or a model package .json."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (one file, card in its metadata) or package (.safetensors + .json card). Default: onnx."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output: model.onnx, or the package path/stem. Required (no default)."),
+) -> None:
+    """Export a trained model as an ONNX file or a model package."""
+    from melgenre.predict import export_onnx_file, save_package
+
+    if fmt == "onnx":
+        say(f"wrote {export_onnx_file(source, out)}")
+    elif fmt == "package":
+        card = save_package(source, out)
+        say(f"wrote {card.with_suffix('.safetensors')} and {card}")
+    else:
+        raise typer.BadParameter("--format must be onnx or package")
