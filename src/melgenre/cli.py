@@ -450,3 +450,25 @@ def export_cmd(
         say(f"wrote {card.with_suffix('.safetensors')} and {card}")
     else:
         raise typer.BadParameter("--format must be onnx or package")
+
+
+# -- HTTP service --------------------------------------------------------------------------------
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Default: 127.0.0.1 (this machine only; 0.0.0.0 for all interfaces)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port. Default: 8000."),
+    model: Path = typer.Option(None, "--model", "-m", help="A run directory, .ckpt, package .json or .onnx. Default: the packaged default model."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest accepted upload in MB; larger ones get HTTP 413. Default: 20."),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="Genres listed in each response's 'top'. Default: 3."),
+) -> None:
+    """Serve the model over HTTP: a web page at /, POST /predict, /health, /model, docs at /docs."""
+    import uvicorn
+
+    from melgenre.serve import create_app
+
+    application = create_app(model_path=model, max_upload_mb=max_upload_mb, top_k=top_k)
+    shown = f"[{host}]" if ":" in host else host
+    say(f"serving model {application.state.model.model_id} at http://{shown}:{port}/ "
+        f"(API docs at /docs; uploads up to {max_upload_mb:g} MB); Ctrl+C to stop")
+    uvicorn.run(application, host=host, port=port)
