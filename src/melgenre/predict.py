@@ -376,10 +376,11 @@ def _from_package(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     from safetensors.torch import load
 
     card_path, weights_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
-    for p in (card_path, weights_path):
-        if not p.is_file():
-            raise MelgenreError(f"{p}: no such file (a model package is <stem>.json + <stem>.safetensors)")
+    if not card_path.is_file():
+        raise MelgenreError(f"{card_path}: no such file (a model package is <stem>.json + <stem>.safetensors)")
     card = _check_card(card_path, _read_json(card_path))
+    if not weights_path.is_file():
+        raise MelgenreError(f"{weights_path}: no such file (the weights of the package {card_path.name})")
     data = weights_path.read_bytes()
     if not card["model_id"].endswith(hashlib.sha256(data).hexdigest()[:12]):
         raise MelgenreError(f"{weights_path}: weights do not match the card's model_id {card['model_id']}")
