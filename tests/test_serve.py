@@ -54,6 +54,7 @@ def build_tiny_package(root: Path) -> Path:
 
     card = root / "tiny.json"
     if not card.exists():
+        root.mkdir(parents=True, exist_ok=True)
         synth.write_corpus(root / "clips", n_classes=3, per_class=4, seconds=3.5, seed=1)
         store.prepare(root / "clips", "fast", root / "syn-fast.h5", workers=1, progress=False)
         run = fit(config_from_dict(TINY), root / "runs", data=root / "syn-fast.h5", progress=False)
@@ -63,7 +64,8 @@ def build_tiny_package(root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_card(tmp_path_factory) -> Path:
-    return build_tiny_package(tmp_path_factory.mktemp("serve-model"))
+    # a fixed folder in the session's base temp dir: tests/test_browser.py reuses the same model
+    return build_tiny_package(tmp_path_factory.getbasetemp() / "serve-tiny-model")
 
 
 @pytest.fixture(scope="session")

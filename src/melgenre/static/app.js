@@ -124,6 +124,7 @@
     if (controller) controller.abort();
     controller = new AbortController();
     clearError();
+    result.hidden = true; // the previous file's result must not pass for this one's
     if (maxUploadBytes !== null && file.size > maxUploadBytes) {
       showError(HTTP_TITLES[413], `${file.name} is ${(file.size / 1048576).toFixed(1)} MB; `
         + `the limit is ${(maxUploadBytes / 1048576).toFixed(0)} MB.`);

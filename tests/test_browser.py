@@ -1,0 +1,197 @@
+"""The web page in a real headless browser (Debian's chromium + chromedriver through Selenium).
+
+The server is a real uvicorn on 127.0.0.1:<free port> with a tiny model; the browser picks a
+generated WAV through ``#file-input`` and must show the genre, the bars and the spectrogram.
+Skipped (with the reason) when chromium, chromedriver or selenium is not installed; CI installs
+them with ``apt-get install -y chromium chromium-driver`` and ``pip install selenium``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import uvicorn
+from PIL import Image
+
+from melgenre import store, synth
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+    pytest.skip(f"headless browser test needs {CHROMIUM} and {CHROMEDRIVER} "
+                "(apt-get install -y chromium chromium-driver)", allow_module_level=True)
+webdriver = pytest.importorskip("selenium.webdriver", reason="headless browser test needs selenium (pip install selenium)")
+
+from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from melgenre.serve import create_app  # noqa: E402
+
+TINY = {
+    "name": "tiny-serve", "seed": 0,
+    "data": {"batch_size": 8, "fractions": [0.5, 0.25, 0.25]},
+    "model": {"name": "melcnn", "width": 4, "dropout": 0.1},
+    "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 1e-4},
+    "train": {"max_epochs": 2, "patience": 2},
+}
+
+
+def build_tiny_package(root: Path) -> Path:
+    """Same model as tests/test_serve.py (same folder, so one session builds it once)."""
+    from melgenre.config import config_from_dict
+    from melgenre.predict import save_package
+    from melgenre.train import fit
+
+    card = root / "tiny.json"
+    if not card.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        synth.write_corpus(root / "clips", n_classes=3, per_class=4, seconds=3.5, seed=1)
+        store.prepare(root / "clips", "fast", root / "syn-fast.h5", workers=1, progress=False)
+        run = fit(config_from_dict(TINY), root / "runs", data=root / "syn-fast.h5", progress=False)
+        save_package(run, root / "tiny")
+    return card
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from melgenre.predict import load_model
+
+    return load_model(build_tiny_package(tmp_path_factory.getbasetemp() / "serve-tiny-model"))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_model):
+    app = create_app(model=tiny_model, max_upload_mb=2)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture()
+def browser(tmp_path, monkeypatch):
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must never go online
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile = tmp_path / "chrome-profile"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--disable-extensions", "--window-size=1000,1400",
+                f"--user-data-dir={profile}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _wait(driver, condition, what: str, timeout: float = 60):
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+    except TimeoutException:
+        error = driver.find_element(By.ID, "error").text
+        raise AssertionError(f"timed out waiting for {what}; #error says {error!r}; "
+                             f"#status says {driver.find_element(By.ID, 'status').text!r}") from None
+
+
+def test_page_predicts_a_dropped_file(browser, server_url, tiny_model, tmp_path):
+    y = synth.synth_clip(1, 3, seconds=5.0, rng=np.random.default_rng(5))
+    clip = tmp_path / "my song.wav"
+    sf.write(clip, y, 22_050, subtype="PCM_16")
+    expected = tiny_model.predict(clip)
+
+    browser.get(server_url + "/")
+    assert browser.title.startswith("melgenre")
+    _wait(browser, lambda d: tiny_model.model_id in d.find_element(By.ID, "model-info").text, "the model line")
+    browser.find_element(By.ID, "file-input").send_keys(str(clip))
+
+    genre = _wait(browser, lambda d: d.find_element(By.ID, "result-genre").text.strip() or None, "a genre")
+    assert genre in tiny_model.classes and genre == expected.label
+    _wait(browser, lambda d: d.execute_script(
+        "const img = document.getElementById('spectrogram'); return img.complete && img.naturalWidth > 0;"),
+        "the spectrogram image")
+    assert browser.execute_script("return document.getElementById('spectrogram').naturalWidth") == 720
+    assert "my song.wav" in browser.find_element(By.ID, "spectrogram").get_attribute("alt")
+
+    rows = browser.find_elements(By.CSS_SELECTOR, "#prob-chart li")
+    assert len(rows) == len(tiny_model.classes)
+    assert rows[0].find_element(By.CLASS_NAME, "bar-label").text == genre  # sorted, winner first
+    shown = {r.find_element(By.CLASS_NAME, "bar-label").text: r.find_element(By.CLASS_NAME, "bar-value").text
+             for r in rows}
+    assert shown == {c: f"{100 * p:.1f}%" for c, p in expected.probabilities.items()}
+    _wait(browser, lambda d: d.execute_script(  # the bars have been drawn at their width
+        "const f = document.querySelector('#prob-chart .bar-fill'); return f.getBoundingClientRect().width > 10;"),
+        "bar widths")
+    assert not browser.find_element(By.ID, "error").is_displayed()
+
+    # nothing but this server was contacted; no console errors
+    urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert urls and all(u.startswith(server_url) or u.startswith("data:") for u in urls), urls
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not severe, severe
+
+    time.sleep(0.5)  # let the bar animation finish
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1000, min(height + 120, 4000))
+    shot = tmp_path / "page.png"
+    assert browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 20_000
+    image = Image.open(io.BytesIO(shot.read_bytes())).convert("RGB")
+    assert image.width >= 900 and image.height >= 900
+    pixels = np.asarray(image)
+    assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # text, bars, a picture
+
+
+def test_page_shows_readable_errors(browser, server_url, tmp_path):
+    browser.get(server_url + "/")
+    error = browser.find_element(By.ID, "error")
+    assert not error.is_displayed()
+
+    fake = tmp_path / "notes.wav"
+    fake.write_text("not music at all\n" * 50)
+    browser.find_element(By.ID, "file-input").send_keys(str(fake))
+    _wait(browser, lambda d: error.is_displayed(), "the 415 error")
+    assert "not a readable audio file" in error.text and "notes.wav" in error.text
+    assert error.get_attribute("role") == "alert"
+
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    browser.find_element(By.ID, "file-input").send_keys(str(empty))
+    _wait(browser, lambda d: "empty.wav" in error.text, "the empty-file error")
+    assert "empty file" in error.text
+
+    big = tmp_path / "huge.wav"
+    big.write_bytes(os.urandom(3 * 1024 * 1024))  # the server was started with a 2 MB limit
+    browser.find_element(By.ID, "file-input").send_keys(str(big))
+    _wait(browser, lambda d: "too large" in error.text, "the 413 error")
+    assert "huge.wav" in error.text and "2 MB" in error.text
+    assert not browser.find_element(By.ID, "result").is_displayed()
