@@ -240,7 +240,7 @@ def test_cli_export(trained, tmp_path):
 
 
 def test_real_clip(model):
-    flac = sorted(shared_path("gtzan-dev").rglob("*.flac"))[0]
+    flac = min(shared_path("gtzan-dev").rglob("*.flac"))
     pred = model.predict(flac)
     _check(pred, model)
     assert 25 < pred.duration < 35 and len(pred.window_starts) >= 18 and not pred.silent

@@ -61,7 +61,7 @@ _ONNX_PROVIDERS = ["CPUExecutionProvider"]
 
 # -- predictions -------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(eq=False)  # an array field makes field-wise == ambiguous: compare by identity
 class Prediction:
     """The genre of one clip: track-level probabilities plus the per-window detail behind them."""
 
@@ -121,14 +121,14 @@ def window_images(y: np.ndarray, preset: Preset) -> tuple[np.ndarray, list[float
     sr = preset.sr
     if preset.chunk_seconds is not None:
         whole = dataclasses.replace(preset, duration=None)
-        padded = len(y) < int(round(preset.chunk_seconds * sr))
+        padded = len(y) < round(preset.chunk_seconds * sr)
         y = features.fit_to_preset(y, whole)
         images = features.mel_images(y, whole)
         starts = [f * preset.hop_length / sr for f in features.chunk_starts(preset.n_frames(len(y)), whole)]
     elif preset.duration is None:  # one image of the whole clip
         images, starts, padded = features.mel_images(y, preset), [0.0], False
     else:
-        win = int(round(preset.duration * sr))
+        win = round(preset.duration * sr)
         offsets = [s for s in range(0, max(len(y), 1), win) if s == 0 or len(y) - s >= win / 2]
         padded = any(len(y) - s < win for s in offsets)
         images = np.concatenate([features.mel_images(features.fit_to_preset(y[s:s + win], preset), preset)
@@ -199,7 +199,7 @@ class GenreModel:
             raise MelgenreError(f"{label}: expected audio of shape (samples,) or (samples, channels), "
                                 f"got {source.shape}")
         y = np.asarray(source)
-        if np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.signedinteger):  # PCM integers -> [-1, 1)
             y = y / np.float32(np.iinfo(y.dtype).max)
         y = audio.to_mono(y.astype(np.float32, copy=False))
         if y.size == 0 or not np.all(np.isfinite(y)):
@@ -332,7 +332,7 @@ def _from_checkpoint(ckpt: Path) -> tuple[nn.Module, dict[str, Any]]:
         raw = torch.load(ckpt, map_location="cpu", weights_only=True)
         hparams, full_state = dict(raw["hyper_parameters"]), raw["state_dict"]
         classes = list(hparams["classes"])
-    except Exception as exc:  # corrupt zip, pickle or a foreign checkpoint: anything can come out
+    except Exception as exc:  # noqa: BLE001  (corrupt zip, pickle or a foreign checkpoint: anything can come out)
         raise MelgenreError(f"{ckpt}: not a readable melgenre checkpoint ({type(exc).__name__})") from None
     run_dir = ckpt.parent.parent
     if not (run_dir / "config.yaml").is_file():
@@ -400,6 +400,9 @@ def _load_torch(source: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         return _from_checkpoint(path)
     if path.suffix in (".json", ".safetensors"):
         return _from_package(path)
+    if path.suffix == ".onnx":
+        raise MelgenreError(f"{path}: an ONNX file cannot be turned back into a PyTorch model; "
+                            "use its run directory or package")
     if not path.exists():
         raise MelgenreError(f"{path}: no such file or directory")
     raise MelgenreError(f"{path}: not a model (use a run directory, a .ckpt, a package .json/.safetensors "
@@ -431,7 +434,7 @@ def _onnx_session(model: str | Path | bytes, label: str) -> Any:
     try:
         return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
                                     providers=_ONNX_PROVIDERS)
-    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+    except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own exception types for bad files)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise MelgenreError(f"{label}: not a readable ONNX model ({reason})") from None
 
