@@ -32,12 +32,12 @@ if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
                 "(apt-get install -y chromium chromium-driver)", allow_module_level=True)
 webdriver = pytest.importorskip("selenium.webdriver", reason="headless browser test needs selenium (pip install selenium)")
 
-from selenium.common.exceptions import TimeoutException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
-from melgenre.serve import create_app  # noqa: E402
+from melgenre.serve import create_app
 
 TINY = {
     "name": "tiny-serve", "seed": 0,
@@ -155,7 +155,7 @@ def test_page_predicts_a_dropped_file(browser, server_url, tiny_model, tmp_path)
 
     # nothing but this server was contacted; no console errors
     urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
-    assert urls and all(u.startswith(server_url) or u.startswith("data:") for u in urls), urls
+    assert urls and all(u.startswith((server_url, "data:")) for u in urls), urls
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, severe
 
