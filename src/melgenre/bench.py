@@ -1,0 +1,759 @@
+"""Benchmarks: preprocessing, mel features, training, inference and memory (``melgenre bench``).
+
+Not tests: every figure is measured a few times on the machine at hand and reported as the
+median of its repeats, beside a description of that machine (cores, CPU model, torch version,
+GPU if any, load average). :func:`run_bench` writes ``results.json`` (everything) and
+``results.md`` (tables) into one folder, rewriting both after each section, so a run stopped
+half-way keeps what it measured.
+
+Sections (see ``docs/benchmarks.md`` for what each figure means):
+
+``preprocessing``
+    tracks/s on the same N 30-s files: :func:`melgenre.store.prepare` (parallel, one worker per
+    core, and in-process with ``workers=1``) against the naive report-style loop
+    (:func:`naive_image`: ``librosa.load`` → ``melspectrogram`` → ``power_to_db(ref=np.max)`` →
+    PIL bilinear resize → min-max, one file after the other in one process).
+``features``
+    ms per 30-s track: :func:`melgenre.features.mel_images` against the batched
+    :class:`~melgenre.features.TorchMelImages` on CPU (and CUDA when available).
+``training``
+    samples/s of forward + backward + Adam step at batch 8 for every registered model at its
+    report input size, and the peak RSS while doing it.
+``inference``
+    end-to-end latency of one 30-s file (decode → mel → model → top-k) with torch and ONNX
+    Runtime, its breakdown into stages, and files/s over a batch of files.
+``memory``
+    peak RSS of a ``prepare`` subprocess (and of its workers) at N and 4N tracks.
+
+>>> from melgenre.bench import BenchSettings, run_bench
+>>> results = run_bench("bench", BenchSettings.make(quick=True))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import gc
+import hashlib
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from melgenre import __version__
+
+SECTIONS = ("preprocessing", "features", "training", "inference", "memory")
+
+#: The issue's targets: prepare vs the naive loop, and one file's end-to-end latency.
+TARGET_SPEEDUP = 5.0
+TARGET_LATENCY_MS = 50.0
+
+#: Models with more parameters than this skip their larger input sizes in quick mode.
+BIG_MODEL_PARAMS = 5_000_000
+
+#: Class names of the package built when no default model is installed (GTZAN's genres).
+GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
+
+
+@dataclass
+class BenchSettings:
+    """What :func:`run_bench` measures, and how much. Use :meth:`make` for the quick/full defaults."""
+
+    quick: bool = False
+    presets: tuple[str, ...] = ("v1", "v2")
+    data: Path | None = None  # a corpus folder to take the files from (default: synthetic clips)
+    n_files: int = 60  # files of the preprocessing benchmark
+    seconds: float = 30.0  # length of the synthetic clips
+    workers: int | None = None  # prepare's workers (default: all cores)
+    repeats: int = 3  # repeats of the preprocessing and feature figures
+    feature_batch: int = 8  # clips per batch of the torch mel path
+    models: tuple[str, ...] | None = None  # registered models to train (default: all)
+    image_sizes: tuple[int, ...] = (416, 640)  # input sizes of the report's image models
+    train_batch: int = 8
+    train_steps: int = 5  # timed steps per model at most (after one warm-up step)
+    train_budget_s: float = 30.0  # time per model for the timed steps (at least one step is timed)
+    infer_repeats: int = 10  # single-file latency repeats per backend
+    infer_files: int = 20  # files of the batch throughput figure
+    memory_sizes: tuple[int, ...] = (50, 200)  # prepare subprocess at these track counts
+    memory_preset: str | None = None  # default: the last of ``presets``
+    sections: tuple[str, ...] = SECTIONS
+    note: str = ""  # free text stored with the results, e.g. "under load: a training job ran"
+
+    @classmethod
+    def make(cls, quick: bool = False, **overrides: Any) -> BenchSettings:
+        """Full (default) or quick settings, with any field overridden."""
+        base: dict[str, Any] = {}
+        if quick:
+            base = {"quick": True, "n_files": 8, "repeats": 1, "feature_batch": 2, "train_steps": 2,
+                    "train_budget_s": 6.0, "infer_repeats": 3, "infer_files": 4, "memory_sizes": (10, 40)}
+        settings = cls(**{**base, **overrides})
+        unknown = [s for s in settings.sections if s not in SECTIONS]
+        if unknown:
+            raise ValueError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+        return settings
+
+
+# -- measuring ---------------------------------------------------------------------------------
+
+def stat(values: Iterable[float], unit: str) -> dict[str, Any]:
+    """A figure: the median of its repeats, the repeats themselves and the unit."""
+    vals = [float(v) for v in values]
+    return {"median": float(np.median(vals)), "values": [round(v, 6) for v in vals], "unit": unit}
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _status_kb(pid: int | str, key: str) -> int | None:
+    """A ``kB`` field of ``/proc/<pid>/status`` (VmRSS, VmHWM), or None when unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process in MB since start or the last :func:`reset_peak_rss`."""
+    kb = _status_kb("self", "VmHWM")
+    if kb is None:  # no /proc: the lifetime peak (kB on Linux, bytes on macOS)
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        kb = kb / 1024 if sys.platform == "darwin" else kb
+    return kb / 1024
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def _tree(pid: int) -> list[int]:
+    children, out, todo = _children_map(), [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+class TreeMemoryMonitor(threading.Thread):
+    """Samples the RSS of a process and all its descendants until :meth:`stop`.
+
+    ``peak_kb[pid]`` is each process's own peak (VmHWM, exact); ``total_peak_kb`` the largest
+    sampled sum of the tree's RSS (shared pages counted once per process, so an upper bound).
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.pid, self.interval = pid, interval
+        self.peak_kb: dict[int, int] = {}
+        self.total_peak_kb = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:  # noqa: D102
+        while not self._halt.is_set():
+            self.sample()
+            self._halt.wait(self.interval)
+
+    def sample(self) -> None:
+        """Read the tree's RSS once."""
+        total = 0
+        for p in _tree(self.pid):
+            rss, hwm = _status_kb(p, "VmRSS"), _status_kb(p, "VmHWM")
+            if rss is None:
+                continue
+            total += rss
+            self.peak_kb[p] = max(self.peak_kb.get(p, 0), hwm or rss)
+        self.total_peak_kb = max(self.total_peak_kb, total)
+
+    def stop(self) -> None:
+        """Stop sampling and wait for the thread."""
+        self._halt.set()
+        self.join()
+
+
+def machine_info() -> dict[str, Any]:
+    """Cores, CPU model, memory, versions, GPU (if any) and load average of this machine."""
+    import torch
+
+    cpu_model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = None
+    try:
+        mem_kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines()
+                          if l.startswith("MemTotal")).split()[1])
+    except (OSError, StopIteration, ValueError):
+        pass
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
+        if torch.cuda.is_available() else []
+    versions = {"python": platform.python_version(), "melgenre": __version__, "torch": torch.__version__}
+    for name in ("numpy", "librosa", "onnxruntime", "lightning"):
+        try:
+            versions[name] = __import__(name).__version__
+        except (ImportError, AttributeError):
+            pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 1
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model,
+        "cores": os.cpu_count() or 1,
+        "usable_cores": usable,
+        "memory_gb": round(mem_kb / 1024 ** 2, 1) if mem_kb else None,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": bool(gpus),
+        "gpus": gpus,
+        "versions": versions,
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+def _link_subset(tracks: Sequence, root: Path, n: int, dest: Path) -> Path:
+    """``dest/<class>/<file>`` hard links (copies across devices) to ``n`` tracks, spread over classes."""
+    from melgenre.datasets import discover
+
+    by_class: dict[int, list] = {}
+    for t in tracks:
+        by_class.setdefault(t.label, []).append(t)
+    picked, k = [], 0
+    while len(picked) < n and any(k < len(v) for v in by_class.values()):
+        picked += [v[k] for v in by_class.values() if k < len(v)][: n - len(picked)]
+        k += 1
+    for t in picked:
+        target = dest / t.path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            try:
+                os.link(t.path, target)
+            except OSError:
+                shutil.copy2(t.path, target)
+    discover(dest)  # fail early on an unusable subset
+    return dest
+
+
+class _Inputs:
+    """The audio files the benchmarks use: ``--data`` or synthetic 30-s clips, made once."""
+
+    def __init__(self, settings: BenchSettings, tmp: Path):
+        from melgenre import synth
+        from melgenre.datasets import discover
+
+        self.tmp = tmp
+        if settings.data is not None:
+            self.pool = discover(settings.data)
+            if not self.pool.tracks:
+                raise ValueError(f"{settings.data}: no audio files")
+            self.synthetic = False
+        else:
+            need = max([settings.n_files, settings.infer_files, 1]
+                       + list(settings.memory_sizes if "memory" in settings.sections else []))
+            n_classes = 4
+            synth.write_corpus(tmp / "pool", n_classes=n_classes, per_class=math.ceil(need / n_classes),
+                               seconds=settings.seconds, seed=0)
+            self.pool = discover(tmp / "pool")
+            self.synthetic = True
+
+    def corpus(self, n: int) -> Path:
+        """A folder of ``n`` files (fewer when the pool is smaller), as links into the pool."""
+        dest = self.tmp / f"subset-{n}"
+        if not dest.exists():
+            _link_subset(self.pool.tracks, self.pool.root, n, dest)
+        return dest
+
+    def files(self, n: int) -> list[Path]:
+        """``n`` audio files (the first of each class in turn)."""
+        from melgenre.datasets import discover
+
+        return [t.path for t in discover(self.corpus(n)).tracks]
+
+
+# -- 1. preprocessing ---------------------------------------------------------------------------
+
+def naive_image(path: str | Path, preset: Any) -> np.ndarray:
+    """The report's per-file loop: librosa.load → melspectrogram → power_to_db(ref=max) → PIL resize → min-max.
+
+    Chunked presets are not supported (the report makes one image per clip).
+    """
+    import librosa
+    from PIL import Image
+
+    y, sr = librosa.load(str(path), sr=preset.sr, mono=True, duration=preset.duration)
+    if preset.duration is not None:
+        y = librosa.util.fix_length(y, size=int(round(preset.duration * sr)))
+    s = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=preset.n_fft, hop_length=preset.hop_length,
+                                       win_length=preset.win_length, n_mels=preset.n_mels, fmin=preset.fmin,
+                                       fmax=preset.fmax, pad_mode="constant")
+    db = librosa.power_to_db(s, ref=np.max)
+    h, w = preset.image_shape()
+    img = np.asarray(Image.fromarray(db.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR))
+    lo, hi = float(img.min()), float(img.max())
+    return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+
+
+def bench_preprocessing(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], None]) -> list[dict]:
+    """Tracks/s of the naive loop, ``prepare`` with one worker per core, and ``prepare`` in-process."""
+    from melgenre import features, store
+    from melgenre.datasets import discover
+
+    workers = settings.workers or os.cpu_count() or 1
+    root = inputs.corpus(settings.n_files)
+    corpus = discover(root)
+    files = [t.path for t in corpus.tracks]
+    n = len(files)
+    out = []
+    for name in settings.presets:
+        preset = features.get_preset(name)
+        if preset.chunk_seconds is not None:
+            log(f"preprocessing: skipping chunked preset {name} (the naive loop makes one image per clip)")
+            continue
+        naive_image(files[0], preset)  # librosa/numba warm-up, not timed
+        naive = [n / _timed(lambda: [naive_image(f, preset) for f in files]) for _ in range(settings.repeats)]
+
+        def run_prepare(w: int) -> float:
+            h5 = inputs.tmp / f"prep-{preset.name}.h5"
+            h5.unlink(missing_ok=True)
+            seconds = _timed(lambda: store.prepare(corpus, preset, h5, workers=w, progress=False))
+            h5.unlink(missing_ok=True)
+            return n / seconds
+
+        parallel = [run_prepare(workers) for _ in range(settings.repeats)]
+        single = [run_prepare(1) for _ in range(settings.repeats)]
+        row = {
+            "preset": preset.name, "n_files": n, "workers": workers,
+            "naive": stat(naive, "tracks/s"),
+            "prepare": stat(parallel, "tracks/s"),
+            "prepare_1_worker": stat(single, "tracks/s"),
+        }
+        row["speedup"] = row["prepare"]["median"] / row["naive"]["median"]
+        row["speedup_1_worker"] = row["prepare_1_worker"]["median"] / row["naive"]["median"]
+        row["target_speedup"] = TARGET_SPEEDUP
+        row["meets_target"] = row["speedup"] >= TARGET_SPEEDUP
+        log(f"preprocessing {preset.name}: naive {row['naive']['median']:.1f}, prepare ({workers} workers) "
+            f"{row['prepare']['median']:.1f}, prepare (1 worker) {row['prepare_1_worker']['median']:.1f} tracks/s "
+            f"-> {row['speedup']:.2f}x")
+        out.append(row)
+    return out
+
+
+# -- 2. mel features -----------------------------------------------------------------------------
+
+def bench_features(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], None]) -> list[dict]:
+    """ms per 30-s track: librosa path vs batched torch path (CPU, and CUDA when available)."""
+    import torch
+
+    from melgenre import audio, features
+
+    path = inputs.files(1)[0]
+    names = list(dict.fromkeys([*settings.presets, "fast"]))
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    repeats = max(settings.repeats, 3)
+    out = []
+    for name in names:
+        preset = features.get_preset(name)
+        y = features.fit_to_preset(audio.load(path, sr=preset.sr).samples[: int(30 * preset.sr)], preset)
+        features.mel_images(y, preset)  # warm-up
+        ref = features.mel_images(y, preset)
+        rows = [{"preset": preset.name, "path": "librosa", "device": "cpu", "batch": 1,
+                 "ms_per_track": stat([1e3 * _timed(lambda: features.mel_images(y, preset)) for _ in range(repeats)],
+                                      "ms")}]
+        batch = np.stack([y] * settings.feature_batch)
+        for device in devices:
+            module = features.TorchMelImages(preset).to(device)
+            x = torch.from_numpy(batch).to(device)
+
+            def run() -> torch.Tensor:
+                with torch.inference_mode():
+                    result = module(x)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                return result
+
+            diff = float((run()[0].cpu().numpy() - ref).__abs__().max())  # warm-up + agreement check
+            times = [1e3 * _timed(run) / len(batch) for _ in range(repeats)]
+            rows.append({"preset": preset.name, "path": "torch", "device": device, "batch": len(batch),
+                         "ms_per_track": stat(times, "ms"), "max_abs_diff_vs_librosa": diff})
+        for r in rows:
+            log(f"features {r['preset']} {r['path']} ({r['device']}, batch {r['batch']}): "
+                f"{r['ms_per_track']['median']:.1f} ms/track")
+        out += rows
+    return out
+
+
+# -- 3. training -----------------------------------------------------------------------------------
+
+def training_configs(settings: BenchSettings) -> list[tuple[str, dict[str, Any], tuple[int, int, int]]]:
+    """(model, options, input shape) of every model to train: image models at each report size."""
+    from melgenre.models import count_params_of, list_models
+
+    configs = []
+    for spec in list_models():
+        if settings.models and spec.name not in settings.models:
+            continue
+        c, h, _ = spec.default_input
+        if h < min(settings.image_sizes):  # a model for natural-size chunks (melcnn): its own input
+            configs.append((spec.name, {}, spec.default_input))
+            continue
+        big = settings.quick and count_params_of(spec.name) > BIG_MODEL_PARAMS
+        for size in sorted(settings.image_sizes)[: 1 if big else None]:
+            opts = {"input_size": size} if spec.options.get("input_size") is not None else {}
+            configs.append((spec.name, opts, (c, size, size)))
+    return configs
+
+
+def bench_training(settings: BenchSettings, log: Callable[[str], None]) -> list[dict]:
+    """Samples/s of forward + backward + Adam step (random data, batch ``train_batch``) and peak RSS."""
+    import torch
+    import torch.nn.functional as F
+
+    from melgenre.models import build
+
+    torch.manual_seed(0)
+    out = []
+    for name, opts, shape in training_configs(settings):
+        model = build(name, num_classes=10, **opts).train()
+        params = sum(p.numel() for p in model.parameters())
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        b = settings.train_batch
+        x, y = torch.rand(b, *shape), torch.randint(0, 10, (b,))
+        gc.collect()
+        reset_peak_rss()
+        rss_before = (_status_kb("self", "VmRSS") or 0) / 1024
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        warm = _timed(step)
+        if settings.quick and warm > settings.train_budget_s:  # a huge model in quick mode: one step only
+            times, includes_warmup = [warm], True
+        else:
+            n = max(1, min(settings.train_steps, int(settings.train_budget_s // max(warm, 1e-6))))
+            times, includes_warmup = [_timed(step) for _ in range(n)], False
+        row = {"model": name, "options": opts, "input": list(shape), "batch": b, "params": params,
+               "steps": len(times), "includes_warmup": includes_warmup,
+               "step_s": stat(times, "s"), "samples_per_s": stat([b / t for t in times], "samples/s"),
+               "peak_rss_mb": round(peak_rss_mb(), 1), "rss_before_mb": round(rss_before, 1)}
+        log(f"training {name} {'x'.join(map(str, shape))}: {row['samples_per_s']['median']:.2f} samples/s "
+            f"({row['step_s']['median']:.2f} s/step, {len(times)} step(s)), peak RSS {row['peak_rss_mb']:.0f} MB")
+        out.append(row)
+        del model, opt, x, y
+        gc.collect()
+    return out
+
+
+# -- 4. inference -------------------------------------------------------------------------------
+
+def build_untrained_package(out: str | Path, model: str = "melcnn", preset: str = "fast",
+                            classes: Sequence[str] = GENRES, seed: int = 0, **options: Any) -> Path:
+    """Write an untrained model package (``<out>.safetensors`` + ``<out>.json``) for timing only."""
+    import torch
+    from safetensors.torch import save
+
+    from melgenre import features, predict
+    from melgenre.models import build
+
+    torch.manual_seed(seed)
+    module = build(model, num_classes=len(classes), **options).eval()
+    weights = save({k: v.detach().contiguous() for k, v in module.state_dict().items()})
+    card = {"format": predict.CARD_FORMAT, "model": module.config, "classes": list(classes),
+            "preset": features.get_preset(preset).to_dict(),
+            "model_id": f"{model}-{hashlib.sha256(weights).hexdigest()[:12]}",
+            "metrics": {}, "training": {"note": "untrained: built by melgenre.bench for timing"},
+            "created_with": __version__}
+    out = Path(out).with_suffix("")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".safetensors").write_bytes(weights)
+    out.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
+    return out.with_suffix(".json")
+
+
+def bench_inference(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], None]) -> dict:
+    """End-to-end latency of one file and files/s over a batch, torch eager vs ONNX Runtime."""
+    from melgenre import audio
+    from melgenre.predict import default_model_path, load_model, predict_paths, window_images
+
+    if default_model_path().is_file():
+        source, which = default_model_path(), "default model"
+    else:
+        source = build_untrained_package(inputs.tmp / "pkg" / "melcnn-untrained")
+        which = "untrained melcnn package (no default model installed)"
+    files = inputs.files(max(settings.infer_files, 1))
+    result: dict[str, Any] = {"model_source": which, "n_batch_files": len(files),
+                              "target_ms": TARGET_LATENCY_MS, "backends": []}
+    for backend in ("torch", "onnx"):
+        t0 = time.perf_counter()
+        model = load_model(source, backend=backend)
+        load_s = time.perf_counter() - t0
+        model.predict(files[0])  # warm-up
+        latency = [1e3 * _timed(lambda i=i: model.predict(files[i % len(files)], top_k=3))
+                   for i in range(settings.infer_repeats)]
+        stages: dict[str, list[float]] = {"decode": [], "mel": [], "model": []}
+        for i in range(settings.infer_repeats):
+            f = files[i % len(files)]
+            t0 = time.perf_counter()
+            y = audio.load(f, sr=model.preset.sr).samples
+            t1 = time.perf_counter()
+            images, _, _ = window_images(y, model.preset)
+            t2 = time.perf_counter()
+            model.predict_images(images)
+            t3 = time.perf_counter()
+            for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2)):
+                stages[key].append(1e3 * dt)
+        batch = [len(files) / _timed(lambda: list(predict_paths(files, model, 3)))
+                 for _ in range(max(1, settings.repeats))]
+        row = {"backend": backend, "model_id": model.model_id, "preset": model.preset.name,
+               "windows_per_file": int(len(images)), "load_s": round(load_s, 3),
+               "latency_ms": stat(latency, "ms"), "stages_ms": {k: stat(v, "ms") for k, v in stages.items()},
+               "batch_files_per_s": stat(batch, "files/s")}
+        row["meets_target"] = row["latency_ms"]["median"] <= TARGET_LATENCY_MS
+        log(f"inference {backend}: {row['latency_ms']['median']:.1f} ms/file (decode "
+            f"{row['stages_ms']['decode']['median']:.1f}, mel {row['stages_ms']['mel']['median']:.1f}, model "
+            f"{row['stages_ms']['model']['median']:.1f}); batch {row['batch_files_per_s']['median']:.1f} files/s")
+        result["backends"].append(row)
+    result["model"] = model.card["model"]["name"]
+    return result
+
+
+# -- 5. memory ----------------------------------------------------------------------------------
+
+_PREPARE_SCRIPT = ("import sys; from melgenre.store import prepare; "
+                   "prepare(sys.argv[1], sys.argv[2], sys.argv[3], workers=int(sys.argv[4]), progress=False)")
+
+
+def prepare_peak_rss(data: Path, preset: str, out: Path, workers: int) -> dict[str, Any]:
+    """Run ``prepare`` in a subprocess and sample the RSS of it and its workers."""
+    out.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", _PREPARE_SCRIPT, str(data), preset, str(out), str(workers)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    monitor = TreeMemoryMonitor(proc.pid)
+    monitor.start()
+    _, err = proc.communicate()
+    monitor.stop()
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"prepare subprocess failed ({proc.returncode}): {err.decode()[-2000:]}")
+    others = [kb for p, kb in monitor.peak_kb.items() if p != proc.pid]
+    return {"seconds": round(seconds, 2),
+            "peak_rss_mb_main": round(monitor.peak_kb.get(proc.pid, 0) / 1024, 1),
+            "peak_rss_mb_largest_child": round(max(others, default=0) / 1024, 1),
+            "children": len(others),
+            "peak_rss_mb_total": round(monitor.total_peak_kb / 1024, 1),
+            "output_mb": round(out.stat().st_size / 1024 ** 2, 1)}
+
+
+def bench_memory(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], None]) -> list[dict]:
+    """Peak RSS of ``prepare`` at each of ``memory_sizes`` tracks (should not grow with N)."""
+    from melgenre.datasets import discover
+
+    preset = settings.memory_preset or settings.presets[-1]
+    workers = settings.workers or os.cpu_count() or 1
+    out = []
+    for n in settings.memory_sizes:
+        root = inputs.corpus(n)
+        tracks = len(discover(root).tracks)
+        row = {"n_tracks": tracks, "preset": preset, "workers": workers,
+               **prepare_peak_rss(root, preset, inputs.tmp / f"mem-{n}.h5", workers)}
+        (inputs.tmp / f"mem-{n}.h5").unlink(missing_ok=True)
+        log(f"memory: prepare {tracks} tracks ({preset}): main {row['peak_rss_mb_main']:.0f} MB, largest child "
+            f"{row['peak_rss_mb_largest_child']:.0f} MB, whole tree {row['peak_rss_mb_total']:.0f} MB")
+        out.append(row)
+    if len(out) >= 2 and out[0]["peak_rss_mb_total"] > 0:
+        ratio = out[-1]["peak_rss_mb_total"] / out[0]["peak_rss_mb_total"]
+        for row in out:
+            row["growth_vs_smallest"] = round(row["peak_rss_mb_total"] / out[0]["peak_rss_mb_total"], 3)
+        log(f"memory: whole-tree peak at {out[-1]['n_tracks']} vs {out[0]['n_tracks']} tracks: {ratio:.2f}x")
+    return out
+
+
+# -- the suite -----------------------------------------------------------------------------------
+
+def run_bench(out: str | Path = "bench", settings: BenchSettings | None = None,
+              log: Callable[[str], None] = print, command: str | None = None) -> dict[str, Any]:
+    """Run the benchmark sections of ``settings`` and write ``out/results.json`` and ``out/results.md``.
+
+    Parameters
+    ----------
+    out : path
+        Folder for the results (created).
+    settings : BenchSettings, optional
+        What to measure; default ``BenchSettings.make()`` (the full suite).
+    log : callable
+        Called with one line per figure as it is measured.
+    command : str, optional
+        The command line that produced the results (stored with them).
+
+    Returns
+    -------
+    dict
+        The results, as written to ``results.json``.
+    """
+    settings = settings or BenchSettings.make()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "format": "melgenre-bench/1",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command or "melgenre.bench.run_bench",
+        "quick": settings.quick,
+        "note": settings.note,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()},
+        "machine": machine_info(),
+    }
+    with tempfile.TemporaryDirectory(prefix="melgenre-bench-") as tmp:
+        inputs = _Inputs(settings, Path(tmp))
+        results["inputs"] = ("synthetic clips (melgenre.synth.write_corpus), "
+                             f"{settings.seconds:g} s, 22 050 Hz, 16-bit WAV") if inputs.synthetic \
+            else f"files of {settings.data}"
+        for section in SECTIONS:
+            if section not in settings.sections:
+                continue
+            t0 = time.perf_counter()
+            if section == "preprocessing":
+                results[section] = bench_preprocessing(settings, inputs, log)
+            elif section == "features":
+                results[section] = bench_features(settings, inputs, log)
+            elif section == "training":
+                results[section] = bench_training(settings, log)
+            elif section == "inference":
+                results[section] = bench_inference(settings, inputs, log)
+            else:
+                results[section] = bench_memory(settings, inputs, log)
+            results.setdefault("section_seconds", {})[section] = round(time.perf_counter() - t0, 1)
+            results["seconds"] = round(time.perf_counter() - started, 1)
+            results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+            write_results(results, out)
+    return results
+
+
+def write_results(results: dict[str, Any], out: str | Path) -> None:
+    """Write ``results.json`` and ``results.md`` into ``out`` (each atomically)."""
+    from melgenre.utils import atomic_path
+
+    out = Path(out)
+    with atomic_path(out / "results.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=1) + "\n")
+    with atomic_path(out / "results.md") as tmp:
+        tmp.write_text(results_markdown(results))
+
+
+def _m(figure: dict[str, Any], digits: int = 1) -> str:
+    return f"{figure['median']:.{digits}f}"
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """The results as markdown tables (medians; repeats are in results.json)."""
+    m = results["machine"]
+    lines = [f"# melgenre benchmarks{' (quick)' if results.get('quick') else ''}", "",
+             f"- command: `{results.get('command', '')}`",
+             f"- date: {results['created']}; total {results.get('seconds', 0):.0f} s",
+             f"- machine: {m['cores']} cores ({m['cpu_model']}), {m['memory_gb']} GB RAM, torch "
+             f"{m['versions']['torch']} ({m['torch_threads']} threads), GPU: {', '.join(m['gpus']) or 'none'}",
+             f"- load average at start {m['loadavg']}, at end {m.get('loadavg_end', '?')}"
+             " (1, 5, 15 min; a value above the core count means other work shared the CPU)",
+             f"- inputs: {results.get('inputs', '')}"]
+    if results.get("note"):
+        lines.append(f"- note: {results['note']}")
+    lines.append("- every figure is the median of its repeats (all repeats are in results.json)")
+    if results.get("preprocessing"):
+        lines += ["", "## 1. Preprocessing throughput (tracks/s, higher is better)", "",
+                  "| preset | files | naive loop (1 process) | prepare, 1 worker | prepare, workers | "
+                  "prepare / naive | target |", "|---|---|---|---|---|---|---|"]
+        for r in results["preprocessing"]:
+            lines.append(f"| {r['preset']} | {r['n_files']} | {_m(r['naive'])} | {_m(r['prepare_1_worker'])} | "
+                         f"{_m(r['prepare'])} ({r['workers']}) | **{r['speedup']:.2f}×** | "
+                         f"≥ {r['target_speedup']:g}× {'met' if r['meets_target'] else 'not met'} |")
+    if results.get("features"):
+        lines += ["", "## 2. Mel images of one 30-s track (ms per track, lower is better)", "",
+                  "| preset | path | device | batch | ms / track | max abs diff vs librosa |",
+                  "|---|---|---|---|---|---|"]
+        for r in results["features"]:
+            diff = f"{r['max_abs_diff_vs_librosa']:.1e}" if "max_abs_diff_vs_librosa" in r else "—"
+            lines.append(f"| {r['preset']} | {r['path']} | {r['device']} | {r['batch']} | "
+                         f"{_m(r['ms_per_track'])} | {diff} |")
+    if results.get("training"):
+        lines += ["", "## 3. Training throughput (forward + backward + Adam, random data)", "",
+                  "| model | options | input | batch | params | steps | s / step | samples / s | peak RSS (MB) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in results["training"]:
+            opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "defaults"
+            steps = f"{r['steps']}{' (incl. warm-up)' if r['includes_warmup'] else ''}"
+            lines.append(f"| {r['model']} | {opts} | {'×'.join(map(str, r['input']))} | {r['batch']} | "
+                         f"{r['params']:,} | {steps} | {_m(r['step_s'], 2)} | {_m(r['samples_per_s'], 2)} | "
+                         f"{r['peak_rss_mb']:.0f} |")
+    if results.get("inference"):
+        inf = results["inference"]
+        lines += ["", f"## 4. Inference: one 30-s file end to end ({inf['model']}, {inf['model_source']})", "",
+                  "| backend | preset | windows | ms / file | decode | mel | model | target ≤ "
+                  f"{inf['target_ms']:g} ms | batch of {inf['n_batch_files']} files (files/s) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in inf["backends"]:
+            s = r["stages_ms"]
+            lines.append(f"| {r['backend']} | {r['preset']} | {r['windows_per_file']} | **{_m(r['latency_ms'])}** | "
+                         f"{_m(s['decode'])} | {_m(s['mel'])} | {_m(s['model'])} | "
+                         f"{'met' if r['meets_target'] else 'not met'} | {_m(r['batch_files_per_s'])} |")
+    if results.get("memory"):
+        lines += ["", "## 5. Memory of `prepare` (peak RSS, MB)", "",
+                  "| tracks | preset | workers | main process | largest child | whole process tree | "
+                  "vs smallest N | seconds |", "|---|---|---|---|---|---|---|---|"]
+        for r in results["memory"]:
+            lines.append(f"| {r['n_tracks']} | {r['preset']} | {r['workers']} | {r['peak_rss_mb_main']:.0f} | "
+                         f"{r['peak_rss_mb_largest_child']:.0f} | {r['peak_rss_mb_total']:.0f} | "
+                         f"{r.get('growth_vs_smallest', 1.0):.2f}× | {r['seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["BenchSettings", "TreeMemoryMonitor", "build_untrained_package", "machine_info", "naive_image",
+           "peak_rss_mb", "prepare_peak_rss", "reset_peak_rss", "results_markdown", "run_bench", "stat",
+           "training_configs", "write_results"]
