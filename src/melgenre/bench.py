@@ -111,7 +111,7 @@ class BenchSettings:
 def stat(values: Iterable[float], unit: str) -> dict[str, Any]:
     """A figure: the median of its repeats, the repeats themselves and the unit."""
     vals = [float(v) for v in values]
-    return {"median": float(np.median(vals)), "values": [round(v, 6) for v in vals], "unit": unit}
+    return {"median": float(np.median(vals)), "values": vals, "unit": unit}
 
 
 def _timed(fn: Callable[[], Any]) -> float:

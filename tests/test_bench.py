@@ -1,0 +1,108 @@
+"""The benchmark suite runs once, in a reduced setting, and writes well-formed results (no timing assertions)."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from melgenre.bench import SECTIONS, BenchSettings, run_bench, training_configs
+from melgenre.cli import app
+
+
+def _figure(fig: dict, unit: str | None = None) -> None:
+    assert set(fig) == {"median", "values", "unit"}
+    assert fig["values"] and all(isinstance(v, float) and v > 0 and math.isfinite(v) for v in fig["values"])
+    assert isinstance(fig["median"], float) and min(fig["values"]) <= fig["median"] <= max(fig["values"])
+    if unit:
+        assert fig["unit"] == unit
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("bench")
+    settings = BenchSettings.make(quick=True, presets=("v1",), n_files=2, models=("melcnn",), infer_files=2,
+                                  infer_repeats=2, memory_sizes=(2, 4), note="test")
+    lines: list[str] = []
+    returned = run_bench(out, settings, log=lines.append, command="pytest")
+    assert lines  # one line per figure
+    return returned, out
+
+
+def test_results_json_is_well_formed(results):
+    returned, out = results
+    data = json.loads((out / "results.json").read_text())
+    assert data == json.loads(json.dumps(returned))
+    assert data["format"] == "melgenre-bench/1" and data["quick"] is True and data["command"] == "pytest"
+    assert data["note"] == "test" and set(data["section_seconds"]) == set(SECTIONS)
+
+    m = data["machine"]
+    assert isinstance(m["cores"], int) and m["cores"] >= 1 and m["usable_cores"] >= 1
+    assert isinstance(m["cpu_model"], str) and m["cpu_model"]
+    assert m["versions"]["torch"] and m["versions"]["melgenre"] and isinstance(m["gpus"], list)
+    assert isinstance(m["cuda"], bool) and len(m["loadavg"]) == 3 and len(m["loadavg_end"]) == 3
+
+    (pre,) = data["preprocessing"]
+    assert pre["preset"] == "v1" and pre["n_files"] == 2 and pre["workers"] >= 1
+    for key in ("naive", "prepare", "prepare_1_worker"):
+        _figure(pre[key], "tracks/s")
+    assert pre["speedup"] > 0 and isinstance(pre["meets_target"], bool)
+
+    feats = data["features"]
+    assert {(r["preset"], r["path"], r["device"]) for r in feats} >= {("v1", "librosa", "cpu"), ("v1", "torch", "cpu"),
+                                                                       ("fast", "librosa", "cpu"), ("fast", "torch", "cpu")}
+    for r in feats:
+        _figure(r["ms_per_track"], "ms")
+        if r["path"] == "torch":
+            assert r["max_abs_diff_vs_librosa"] < 1e-3  # the same images (features.TORCH_TOLERANCE is tested elsewhere)
+
+    (tr,) = data["training"]
+    assert tr["model"] == "melcnn" and tr["input"] == [1, 128, 130] and tr["batch"] == 8 and tr["params"] > 0
+    _figure(tr["samples_per_s"], "samples/s")
+    _figure(tr["step_s"], "s")
+    assert tr["peak_rss_mb"] > 0 and tr["steps"] >= 1
+
+    inf = data["inference"]
+    assert inf["model"] == "melcnn" and inf["target_ms"] == 50
+    assert [b["backend"] for b in inf["backends"]] == ["torch", "onnx"]
+    for b in inf["backends"]:
+        _figure(b["latency_ms"], "ms")
+        _figure(b["batch_files_per_s"], "files/s")
+        assert set(b["stages_ms"]) == {"decode", "mel", "model"}
+        for fig in b["stages_ms"].values():
+            _figure(fig, "ms")
+        assert b["windows_per_file"] >= 18 and isinstance(b["meets_target"], bool)  # a 30-s clip in 3-s chunks
+    assert inf["backends"][0]["model_id"] == inf["backends"][1]["model_id"]
+
+    mem = data["memory"]
+    assert [r["n_tracks"] for r in mem] == [2, 4]
+    for r in mem:
+        assert r["peak_rss_mb_main"] > 0 and r["peak_rss_mb_total"] >= r["peak_rss_mb_main"]
+        assert r["children"] >= 1 and r["peak_rss_mb_largest_child"] > 0 and r["growth_vs_smallest"] > 0
+
+
+def test_results_markdown(results):
+    _, out = results
+    text = (out / "results.md").read_text()
+    assert text.startswith("# melgenre benchmarks (quick)")
+    for heading in ("## 1. Preprocessing", "## 2. Mel images", "## 3. Training", "## 4. Inference", "## 5. Memory"):
+        assert heading in text
+    assert "| melcnn |" in text and "cores" in text
+
+
+def test_training_configs_sizes():
+    full = training_configs(BenchSettings.make(models=("melcnn", "vanilla_cnn", "yolov8_cls")))
+    assert ("melcnn", {}, (1, 128, 130)) in full
+    assert ("vanilla_cnn", {"input_size": 640}, (1, 640, 640)) in full and ("yolov8_cls", {}, (1, 640, 640)) in full
+    quick = training_configs(BenchSettings.make(quick=True, models=("vanilla_cnn", "yolov8_cls")))
+    assert quick == [("vanilla_cnn", {"input_size": 416}, (1, 416, 416)), ("yolov8_cls", {}, (1, 416, 416)),
+                     ("yolov8_cls", {}, (1, 640, 640))]  # the big model skips 640² in quick mode
+
+
+def test_cli_rejects_bad_options(tmp_path):
+    r = CliRunner().invoke(app, ["bench", "--quick", "--out", str(tmp_path), "--sections", "warp"])
+    assert r.exit_code == 2 and "--sections" in r.output
+    with pytest.raises(ValueError, match="unknown section"):
+        BenchSettings.make(sections=("warp",))
+    assert not (tmp_path / "results.json").exists()
