@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from melgenre import synth
+from melgenre import store, synth
 
 SHARED_DATA = Path(os.environ.get("MELGENRE_SHARED_DATA",
                                   Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -47,3 +47,27 @@ def small_corpus(tmp_path) -> Path:
     (root / "class01" / "broken.wav").write_text("this is not audio")
     sf.write(root / "class02" / "quiet.wav", np.zeros(22_050 * 3, dtype=np.float32), 22_050)
     return root
+
+
+TINY_SERVE = {
+    "name": "tiny-serve", "seed": 0,
+    "data": {"batch_size": 8, "fractions": [0.5, 0.25, 0.25]},
+    "model": {"name": "melcnn", "width": 4, "dropout": 0.1},
+    "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 1e-4},
+    "train": {"max_epochs": 2, "patience": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_card(tmp_path_factory) -> Path:
+    """A 2-epoch melcnn on 3 synthetic classes saved as a model package (built once per session);
+    returns the card. Its clips are in ``tiny_card.parent / "clips"``."""
+    from melgenre.config import config_from_dict
+    from melgenre.predict import save_package
+    from melgenre.train import fit
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    synth.write_corpus(root / "clips", n_classes=3, per_class=4, seconds=3.5, seed=1)
+    store.prepare(root / "clips", "fast", root / "syn-fast.h5", workers=1, progress=False)
+    run = fit(config_from_dict(TINY_SERVE), root / "runs", data=root / "syn-fast.h5", progress=False)
+    return save_package(run, root / "tiny")

@@ -22,7 +22,7 @@ import soundfile as sf
 import uvicorn
 from PIL import Image
 
-from melgenre import store, synth
+from melgenre import synth
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -39,36 +39,12 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from melgenre.serve import create_app
 
-TINY = {
-    "name": "tiny-serve", "seed": 0,
-    "data": {"batch_size": 8, "fractions": [0.5, 0.25, 0.25]},
-    "model": {"name": "melcnn", "width": 4, "dropout": 0.1},
-    "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 1e-4},
-    "train": {"max_epochs": 2, "patience": 2},
-}
-
-
-def build_tiny_package(root: Path) -> Path:
-    """Same model as tests/test_serve.py (same folder, so one session builds it once)."""
-    from melgenre.config import config_from_dict
-    from melgenre.predict import save_package
-    from melgenre.train import fit
-
-    card = root / "tiny.json"
-    if not card.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        synth.write_corpus(root / "clips", n_classes=3, per_class=4, seconds=3.5, seed=1)
-        store.prepare(root / "clips", "fast", root / "syn-fast.h5", workers=1, progress=False)
-        run = fit(config_from_dict(TINY), root / "runs", data=root / "syn-fast.h5", progress=False)
-        save_package(run, root / "tiny")
-    return card
-
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
+def tiny_model(tiny_card):
     from melgenre.predict import load_model
 
-    return load_model(build_tiny_package(tmp_path_factory.getbasetemp() / "serve-tiny-model"))
+    return load_model(tiny_card)
 
 
 def _free_port() -> int:

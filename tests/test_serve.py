@@ -26,7 +26,7 @@ from PIL import Image
 from starlette.requests import Request
 from typer.testing import CliRunner
 
-from melgenre import store, synth
+from melgenre import synth
 from melgenre.cli import app as cli_app
 from melgenre.errors import MelgenreError
 from melgenre.serve import create_app, display_name, receive_upload
@@ -36,36 +36,6 @@ with warnings.catch_warnings():  # starlette's note about httpx2; httpx is what 
     from fastapi.testclient import TestClient
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
-
-TINY = {
-    "name": "tiny-serve", "seed": 0,
-    "data": {"batch_size": 8, "fractions": [0.5, 0.25, 0.25]},
-    "model": {"name": "melcnn", "width": 4, "dropout": 0.1},
-    "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 1e-4},
-    "train": {"max_epochs": 2, "patience": 2},
-}
-
-
-def build_tiny_package(root: Path) -> Path:
-    """Train a 2-epoch melcnn on 3 synthetic classes and save it as a package; returns the card."""
-    from melgenre.config import config_from_dict
-    from melgenre.predict import save_package
-    from melgenre.train import fit
-
-    card = root / "tiny.json"
-    if not card.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        synth.write_corpus(root / "clips", n_classes=3, per_class=4, seconds=3.5, seed=1)
-        store.prepare(root / "clips", "fast", root / "syn-fast.h5", workers=1, progress=False)
-        run = fit(config_from_dict(TINY), root / "runs", data=root / "syn-fast.h5", progress=False)
-        save_package(run, root / "tiny")
-    return card
-
-
-@pytest.fixture(scope="session")
-def tiny_card(tmp_path_factory) -> Path:
-    # a fixed folder in the session's base temp dir: tests/test_browser.py reuses the same model
-    return build_tiny_package(tmp_path_factory.getbasetemp() / "serve-tiny-model")
 
 
 @pytest.fixture(scope="session")
