@@ -88,14 +88,20 @@ def prepare(
     workers: int = typer.Option(0, "--workers", "-w", help="Worker processes. Default 0 = one per CPU core; 1 = no pool."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output made from other inputs. Default: refuse."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar. Default: on."),
+    ray: str = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Compute the tracks as Ray tasks: a bare --ray (last, or before another option) starts/attaches a local Ray; --ray ADDRESS or --ray=ADDRESS joins a cluster. Needs Ray installed. Default: off (local worker processes)."),
 ) -> None:
     """Compute mel images of a corpus into one HDF5 file (parallel, atomic, resumable after a kill)."""
     from melgenre import features, store
 
     preset_obj = features.get_preset(preset)
     out = out or Path(f"{data_dir.resolve().name}-{preset_obj.name}.h5")
-    report = store.prepare(data_dir, preset_obj, out, workers=workers or None, overwrite=overwrite,
-                           progress=progress)
+    if ray is not None:
+        from melgenre.scale import prepare_ray
+
+        report = prepare_ray(data_dir, preset_obj, out, address=ray, overwrite=overwrite, progress=progress)
+    else:
+        report = store.prepare(data_dir, preset_obj, out, workers=workers or None, overwrite=overwrite,
+                               progress=progress)
     table = Table(title=f"{out} — preset {preset_obj.name}, images {report.image_shape[0]}×{report.image_shape[1]}")
     table.add_column("class")
     table.add_column("tracks", justify="right")
@@ -384,6 +390,7 @@ def predict_cmd(
     fmt: str = typer.Option("table", "--format", "-f", help="Output on stdout: table, json or csv. Default: table."),
     backend: str = typer.Option(None, "--backend", help="Inference backend: torch or onnx. Default: torch (onnx for an .onnx model)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr when there is more than one file. Default: on."),
+    ray: str = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Predict on Ray actors (the model loaded once per worker): a bare --ray (last, or before another option) starts/attaches a local Ray; --ray ADDRESS or --ray=ADDRESS joins a cluster. Needs Ray installed. Default: off."),
 ) -> None:
     """Predict the genre of audio files of any length; failing files are reported and skipped (exit code 1)."""
     import json
@@ -405,7 +412,13 @@ def predict_cmd(
     results = []
     with bar:
         task = bar.add_task("predict", total=len(files))
-        for path, pred, error in predict_paths(files, genre_model, top_k):
+        if ray is not None:
+            from melgenre.scale import predict_ray
+
+            predictions = predict_ray(files, model, backend=backend, top_k=top_k, address=ray)
+        else:
+            predictions = predict_paths(files, genre_model, top_k)
+        for path, pred, error in predictions:
             if error is not None:
                 err_console.print(f"[bold red]error:[/] {escape(str(path))}: {escape(error)}", highlight=False,
                                   soft_wrap=True)
@@ -508,3 +521,25 @@ def bench(
     command = shlex.join(["melgenre", *sys.argv[1:]]) if sys.argv and "melgenre" in sys.argv[0] else None
     run_bench(out, settings, log=say, command=command or f"melgenre bench{' --quick' if quick else ''}")
     say(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+
+
+# -- `--ray [ADDRESS]`: an option whose value may be omitted ------------------------------------------
+
+class _OptionalRayValueCommand(typer.core.TyperCommand):
+    """Lets ``--ray`` stand without a value: a bare ``--ray`` (last, or followed by another option)
+    is read as ``--ray=`` (empty address = local Ray). Typer's parser has no optional-value options."""
+
+    def parse_args(self, ctx, args):  # noqa: D102
+        fixed, positional_only = [], False
+        for i, arg in enumerate(args):
+            if arg == "--":
+                positional_only = True
+            elif arg == "--ray" and not positional_only and (i + 1 == len(args) or args[i + 1].startswith("-")):
+                arg = "--ray="
+            fixed.append(arg)
+        return super().parse_args(ctx, fixed)
+
+
+for _info in app.registered_commands:
+    if _info.callback in (prepare, predict_cmd):
+        _info.cls = _OptionalRayValueCommand

@@ -1,0 +1,274 @@
+"""Scale-out with Ray: ``prepare`` and batch ``predict`` on a Ray cluster (or a local Ray instance).
+
+Both give exactly what the local commands give:
+
+* :func:`prepare_ray` runs :func:`melgenre.store._compute_track` (the function the local
+  process pool runs) as Ray tasks, one per track, at most ``2 × cluster CPUs`` in flight. Each
+  task returns its part file's bytes; the driver writes them to ``<out>.parts/`` exactly as the
+  local pipeline does, then the same :func:`melgenre.store._assemble` writes the HDF5 file. So
+  the output is byte-for-byte the same data as ``melgenre prepare``, the run is resumable in the
+  same way (finished parts are reused), and a local run can resume a Ray run and vice versa.
+* :func:`predict_ray` starts one actor per CPU (at most one per file), each loading the model
+  once, maps the files over them in order and returns the same ``(path, prediction, error)``
+  triples as :func:`melgenre.predict.predict_paths`, so the CSV/JSON/table output is the same.
+
+What a cluster needs: melgenre installed (same version) on every node, and the audio files (and
+for ``predict`` the model file) readable at the same absolute path on every node, e.g. on a
+shared file system. The HDF5 file and its parts are written by the driver only.
+
+``address``: ``None`` or ``""`` attaches to the cluster in ``RAY_ADDRESS`` or starts a local Ray
+instance (``ray.init()``); anything else is passed to ``ray.init(address=...)``, e.g. ``"auto"``
+(a cluster started on this node with ``ray start --head``) or ``"ray://head:10001"`` (Ray Client).
+If Ray is already initialised in this process it is used as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from melgenre.errors import AudioDecodeError, MelgenreError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "Ray is not installed: pip install 'melgenre[ray]' (or pip install 'ray[data]')"
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise MelgenreError(INSTALL_HINT) from None
+    return ray
+
+
+def ray_available() -> bool:
+    """True when Ray can be imported."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@contextmanager
+def ray_session(address: str | None = None, **init_kwargs: Any) -> Iterator[Any]:
+    """Use the running Ray, or connect/start one for the duration of the block (then shut it down).
+
+    Parameters
+    ----------
+    address : str, optional
+        ``None``/``""``: ``ray.init()`` (``RAY_ADDRESS`` or a new local instance); else the
+        address for ``ray.init(address=...)``.
+    **init_kwargs
+        More ``ray.init`` arguments (e.g. ``num_cpus`` for a local instance).
+
+    Yields
+    ------
+    module
+        The ``ray`` module.
+    """
+    ray = _ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    kwargs = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False, **init_kwargs}
+    try:
+        if address:
+            kwargs.pop("include_dashboard")  # only for a new local instance
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(**kwargs)
+    except Exception as exc:  # noqa: BLE001  (Ray raises ConnectionError, RuntimeError, ValueError, ...)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MelgenreError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {reason}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _cluster_cpus(ray) -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+# -- prepare -------------------------------------------------------------------------------------
+
+def _compute_part(job) -> bytes:
+    """Ray task: :func:`melgenre.store._compute_track` into a worker-local temp part, returned as bytes."""
+    import dataclasses
+
+    from melgenre import store
+
+    with tempfile.TemporaryDirectory(prefix="melgenre-part-") as tmp:
+        part = Path(tmp) / Path(job.part).name
+        store._compute_track(dataclasses.replace(job, part=str(part)))
+        return part.read_bytes()
+
+
+def prepare_ray(data, preset, out: str | Path, address: str | None = None, overwrite: bool = False,
+                progress: bool = True, max_in_flight: int | None = None):
+    """:func:`melgenre.store.prepare` with the tracks computed by Ray tasks (same output, resumable).
+
+    Parameters
+    ----------
+    data : path or Corpus
+        A corpus folder or a discovered corpus; its files must be readable from every Ray node
+        at the same absolute path.
+    preset : name, YAML path or Preset
+        Feature preset.
+    out : path
+        The ``.h5`` file to write (by this process only).
+    address : str, optional
+        Ray address (see the module docstring); ignored when Ray is already initialised.
+    overwrite : bool
+        Replace an existing ``out`` made from other inputs.
+    progress : bool
+        Show a progress bar.
+    max_in_flight : int, optional
+        Tasks submitted at once (default ``2 ×`` the cluster's CPUs): bounds the driver's memory.
+
+    Returns
+    -------
+    melgenre.store.PrepareReport
+    """
+    import shutil
+
+    from melgenre import features, store
+    from melgenre.datasets import Corpus, discover
+    from melgenre.errors import StoreError
+    from melgenre.utils import atomic_path
+
+    t0 = time.perf_counter()
+    corpus = data if isinstance(data, Corpus) else discover(data)
+    preset = features.get_preset(preset)
+    out = Path(out)
+    plan = store._plan_hash(corpus, preset)
+    preset.image_shape()
+    if out.exists():
+        try:
+            with store.MelStore(out) as existing:
+                if existing.attrs.get("plan_hash") == plan:
+                    return store._report_from_store(existing, out, corpus, time.perf_counter() - t0)
+        except StoreError:
+            pass
+        if not overwrite:
+            raise StoreError(f"{out}: already exists and was made from other inputs (use --overwrite)")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parts = out.with_name(out.name + ".parts")
+    store._open_parts_dir(parts, plan)
+    jobs = [store._Job(index=i, path=str(t.path.resolve()), name=str(t.path.relative_to(corpus.root)),
+                       preset=preset.to_dict(), part=str(parts / f"{i:06d}.npz"))
+            for i, t in enumerate(corpus.tracks)]
+    todo = [j for j in jobs if not store._part_ok(Path(j.part))]
+    resumed = len(jobs) - len(todo)
+
+    with ray_session(address) as ray:
+        task = ray.remote(num_cpus=1, max_retries=2)(_compute_part)
+        limit = max_in_flight or 2 * _cluster_cpus(ray)
+        pending = iter(todo)
+        with store._progress(progress) as bar:
+            bar_task = bar.add_task(f"prepare {preset.name} (ray)", total=len(jobs), completed=resumed, rate="")
+            started, done = time.perf_counter(), 0
+            in_flight = {task.remote(j): j for j in store._take(pending, limit)}
+            while in_flight:
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                for ref in ready:
+                    job = in_flight.pop(ref)
+                    payload = ray.get(ref)
+                    with atomic_path(Path(job.part)) as tmp:
+                        tmp.write_bytes(payload)
+                    done += 1
+                    bar.advance(bar_task)
+                    bar.update(bar_task, rate=f"{done / (time.perf_counter() - started):.1f} tracks/s")
+                in_flight |= {task.remote(j): j for j in store._take(pending, len(ready))}
+
+    store._assemble(corpus, preset, parts, jobs, out, plan)
+    shutil.rmtree(parts, ignore_errors=True)
+    with store.MelStore(out) as s:
+        report = store._report_from_store(s, out, corpus, time.perf_counter() - t0)
+    report.resumed, report.computed, report.up_to_date = resumed, len(todo), False
+    return report
+
+
+# -- predict -------------------------------------------------------------------------------------
+
+class _Predictor:
+    """Ray actor body: one model per worker process, predicting one file per call."""
+
+    def __init__(self, model: str | None, backend: str | None):
+        from melgenre.predict import load_model
+
+        self.model = load_model(model, backend=backend)
+
+    def predict(self, path: str, name: str, top_k: int) -> tuple[Any, str | None]:
+        """``(prediction, None)`` or ``(None, reason)``, exactly as :func:`melgenre.predict.predict_paths`."""
+        try:
+            return self.model.predict(path, top_k=top_k, name=name), None
+        except AudioDecodeError as exc:
+            return None, exc.reason
+        except MelgenreError as exc:
+            return None, str(exc)
+        except Exception as exc:  # noqa: BLE001  (a batch run reports any per-file failure and goes on)
+            return None, f"{type(exc).__name__}: {exc}"
+
+
+def predict_ray(paths: Iterable[str | Path], model: str | Path | None = None, backend: str | None = None,
+                top_k: int = 3, address: str | None = None, actors: int | None = None,
+                threads: int | None = None) -> Iterator[tuple[Path, Any, str | None]]:
+    """:func:`melgenre.predict.predict_paths` on Ray actors (one model per actor), in input order.
+
+    Parameters
+    ----------
+    paths : iterable of path
+        Files and directories (expanded with :func:`melgenre.predict.expand_paths`).
+    model : path, optional
+        Model for :func:`melgenre.predict.load_model` (default: the installed default model);
+        it must be readable at the same absolute path on every node.
+    backend : {"torch", "onnx"}, optional
+        Inference backend.
+    top_k : int
+        Classes per ``Prediction.top``.
+    address : str, optional
+        Ray address (see the module docstring).
+    actors : int, optional
+        Actors to start (default: the cluster's CPUs, at most one per file).
+    threads : int, optional
+        Torch/ONNX threads per actor (default: Ray's, 1 per actor CPU).
+
+    Yields
+    ------
+    tuple
+        ``(path, prediction, None)`` or ``(path, None, reason)``, in the order of the files.
+    """
+    from melgenre.predict import expand_paths
+
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    files = expand_paths(paths)
+    if not files:
+        return
+    model_arg = str(Path(model).resolve()) if model is not None else None
+    with ray_session(address) as ray:
+        from ray.util import ActorPool
+
+        env = {"env_vars": {"OMP_NUM_THREADS": str(threads)}} if threads else None
+        actor_cls = ray.remote(num_cpus=1, **({"runtime_env": env} if env else {}))(_Predictor)
+        n = min(len(files), actors or _cluster_cpus(ray))
+        pool = ActorPool([actor_cls.remote(model_arg, backend) for _ in range(n)])
+        results = pool.map(lambda actor, f: actor.predict.remote(str(f.resolve()), str(f), top_k), files)
+        try:
+            for path, (pred, error) in zip(files, results):
+                yield path, pred, error
+        except ray.exceptions.RayError as exc:  # an actor died, e.g. the model failed to load on a node
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise MelgenreError(f"a Ray prediction actor failed: {reason}") from None
+
+
+__all__ = ["INSTALL_HINT", "predict_ray", "prepare_ray", "ray_available", "ray_session"]
