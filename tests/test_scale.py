@@ -46,7 +46,7 @@ def test_ddp_two_processes_cpu(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "melgenre", "train", str(config), "--data", str(data), "--out", str(runs),
          "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu", "--no-progress"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     # both ranks started and finished (a failing rank makes the launcher exit non-zero)
@@ -132,7 +132,7 @@ def test_prepare_ray_resumes_local_parts_and_cli(ray_local, corpus, tmp_path):
     parts = tmp_path / "ray.h5.parts"
     plan = store._plan_hash(discover(corpus), features.get_preset("fast"))
     store._open_parts_dir(parts, plan)
-    first = store._Job(index=0, path=str(sorted((corpus / "class00").glob("*.wav"))[0]),
+    first = store._Job(index=0, path=str(corpus / "class00" / "class00.00000.wav"),
                        name="class00/class00.00000.wav", preset=features.get_preset("fast").to_dict(),
                        part=str(parts / "000000.npz"))
     store._compute_track(first)

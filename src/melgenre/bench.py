@@ -188,7 +188,8 @@ class TreeMemoryMonitor(threading.Thread):
         self.total_peak_kb = 0
         self._halt = threading.Event()
 
-    def run(self) -> None:  # noqa: D102
+    def run(self) -> None:
+        """Sample every ``interval`` seconds until stopped."""
         while not self._halt.is_set():
             self.sample()
             self._halt.wait(self.interval)
@@ -328,7 +329,7 @@ def naive_image(path: str | Path, preset: Any) -> np.ndarray:
 
     y, sr = librosa.load(str(path), sr=preset.sr, mono=True, duration=preset.duration)
     if preset.duration is not None:
-        y = librosa.util.fix_length(y, size=int(round(preset.duration * sr)))
+        y = librosa.util.fix_length(y, size=round(preset.duration * sr))
     s = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=preset.n_fft, hop_length=preset.hop_length,
                                        win_length=preset.win_length, n_mels=preset.n_mels, fmin=preset.fmin,
                                        fmax=preset.fmax, pad_mode="constant")
@@ -339,9 +340,29 @@ def naive_image(path: str | Path, preset: Any) -> np.ndarray:
     return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
 
 
+def _naive_rate(files: Sequence[Path], preset: Any) -> float:
+    """Tracks/s of :func:`naive_image` over ``files``, one after the other."""
+    t0 = time.perf_counter()
+    for f in files:
+        naive_image(f, preset)
+    return len(files) / (time.perf_counter() - t0)
+
+
+def _prepare_rate(corpus: Any, preset: Any, h5: Path, workers: int) -> float:
+    """Tracks/s of a fresh :func:`melgenre.store.prepare` of ``corpus`` (start-up of the pool included)."""
+    from melgenre import store
+
+    h5.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    store.prepare(corpus, preset, h5, workers=workers, progress=False)
+    seconds = time.perf_counter() - t0
+    h5.unlink(missing_ok=True)
+    return len(corpus.tracks) / seconds
+
+
 def bench_preprocessing(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], None]) -> list[dict]:
     """Tracks/s of the naive loop, ``prepare`` with one worker per core, and ``prepare`` in-process."""
-    from melgenre import features, store
+    from melgenre import features
     from melgenre.datasets import discover
 
     workers = settings.workers or os.cpu_count() or 1
@@ -356,17 +377,10 @@ def bench_preprocessing(settings: BenchSettings, inputs: _Inputs, log: Callable[
             log(f"preprocessing: skipping chunked preset {name} (the naive loop makes one image per clip)")
             continue
         naive_image(files[0], preset)  # librosa/numba warm-up, not timed
-        naive = [n / _timed(lambda: [naive_image(f, preset) for f in files]) for _ in range(settings.repeats)]
-
-        def run_prepare(w: int) -> float:
-            h5 = inputs.tmp / f"prep-{preset.name}.h5"
-            h5.unlink(missing_ok=True)
-            seconds = _timed(lambda: store.prepare(corpus, preset, h5, workers=w, progress=False))
-            h5.unlink(missing_ok=True)
-            return n / seconds
-
-        parallel = [run_prepare(workers) for _ in range(settings.repeats)]
-        single = [run_prepare(1) for _ in range(settings.repeats)]
+        naive = [_naive_rate(files, preset) for _ in range(settings.repeats)]
+        h5 = inputs.tmp / f"prep-{preset.name}.h5"
+        parallel = [_prepare_rate(corpus, preset, h5, workers) for _ in range(settings.repeats)]
+        single = [_prepare_rate(corpus, preset, h5, 1) for _ in range(settings.repeats)]
         row = {
             "preset": preset.name, "n_files": n, "workers": workers,
             "naive": stat(naive, "tracks/s"),
@@ -386,6 +400,18 @@ def bench_preprocessing(settings: BenchSettings, inputs: _Inputs, log: Callable[
 
 # -- 2. mel features -----------------------------------------------------------------------------
 
+def _torch_mel(module: Any, x: Any) -> tuple[Any, float]:
+    """Images of one batch and the seconds it took (waiting for the GPU when on CUDA)."""
+    import torch
+
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        images = module(x)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    return images, time.perf_counter() - t0
+
+
 def bench_features(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], None]) -> list[dict]:
     """ms per 30-s track: librosa path vs batched torch path (CPU, and CUDA when available)."""
     import torch
@@ -402,23 +428,20 @@ def bench_features(settings: BenchSettings, inputs: _Inputs, log: Callable[[str]
         y = features.fit_to_preset(audio.load(path, sr=preset.sr).samples[: int(30 * preset.sr)], preset)
         features.mel_images(y, preset)  # warm-up
         ref = features.mel_images(y, preset)
+        librosa_ms = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            features.mel_images(y, preset)
+            librosa_ms.append(1e3 * (time.perf_counter() - t0))
         rows = [{"preset": preset.name, "path": "librosa", "device": "cpu", "batch": 1,
-                 "ms_per_track": stat([1e3 * _timed(lambda: features.mel_images(y, preset)) for _ in range(repeats)],
-                                      "ms")}]
+                 "ms_per_track": stat(librosa_ms, "ms")}]
         batch = np.stack([y] * settings.feature_batch)
         for device in devices:
             module = features.TorchMelImages(preset).to(device)
             x = torch.from_numpy(batch).to(device)
-
-            def run() -> torch.Tensor:
-                with torch.inference_mode():
-                    result = module(x)
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                return result
-
-            diff = float((run()[0].cpu().numpy() - ref).__abs__().max())  # warm-up + agreement check
-            times = [1e3 * _timed(run) / len(batch) for _ in range(repeats)]
+            first, _ = _torch_mel(module, x)  # warm-up + agreement check
+            diff = float(np.abs(first[0].cpu().numpy() - ref).max())
+            times = [1e3 * _torch_mel(module, x)[1] / len(batch) for _ in range(repeats)]
             rows.append({"preset": preset.name, "path": "torch", "device": device, "batch": len(batch),
                          "ms_per_track": stat(times, "ms"), "max_abs_diff_vs_librosa": diff})
         for r in rows:
@@ -449,44 +472,50 @@ def training_configs(settings: BenchSettings) -> list[tuple[str, dict[str, Any],
     return configs
 
 
-def bench_training(settings: BenchSettings, log: Callable[[str], None]) -> list[dict]:
-    """Samples/s of forward + backward + Adam step (random data, batch ``train_batch``) and peak RSS."""
+def _train_one(name: str, opts: dict[str, Any], shape: tuple[int, int, int], settings: BenchSettings) -> dict:
+    """Time training steps of one model on random data; its peak RSS."""
     import torch
     import torch.nn.functional as F
 
     from melgenre.models import build
 
+    model = build(name, num_classes=10, **opts).train()
+    params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    b = settings.train_batch
+    x, y = torch.rand(b, *shape), torch.randint(0, 10, (b,))
+    gc.collect()
+    reset_peak_rss()
+    rss_before = (_status_kb("self", "VmRSS") or 0) / 1024
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    warm = _timed(step)
+    if settings.quick and warm > settings.train_budget_s:  # a huge model in quick mode: one step only
+        times, includes_warmup = [warm], True
+    else:
+        n = max(1, min(settings.train_steps, int(settings.train_budget_s // max(warm, 1e-6))))
+        times, includes_warmup = [_timed(step) for _ in range(n)], False
+    return {"model": name, "options": opts, "input": list(shape), "batch": b, "params": params,
+            "steps": len(times), "includes_warmup": includes_warmup,
+            "step_s": stat(times, "s"), "samples_per_s": stat([b / t for t in times], "samples/s"),
+            "peak_rss_mb": round(peak_rss_mb(), 1), "rss_before_mb": round(rss_before, 1)}
+
+
+def bench_training(settings: BenchSettings, log: Callable[[str], None]) -> list[dict]:
+    """Samples/s of forward + backward + Adam step (random data, batch ``train_batch``) and peak RSS."""
+    import torch
+
     torch.manual_seed(0)
     out = []
     for name, opts, shape in training_configs(settings):
-        model = build(name, num_classes=10, **opts).train()
-        params = sum(p.numel() for p in model.parameters())
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        b = settings.train_batch
-        x, y = torch.rand(b, *shape), torch.randint(0, 10, (b,))
-        gc.collect()
-        reset_peak_rss()
-        rss_before = (_status_kb("self", "VmRSS") or 0) / 1024
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-
-        warm = _timed(step)
-        if settings.quick and warm > settings.train_budget_s:  # a huge model in quick mode: one step only
-            times, includes_warmup = [warm], True
-        else:
-            n = max(1, min(settings.train_steps, int(settings.train_budget_s // max(warm, 1e-6))))
-            times, includes_warmup = [_timed(step) for _ in range(n)], False
-        row = {"model": name, "options": opts, "input": list(shape), "batch": b, "params": params,
-               "steps": len(times), "includes_warmup": includes_warmup,
-               "step_s": stat(times, "s"), "samples_per_s": stat([b / t for t in times], "samples/s"),
-               "peak_rss_mb": round(peak_rss_mb(), 1), "rss_before_mb": round(rss_before, 1)}
+        row = _train_one(name, opts, shape, settings)
         log(f"training {name} {'x'.join(map(str, shape))}: {row['samples_per_s']['median']:.2f} samples/s "
-            f"({row['step_s']['median']:.2f} s/step, {len(times)} step(s)), peak RSS {row['peak_rss_mb']:.0f} MB")
+            f"({row['step_s']['median']:.2f} s/step, {row['steps']} step(s)), peak RSS {row['peak_rss_mb']:.0f} MB")
         out.append(row)
-        del model, opt, x, y
         gc.collect()
     return out
 
@@ -520,7 +549,12 @@ def build_untrained_package(out: str | Path, model: str = "melcnn", preset: str 
 def bench_inference(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], None]) -> dict:
     """End-to-end latency of one file and files/s over a batch, torch eager vs ONNX Runtime."""
     from melgenre import audio
-    from melgenre.predict import default_model_path, load_model, predict_paths, window_images
+    from melgenre.predict import (
+        default_model_path,
+        load_model,
+        predict_paths,
+        window_images,
+    )
 
     if default_model_path().is_file():
         source, which = default_model_path(), "default model"
@@ -535,8 +569,11 @@ def bench_inference(settings: BenchSettings, inputs: _Inputs, log: Callable[[str
         model = load_model(source, backend=backend)
         load_s = time.perf_counter() - t0
         model.predict(files[0])  # warm-up
-        latency = [1e3 * _timed(lambda i=i: model.predict(files[i % len(files)], top_k=3))
-                   for i in range(settings.infer_repeats)]
+        latency = []
+        for i in range(settings.infer_repeats):
+            t0 = time.perf_counter()
+            model.predict(files[i % len(files)], top_k=3)
+            latency.append(1e3 * (time.perf_counter() - t0))
         stages: dict[str, list[float]] = {"decode": [], "mel": [], "model": []}
         for i in range(settings.infer_repeats):
             f = files[i % len(files)]
@@ -549,10 +586,13 @@ def bench_inference(settings: BenchSettings, inputs: _Inputs, log: Callable[[str
             t3 = time.perf_counter()
             for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2)):
                 stages[key].append(1e3 * dt)
-        batch = [len(files) / _timed(lambda: list(predict_paths(files, model, 3)))
-                 for _ in range(max(1, settings.repeats))]
+        batch = []
+        for _ in range(max(1, settings.repeats)):
+            t0 = time.perf_counter()
+            list(predict_paths(files, model, 3))
+            batch.append(len(files) / (time.perf_counter() - t0))
         row = {"backend": backend, "model_id": model.model_id, "preset": model.preset.name,
-               "windows_per_file": int(len(images)), "load_s": round(load_s, 3),
+               "windows_per_file": len(images), "load_s": round(load_s, 3),
                "latency_ms": stat(latency, "ms"), "stages_ms": {k: stat(v, "ms") for k, v in stages.items()},
                "batch_files_per_s": stat(batch, "files/s")}
         row["meets_target"] = row["latency_ms"]["median"] <= TARGET_LATENCY_MS
@@ -644,7 +684,7 @@ def run_bench(out: str | Path = "bench", settings: BenchSettings | None = None,
     started = time.perf_counter()
     results: dict[str, Any] = {
         "format": "melgenre-bench/1",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": command or "melgenre.bench.run_bench",
         "quick": settings.quick,
         "note": settings.note,
@@ -698,18 +738,18 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines = [f"# melgenre benchmarks{' (quick)' if results.get('quick') else ''}", "",
              f"- command: `{results.get('command', '')}`",
              f"- date: {results['created']}; total {results.get('seconds', 0):.0f} s",
-             f"- machine: {m['cores']} cores ({m['cpu_model']}), {m['memory_gb']} GB RAM, torch "
-             f"{m['versions']['torch']} ({m['torch_threads']} threads), GPU: {', '.join(m['gpus']) or 'none'}",
-             f"- load average at start {m['loadavg']}, at end {m.get('loadavg_end', '?')}"
-             " (1, 5, 15 min; a value above the core count means other work shared the CPU)",
+             (f"- machine: {m['cores']} cores ({m['cpu_model']}), {m['memory_gb']} GB RAM, torch "
+              f"{m['versions']['torch']} ({m['torch_threads']} threads), GPU: {', '.join(m['gpus']) or 'none'}"),
+             (f"- load average at start {m['loadavg']}, at end {m.get('loadavg_end', '?')}"
+              " (1, 5, 15 min; a value above the core count means other work shared the CPU)"),
              f"- inputs: {results.get('inputs', '')}"]
     if results.get("note"):
         lines.append(f"- note: {results['note']}")
     lines.append("- every figure is the median of its repeats (all repeats are in results.json)")
     if results.get("preprocessing"):
         lines += ["", "## 1. Preprocessing throughput (tracks/s, higher is better)", "",
-                  "| preset | files | naive loop (1 process) | prepare, 1 worker | prepare, workers | "
-                  "prepare / naive | target |", "|---|---|---|---|---|---|---|"]
+                  ("| preset | files | naive loop (1 process) | prepare, 1 worker | prepare, workers | "
+                   "prepare / naive | target |"), "|---|---|---|---|---|---|---|"]
         for r in results["preprocessing"]:
             lines.append(f"| {r['preset']} | {r['n_files']} | {_m(r['naive'])} | {_m(r['prepare_1_worker'])} | "
                          f"{_m(r['prepare'])} ({r['workers']}) | **{r['speedup']:.2f}×** | "
@@ -735,8 +775,8 @@ def results_markdown(results: dict[str, Any]) -> str:
     if results.get("inference"):
         inf = results["inference"]
         lines += ["", f"## 4. Inference: one 30-s file end to end ({inf['model']}, {inf['model_source']})", "",
-                  "| backend | preset | windows | ms / file | decode | mel | model | target ≤ "
-                  f"{inf['target_ms']:g} ms | batch of {inf['n_batch_files']} files (files/s) |",
+                  ("| backend | preset | windows | ms / file | decode | mel | model | target ≤ "
+                   f"{inf['target_ms']:g} ms | batch of {inf['n_batch_files']} files (files/s) |"),
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in inf["backends"]:
             s = r["stages_ms"]
@@ -745,8 +785,8 @@ def results_markdown(results: dict[str, Any]) -> str:
                          f"{'met' if r['meets_target'] else 'not met'} | {_m(r['batch_files_per_s'])} |")
     if results.get("memory"):
         lines += ["", "## 5. Memory of `prepare` (peak RSS, MB)", "",
-                  "| tracks | preset | workers | main process | largest child | whole process tree | "
-                  "vs smallest N | seconds |", "|---|---|---|---|---|---|---|---|"]
+                  ("| tracks | preset | workers | main process | largest child | whole process tree | "
+                   "vs smallest N | seconds |"), "|---|---|---|---|---|---|---|---|"]
         for r in results["memory"]:
             lines.append(f"| {r['n_tracks']} | {r['preset']} | {r['workers']} | {r['peak_rss_mb_main']:.0f} | "
                          f"{r['peak_rss_mb_largest_child']:.0f} | {r['peak_rss_mb_total']:.0f} | "

@@ -529,7 +529,8 @@ class _OptionalRayValueCommand(typer.core.TyperCommand):
     """Lets ``--ray`` stand without a value: a bare ``--ray`` (last, or followed by another option)
     is read as ``--ray=`` (empty address = local Ray). Typer's parser has no optional-value options."""
 
-    def parse_args(self, ctx, args):  # noqa: D102
+    def parse_args(self, ctx, args):
+        """Rewrite a bare ``--ray`` to ``--ray=`` before Typer parses the arguments."""
         fixed, positional_only = [], False
         for i, arg in enumerate(args):
             if arg == "--":
