@@ -284,13 +284,16 @@ def fit(cfg: ExperimentConfig, runs_dir: str | Path = "runs", data: str | Path |
     monitor, mode = cfg.train.monitor, _mode(cfg.train.monitor)
     ckpt_dir = run_dir / "checkpoints"
     has_val = len(dm.rows_for("val")) > 0
+    # last.ckpt every epoch (the resume point): Lightning >= 2.2's save_last only writes it when a
+    # top-k checkpoint was saved in the same epoch, i.e. only when the monitor improved.
+    last_ckpt = AtomicCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False)
     if has_val:
         best = AtomicCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
-                                save_last=True, enable_version_counter=False)
-        callbacks = [best, EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.patience)]
+                                enable_version_counter=False)
+        callbacks = [best, last_ckpt, EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.patience)]
     else:  # a final retrain for a fixed number of epochs: no validation, keep the last epoch
-        best = AtomicCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True)
-        callbacks = [best]
+        best = last_ckpt
+        callbacks = [last_ckpt]
     trainer = L.Trainer(
         default_root_dir=run_dir, max_epochs=cfg.train.max_epochs, accelerator=cfg.train.accelerator,
         devices=cfg.train.devices, strategy=cfg.train.strategy, num_nodes=cfg.train.num_nodes,
