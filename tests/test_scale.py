@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -60,6 +61,8 @@ def test_ddp_two_processes_cpu(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == 3 and metrics["results"]["test"]["track"]["n"] == 8
     assert log.count("best epoch") == 1  # the summary is printed by rank 0 only
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 2 and len(last["melgenre_history"]) == 3  # the resume point is the final epoch
     assert not list(run.rglob("*.tmp"))
 
 
