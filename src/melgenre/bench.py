@@ -84,7 +84,7 @@ class BenchSettings:
     image_sizes: tuple[int, ...] = (416, 640)  # input sizes of the report's image models
     train_batch: int = 8
     train_steps: int = 5  # timed steps per model at most (after one warm-up step)
-    train_budget_s: float = 30.0  # time per model for the timed steps (at least one step is timed)
+    train_budget_s: float = 20.0  # time per model for the timed steps (at least one step is timed)
     infer_repeats: int = 10  # single-file latency repeats per backend
     infer_files: int = 20  # files of the batch throughput figure
     memory_sizes: tuple[int, ...] = (50, 200)  # prepare subprocess at these track counts
