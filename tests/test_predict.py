@@ -244,3 +244,25 @@ def test_real_clip(model):
     pred = model.predict(flac)
     _check(pred, model)
     assert 25 < pred.duration < 35 and len(pred.window_starts) >= 18 and not pred.silent
+
+
+def test_shipped_default_model():
+    """The packaged default model loads with no arguments, matches its card and predicts."""
+    from melgenre.predict import default_model_path
+
+    card = json.loads(default_model_path().read_text())
+    model = load_model()
+    assert model.model_id == card["model_id"] and model.preset.name == "fast"
+    assert model.classes == ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop",
+                             "reggae", "rock"]
+    assert card["metrics"]["test"]["track"]["n"] > 0  # the card carries its held-out test numbers
+    y = np.random.default_rng(3).standard_normal(SR * 4).astype(np.float32) * 0.1
+    pred = model.predict(y, sr=SR)
+    assert pred.label in model.classes and len(pred.window_starts) == 1
+    assert abs(sum(pred.probabilities.values()) - 1) < 1e-5
+
+
+def test_default_model_on_a_real_clip():
+    """Sanity, not accuracy: a real metal clip gets a valid prediction over 18 windows."""
+    pred = load_model().predict(shared_path("gtzan-au", "metal", "metal.00000.au"))
+    assert pred.window_probabilities.shape == (18, 10) and pred.label in pred.probabilities
