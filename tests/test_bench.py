@@ -48,6 +48,9 @@ def test_results_json_is_well_formed(results):
     for key in ("naive", "prepare", "prepare_1_worker"):
         _figure(pre[key], "tracks/s")
     assert pre["speedup"] > 0 and isinstance(pre["meets_target"], bool)
+    assert pre["prepare_small"]["n_files"] == 1 and pre["prepare_small"]["median"] > 0
+    steady = pre["prepare_steady_tracks_per_s"]  # None when the two runs were too close to tell apart
+    assert steady is None or (steady > 0 and pre["speedup_steady"] > 0 and pre["prepare_startup_s"] >= 0)
 
     feats = data["features"]
     assert {(r["preset"], r["path"], r["device"]) for r in feats} >= {("v1", "librosa", "cpu"), ("v1", "torch", "cpu"),
