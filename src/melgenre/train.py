@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
@@ -250,13 +251,16 @@ def fit(cfg: ExperimentConfig, runs_dir: str | Path = "runs", data: str | Path |
     cfg = _with_data(cfg, data)
     data_path = Path(cfg.data.path)
     run_dir = Path(runs_dir) / cfg.name
-    if overwrite and run_dir.exists():
+    # Under DDP every rank runs this; only rank 0 deletes or writes files of the run directory.
+    is_zero = rank_zero_only.rank == 0
+    if overwrite and run_dir.exists() and is_zero:
         shutil.rmtree(run_dir)
     if (run_dir / "metrics.json").exists():
         raise MelgenreError(f"{run_dir}: this run already finished; use another name (--override name=...) "
                             "or --overwrite")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _load_or_save_config(cfg, run_dir)
+    if is_zero:
+        _load_or_save_config(cfg, run_dir)
 
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning 2.6 vs torch 2.13 deprecation noise
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -268,8 +272,9 @@ def fit(cfg: ExperimentConfig, runs_dir: str | Path = "runs", data: str | Path |
             from melgenre.store import MelStore
 
             with MelStore(data_path) as store:
-                splits = make_splits(store, cfg.data, cfg.seed)
-        save_splits(splits, split_path)
+                splits = make_splits(store, cfg.data, cfg.seed)  # deterministic: the same on every rank
+        if is_zero:
+            save_splits(splits, split_path)
     dm = MelDataModule(data_path, splits, cfg.data, cfg.seed)
     if len(dm.rows_for("train")) == 0:
         raise ConfigError(f"{cfg.name}: the train split has no tracks")
