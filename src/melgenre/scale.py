@@ -137,44 +137,21 @@ def prepare_ray(data, preset, out: str | Path, address: str | None = None, overw
     -------
     melgenre.store.PrepareReport
     """
-    import shutil
-
-    from melgenre import features, store
-    from melgenre.datasets import Corpus, discover
-    from melgenre.errors import StoreError
+    from melgenre import store
     from melgenre.utils import atomic_path
 
     t0 = time.perf_counter()
-    corpus = data if isinstance(data, Corpus) else discover(data)
-    preset = features.get_preset(preset)
-    out = Path(out)
-    plan = store._plan_hash(corpus, preset)
-    preset.image_shape()
-    if out.exists():
-        try:
-            with store.MelStore(out) as existing:
-                if existing.attrs.get("plan_hash") == plan:
-                    return store._report_from_store(existing, out, corpus, time.perf_counter() - t0)
-        except StoreError:
-            pass
-        if not overwrite:
-            raise StoreError(f"{out}: already exists and was made from other inputs (use --overwrite)")
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    parts = out.with_name(out.name + ".parts")
-    store._open_parts_dir(parts, plan)
-    jobs = [store._Job(index=i, path=str(t.path.resolve()), name=str(t.path.relative_to(corpus.root)),
-                       preset=preset.to_dict(), part=str(parts / f"{i:06d}.npz"))
-            for i, t in enumerate(corpus.tracks)]
-    todo = [j for j in jobs if not store._part_ok(Path(j.part))]
-    resumed = len(jobs) - len(todo)
+    prep = store.start_prepare(data, preset, out, overwrite, t0)
+    if isinstance(prep, store.PrepareReport):
+        return prep
+    todo, jobs, resumed = prep.todo, prep.jobs, prep.resumed
 
     with ray_session(address) as ray:
         task = ray.remote(num_cpus=1, max_retries=2)(_compute_part)
         limit = max_in_flight or 2 * _cluster_cpus(ray)
         pending = iter(todo)
         with store._progress(progress) as bar:
-            bar_task = bar.add_task(f"prepare {preset.name} (ray)", total=len(jobs), completed=resumed, rate="")
+            bar_task = bar.add_task(f"prepare {prep.preset.name} (ray)", total=len(jobs), completed=resumed, rate="")
             started, done = time.perf_counter(), 0
             in_flight = {task.remote(j): j for j in store._take(pending, limit)}
             while in_flight:
@@ -189,12 +166,7 @@ def prepare_ray(data, preset, out: str | Path, address: str | None = None, overw
                     bar.update(bar_task, rate=f"{done / (time.perf_counter() - started):.1f} tracks/s")
                 in_flight |= {task.remote(j): j for j in store._take(pending, len(ready))}
 
-    store._assemble(corpus, preset, parts, jobs, out, plan)
-    shutil.rmtree(parts, ignore_errors=True)
-    with store.MelStore(out) as s:
-        report = store._report_from_store(s, out, corpus, time.perf_counter() - t0)
-    report.resumed, report.computed, report.up_to_date = resumed, len(todo), False
-    return report
+    return store.finish_prepare(prep, t0)
 
 
 # -- predict -------------------------------------------------------------------------------------

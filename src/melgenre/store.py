@@ -231,12 +231,47 @@ def prepare(
         Counts per class, skipped (corrupt) files with reasons, silent clips, timing.
     """
     t0 = time.perf_counter()
+    job = start_prepare(data, preset, out, overwrite, t0)
+    if isinstance(job, PrepareReport):
+        return job
+    with _progress(progress) as bar:
+        task = bar.add_task(f"prepare {job.preset.name}", total=len(job.jobs), completed=job.resumed, rate="")
+        started = time.perf_counter()
+        for n, _ in enumerate(_run_jobs(job.todo, workers or os.cpu_count() or 1, bar, task), start=1):
+            bar.update(task, rate=f"{n / (time.perf_counter() - started):.1f} tracks/s")
+    return finish_prepare(job, t0)
+
+
+@dataclass
+class PrepareJob:
+    """A prepare run between planning and assembly: what to compute and where parts go."""
+
+    corpus: Corpus
+    preset: Preset
+    out: Path
+    plan: str
+    parts: Path
+    jobs: list[_Job]
+    todo: list[_Job]  # jobs whose part file is not there yet
+
+    @property
+    def resumed(self) -> int:
+        """Tracks whose parts an earlier, interrupted run left."""
+        return len(self.jobs) - len(self.todo)
+
+
+def start_prepare(data: str | Path | Corpus, preset: str | Path | Preset, out: str | Path, overwrite: bool,
+                  t0: float) -> PrepareReport | PrepareJob:
+    """Plan a prepare run (shared by the local and the Ray paths).
+
+    Returns the report at once when ``out`` is already up to date; otherwise opens the parts
+    folder and lists the jobs still to compute. Raises :class:`StoreError` for an existing
+    ``out`` made from other inputs unless ``overwrite``.
+    """
     corpus = data if isinstance(data, Corpus) else discover(data)
     preset = features.get_preset(preset)
     out = Path(out)
-    workers = workers or os.cpu_count() or 1
     plan = _plan_hash(corpus, preset)
-
     preset.image_shape()  # every row must have one shape: raises ConfigError when it cannot
     if out.exists():
         try:
@@ -247,27 +282,23 @@ def prepare(
             pass
         if not overwrite:
             raise StoreError(f"{out}: already exists and was made from other inputs (use --overwrite)")
-
     out.parent.mkdir(parents=True, exist_ok=True)
     parts = out.with_name(out.name + ".parts")
     _open_parts_dir(parts, plan)
-    jobs = [_Job(index=i, path=str(t.path), name=str(t.path.relative_to(corpus.root)),
+    jobs = [_Job(index=i, path=str(t.path.resolve()), name=str(t.path.relative_to(corpus.root)),
                  preset=preset.to_dict(), part=str(parts / f"{i:06d}.npz"))
             for i, t in enumerate(corpus.tracks)]
     todo = [j for j in jobs if not _part_ok(Path(j.part))]
-    resumed = len(jobs) - len(todo)
+    return PrepareJob(corpus, preset, out, plan, parts, jobs, todo)
 
-    with _progress(progress) as bar:
-        task = bar.add_task(f"prepare {preset.name}", total=len(jobs), completed=resumed, rate="")
-        started = time.perf_counter()
-        for n, _ in enumerate(_run_jobs(todo, workers, bar, task), start=1):
-            bar.update(task, rate=f"{n / (time.perf_counter() - started):.1f} tracks/s")
 
-    _assemble(corpus, preset, parts, jobs, out, plan)
-    shutil.rmtree(parts, ignore_errors=True)
-    with MelStore(out) as store:
-        report = _report_from_store(store, out, corpus, time.perf_counter() - t0)
-    report.resumed, report.computed, report.up_to_date = resumed, len(todo), False
+def finish_prepare(job: PrepareJob, t0: float) -> PrepareReport:
+    """Assemble the parts of a finished job into the HDF5 file, remove them, and report."""
+    _assemble(job.corpus, job.preset, job.parts, job.jobs, job.out, job.plan)
+    shutil.rmtree(job.parts, ignore_errors=True)
+    with MelStore(job.out) as store:
+        report = _report_from_store(store, job.out, job.corpus, time.perf_counter() - t0)
+    report.resumed, report.computed, report.up_to_date = job.resumed, len(job.todo), False
     return report
 
 
