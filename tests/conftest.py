@@ -4,6 +4,10 @@ in ../shared/data are used only when present (tests needing them skip with a rea
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +75,25 @@ def tiny_card(tmp_path_factory) -> Path:
     store.prepare(root / "clips", "fast", root / "syn-fast.h5", workers=1, progress=False)
     run = fit(config_from_dict(TINY_SERVE), root / "runs", data=root / "syn-fast.h5", progress=False)
     return save_package(run, root / "tiny")
+
+
+@contextmanager
+def run_server(app):
+    """Run ``app`` under a real uvicorn on 127.0.0.1:<free port> in a thread; yields the base URL."""
+    import uvicorn
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

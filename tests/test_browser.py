@@ -11,15 +11,13 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-import uvicorn
+from conftest import run_server
 from PIL import Image
 
 from melgenre import synth
@@ -47,26 +45,10 @@ def tiny_model(tiny_card):
     return load_model(tiny_card)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server_url(tiny_model):
-    app = create_app(model=tiny_model, max_upload_mb=2)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with run_server(create_app(model=tiny_model, max_upload_mb=2)) as url:
+        yield url
 
 
 @pytest.fixture()

@@ -8,9 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import os
-import socket
 import stat
-import threading
 import time
 import warnings
 from collections import Counter
@@ -22,6 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import uvicorn
+from conftest import run_server
 from PIL import Image
 from starlette.requests import Request
 from typer.testing import CliRunner
@@ -320,27 +319,12 @@ def test_concurrent_requests(client, clips):
     assert _tmp_files(client.app) == []
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live_server(tiny_model):
     """A real uvicorn server on 127.0.0.1:<free port>, in a thread; yields (base url, app)."""
     app = create_app(model=tiny_model, max_upload_mb=2)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    thread.join(timeout=30)
+    with run_server(app) as url:
+        yield url, app
 
 
 def test_load_against_real_server(live_server, clips, tmp_path):
