@@ -8,6 +8,7 @@ import torch
 from melgenre import audio, features, synth
 from melgenre.errors import ConfigError
 from melgenre.features import Preset, get_preset
+from melgenre.torchmel import TorchMelImages
 
 from conftest import shared_path
 
@@ -40,13 +41,35 @@ def test_image_shapes_dtype_and_range(clip30, name, shape, n_chunks):
         assert np.allclose(images.min(axis=(1, 2)), 0) and np.allclose(images.max(axis=(1, 2)), 1)
 
 
-def test_melspectrogram_equals_librosa(clip30):
-    preset = get_preset("v2")
-    ours = features.melspectrogram(clip30, preset)
-    ref = librosa.feature.melspectrogram(y=clip30, sr=preset.sr, n_fft=preset.n_fft, hop_length=preset.hop_length,
-                                         win_length=preset.win_length, n_mels=preset.n_mels)
-    assert ours.shape == ref.shape == (128, 1 + len(clip30) // 256)
+@pytest.mark.parametrize("name", ["v1", "v2", "fast"])
+@pytest.mark.parametrize("n_samples", [None, 22_050 * 7 + 333, 1500, 300])
+def test_melspectrogram_equals_librosa(clip30, name, n_samples):
+    """The folded-FFT, blocked path gives librosa's power mel, also for odd and very short clips."""
+    preset = get_preset(name)
+    y = clip30 if n_samples is None else clip30[:n_samples]
+    ours = features.melspectrogram(y, preset)
+    ref = librosa.feature.melspectrogram(y=y, sr=preset.sr, n_fft=preset.n_fft, hop_length=preset.hop_length,
+                                         win_length=preset.win_length, n_mels=preset.n_mels, pad_mode="constant")
+    assert ours.shape == ref.shape == (preset.n_mels, 1 + len(y) // preset.hop_length)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6 * ref.max())
+    db_ours = features.power_to_db(ours, preset.top_db)
+    db_ref = librosa.power_to_db(ref, ref=np.max, amin=features.AMIN, top_db=preset.top_db)
+    # Worst case near the -80 dB floor (float32 rounding through the folded operator): below the
+    # 0.04 dB step of the float16 rows a store keeps.
+    assert np.abs(db_ours - db_ref).max() < 0.02  # dB
+
+
+def test_mel_operator_folds_the_long_fft():
+    """v1/v2 (window 1024 in n_fft 4096) use a 2048-point FFT; fast (window = n_fft) does not."""
+    assert features._fft_size(get_preset("v1")) == features._fft_size(get_preset("v2")) == 2048
+    assert features._fft_size(get_preset("fast")) == 2048 == get_preset("fast").n_fft
+    rng = np.random.default_rng(1)
+    frame = np.hanning(1025)[:-1] * rng.normal(size=1024)
+    long_power = np.abs(np.fft.rfft(frame, n=4096)) ** 2
+    short_power = np.abs(np.fft.rfft(frame, n=2048)) ** 2
+    basis = features.mel_basis(22_050, 4096, 64, 0.0, None).astype(np.float64)
+    op = features._mel_operator(22_050, 4096, 64, 0.0, None, 2048)
+    np.testing.assert_allclose(op @ short_power, basis @ long_power, rtol=1e-4, atol=1e-6 * long_power.max())
 
 
 @pytest.mark.parametrize("name", ["v1", "v2", "fast"])
@@ -55,7 +78,7 @@ def test_torch_path_matches_librosa(clip30, name):
     y = features.fit_to_preset(clip30, preset)
     ref = features.mel_images(y, preset)
     batch = torch.from_numpy(np.stack([y, 0.25 * y]))  # gain must not matter (ref = max)
-    out = features.TorchMelImages(preset)(batch).numpy()
+    out = TorchMelImages(preset)(batch).numpy()
     assert out.shape == (2, *ref.shape)
     assert np.abs(out[0] - ref).max() <= features.TORCH_TOLERANCE
     assert np.abs(out[1] - ref).max() <= features.TORCH_TOLERANCE
@@ -134,5 +157,5 @@ def test_real_clip_v1_v2():
         y = features.fit_to_preset(audio.load(path, sr=preset.sr).samples, preset)
         images = features.mel_images(y, preset)
         assert images.shape == shape and 0.2 < images.mean() < 0.8
-        torch_images = features.TorchMelImages(preset)(torch.from_numpy(y)[None])[0].numpy()
+        torch_images = TorchMelImages(preset)(torch.from_numpy(y)[None])[0].numpy()
         assert np.abs(torch_images - images).max() <= features.TORCH_TOLERANCE

@@ -15,7 +15,7 @@ Sections (see ``docs/benchmarks.md`` for what each figure means):
     PIL bilinear resize → min-max, one file after the other in one process).
 ``features``
     ms per 30-s track: :func:`melgenre.features.mel_images` against the batched
-    :class:`~melgenre.features.TorchMelImages` on CPU (and CUDA when available).
+    :class:`~melgenre.torchmel.TorchMelImages` on CPU (and CUDA when available).
 ``training``
     samples/s of forward + backward + Adam step at batch 8 for every registered model at its
     report input size, and the peak RSS while doing it.
@@ -445,6 +445,7 @@ def bench_features(settings: BenchSettings, inputs: _Inputs, log: Callable[[str]
     import torch
 
     from melgenre import audio, features
+    from melgenre.torchmel import TorchMelImages
 
     path = inputs.files(1)[0]
     names = list(dict.fromkeys([*settings.presets, "fast"]))
@@ -465,7 +466,7 @@ def bench_features(settings: BenchSettings, inputs: _Inputs, log: Callable[[str]
                  "ms_per_track": stat(librosa_ms, "ms")}]
         batch = np.stack([y] * settings.feature_batch)
         for device in devices:
-            module = features.TorchMelImages(preset).to(device)
+            module = TorchMelImages(preset).to(device)
             x = torch.from_numpy(batch).to(device)
             first, _ = _torch_mel(module, x)  # warm-up + agreement check
             diff = float(np.abs(first[0].cpu().numpy() - ref).max())
