@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import shutil
 import time
+import zlib
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ from melgenre.utils import atomic_path
 
 FORMAT_VERSION = 1
 ROW_DTYPE = np.float16
+GZIP_LEVEL = 4  # deflate level of ``x`` (with HDF5's byte shuffle before it)
+PARTS_VERSION = 2  # layout of the part files: bump to make a resumed run recompute old parts
 _STR = h5py.string_dtype()
 _TRACK_FIELDS = ("id", "path", "label", "sha256", "duration", "source_sr", "channels", "silent",
                  "first_row", "n_rows")
@@ -97,12 +100,19 @@ def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
         np.savez(fh, **arrays)
 
 
+def _compress_row(row: np.ndarray) -> bytes:
+    """One row of ``x`` as HDF5 stores it: byte shuffle, then deflate (what h5py's
+    ``shuffle=True, compression="gzip"`` would do), so the parent writes chunks as they are."""
+    shuffled = np.ascontiguousarray(row).view(np.uint8).reshape(-1, row.itemsize).T.tobytes()
+    return zlib.compress(shuffled, GZIP_LEVEL)
+
+
 def _compute_track(job: _Job) -> dict[str, Any]:
-    """Decode one file, compute its images and write its part file. Runs in a worker process."""
+    """Decode one file, compute and compress its rows, write its part file. Runs in a worker."""
     preset = features.get_preset(job.preset)
     info: dict[str, Any] = {"sha256": "", "error": "", "duration": 0.0, "source_sr": 0, "channels": 0,
                             "silent": False}
-    images = np.zeros((0, *preset.image_shape()), dtype=ROW_DTYPE)
+    rows: list[bytes] = []
     try:
         data = Path(job.path).read_bytes()
         info["sha256"] = hashlib.sha256(data).hexdigest()
@@ -110,17 +120,22 @@ def _compute_track(job: _Job) -> dict[str, Any]:
         info.update(duration=clip.duration, source_sr=clip.source_sr, channels=clip.source_channels,
                     silent=clip.silent)
         images = features.mel_images(features.fit_to_preset(clip.samples, preset), preset).astype(ROW_DTYPE)
+        rows = [_compress_row(img) for img in images]
     except AudioDecodeError as exc:
         info["error"] = exc.reason
     except OSError as exc:
         info["error"] = f"cannot read file ({exc.strerror or exc})"
-    _atomic_savez(Path(job.part), x=images, info=np.array(json.dumps(info)))
+    _atomic_savez(Path(job.part), rows=np.frombuffer(b"".join(rows), dtype=np.uint8),
+                  sizes=np.array([len(r) for r in rows], dtype=np.int64), info=np.array(json.dumps(info)))
     return {"index": job.index, "error": info["error"]}
 
 
-def _read_part(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_part(path: Path) -> tuple[list[bytes], dict[str, Any]]:
+    """The compressed rows and the info of a part file."""
     with np.load(path) as part:
-        return part["x"], json.loads(str(part["info"]))
+        data, ends = part["rows"].tobytes(), np.cumsum(part["sizes"])
+        rows = [data[a:b] for a, b in zip(np.concatenate([[0], ends[:-1]]), ends)]
+        return rows, json.loads(str(part["info"]))
 
 
 # -- parent side -------------------------------------------------------------------------------
@@ -148,14 +163,15 @@ def _open_parts_dir(parts: Path, plan: str) -> None:
     manifest = parts / "manifest.json"
     if parts.is_dir():
         try:
-            same = json.loads(manifest.read_text()).get("plan") == plan
+            old = json.loads(manifest.read_text())
+            same = old.get("plan") == plan and old.get("parts_version") == PARTS_VERSION
         except (OSError, ValueError):
             same = False
         if same:
             return
         shutil.rmtree(parts)  # parts of a different corpus or preset: start over
     parts.mkdir(parents=True)
-    manifest.write_text(json.dumps({"plan": plan, "melgenre_version": __version__}))
+    manifest.write_text(json.dumps({"plan": plan, "parts_version": PARTS_VERSION, "melgenre_version": __version__}))
 
 
 def _part_ok(path: Path) -> bool:
@@ -326,7 +342,7 @@ def _assemble(corpus: Corpus, preset: Preset, parts: Path, jobs: list[_Job], out
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as f:
             x = f.create_dataset("x", shape=(0, h, w), maxshape=(None, h, w), dtype=ROW_DTYPE,
-                                 chunks=(1, h, w), compression="gzip", compression_opts=4, shuffle=True)
+                                 chunks=(1, h, w), compression="gzip", compression_opts=GZIP_LEVEL, shuffle=True)
             cols = {
                 "y": f.create_dataset("y", shape=(0,), maxshape=(None,), dtype=np.int16, chunks=(4096,)),
                 "track_id": f.create_dataset("track_id", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(4096,)),
@@ -336,14 +352,15 @@ def _assemble(corpus: Corpus, preset: Preset, parts: Path, jobs: list[_Job], out
             }
             n = 0
             for job, track in zip(jobs, corpus.tracks):
-                images, info = _read_part(Path(job.part))
+                rows, info = _read_part(Path(job.part))
                 if info["error"]:
                     skipped.append({"path": job.name, "reason": info["error"]})
                     continue
-                k = len(images)
+                k = len(rows)
                 for ds in (x, *cols.values()):
                     ds.resize(n + k, axis=0)
-                x[n:n + k] = images
+                for i, row in enumerate(rows):  # compressed by the workers (see _compress_row)
+                    x.id.write_direct_chunk((n + i, 0, 0), row)
                 cols["y"][n:n + k] = track.label
                 cols["track_id"][n:n + k] = track.track_id
                 cols["chunk_index"][n:n + k] = np.arange(k)
