@@ -1,4 +1,6 @@
 import dataclasses
+import subprocess
+import sys
 
 import librosa
 import numpy as np
@@ -57,6 +59,25 @@ def test_melspectrogram_equals_librosa(clip30, name, n_samples):
     # Worst case near the -80 dB floor (float32 rounding through the folded operator): below the
     # 0.04 dB step of the float16 rows a store keeps.
     assert np.abs(db_ours - db_ref).max() < 0.02  # dB
+
+
+@pytest.mark.parametrize("args", [(22_050, 4096, 64, 0.0, None), (22_050, 2048, 128, 0.0, None),
+                                  (16_000, 512, 40, 20.0, 7000.0), (44_100, 1024, 96, 300.0, None)])
+def test_mel_basis_equals_librosa(args):
+    sr, n_fft, n_mels, fmin, fmax = args
+    ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    ours = features.mel_basis(*args)
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-12)
+
+
+def test_prepare_workers_import_neither_torch_nor_librosa_filters():
+    code = ("import sys; from melgenre import store, features; "
+            "features.mel_images(features.fit_to_preset(__import__('numpy').zeros(22050, 'float32'), "
+            "features.get_preset('v1')), features.get_preset('v1')); "
+            "print(sorted(m for m in ('torch', 'librosa.filters', 'scipy.signal', 'numba') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_mel_operator_folds_the_long_fft():

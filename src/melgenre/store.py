@@ -43,6 +43,7 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from threadpoolctl import threadpool_limits
 
 from melgenre import __version__, audio, features
 from melgenre.datasets import Corpus, discover
@@ -187,15 +188,16 @@ def _part_ok(path: Path) -> bool:
 def _run_jobs(jobs: list[_Job], workers: int, progress: Progress | None, task) -> Iterator[dict]:
     """Run jobs in a process pool with at most ``2 × workers`` in flight (bounded memory)."""
     if workers <= 1:
-        for job in jobs:
-            yield _compute_track(job)
-            if progress is not None:
-                progress.advance(task)
+        with threadpool_limits(1, user_api="blas"):
+            for job in jobs:
+                yield _compute_track(job)
+                if progress is not None:
+                    progress.advance(task)
         return
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["melgenre.store"])
     pending = iter(jobs)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_blas_thread) as pool:
         in_flight = {pool.submit(_compute_track, j) for j in _take(pending, 2 * workers)}
         while in_flight:
             done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
@@ -204,6 +206,11 @@ def _run_jobs(jobs: list[_Job], workers: int, progress: Progress | None, task) -
                 if progress is not None:
                     progress.advance(task)
             in_flight |= {pool.submit(_compute_track, j) for j in _take(pending, len(done))}
+
+
+def _one_blas_thread() -> None:
+    # One process per core: BLAS threads on top only fight over the cores (2-3x slower under load).
+    threadpool_limits(1, user_api="blas")
 
 
 def _take(it: Iterator, n: int) -> list:
