@@ -68,7 +68,10 @@ def test_results_json_is_well_formed(results):
 
     inf = data["inference"]
     assert isinstance(inf["model"], str) and inf["target_ms"] == 50  # the default model, or an untrained melcnn
-    assert [b["backend"] for b in inf["backends"]] == ["torch", "onnx"]
+    # the fast preset's own hop (1.5 s), then back-to-back 3-s windows (predict --hop 3)
+    assert [(b["backend"], b["hop_s"]) for b in inf["backends"]] == [("torch", 1.5), ("onnx", 1.5), ("torch", 3.0),
+                                                                     ("onnx", 3.0)]
+    assert inf["backends"][2]["windows_per_file"] < inf["backends"][0]["windows_per_file"]
     for b in inf["backends"]:
         _figure(b["latency_ms"], "ms")
         _figure(b["batch_files_per_s"], "files/s")

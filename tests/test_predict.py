@@ -112,6 +112,25 @@ def test_short_long_and_silent_clips(model):
     assert silent.silent and len(silent.window_starts) == 1
 
 
+def test_hop_sets_the_step_between_windows(trained, model):
+    y = 0.1 * np.random.default_rng(3).standard_normal(12 * SR).astype(np.float32)
+    default = model.predict(y, sr=SR)
+    for backend in ("torch", "onnx"):
+        wide = load_model(trained["card"], backend=backend, hop=3.0)
+        pred = wide.predict(y, sr=SR)
+        _check(pred, wide)
+        # 3 s = 129 frames of 512 samples; chunks of 130 frames in 1 + 12 * SR // 512 = 517 frames
+        assert len(pred.window_starts) == (517 - 130) // 129 + 1 == 4 < len(default.window_starts) == 6
+        np.testing.assert_allclose(np.diff(pred.window_starts), 129 * 512 / SR)
+        # the first window is the same image as the default's first: the same probabilities
+        np.testing.assert_allclose(pred.window_probabilities[0], default.window_probabilities[0], atol=1e-4)
+    with pytest.raises(MelgenreError, match="hop must be positive"):
+        load_model(trained["card"], hop=0)
+    r = runner.invoke(app, ["predict", str(trained["clip"]), "--model", str(trained["card"]), "--hop", "3", "-f", "json"])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.stdout)[0]["window_starts"]) == 1  # a 4.5-s clip: one 3-s window at hop 3
+
+
 @pytest.mark.parametrize("seconds, starts, padded", [
     (1.0, [0.0], True),  # shorter than one window: one zero-padded window
     (4.5, [0.0, 2.0], False),  # last 0.5 s < half a window: dropped

@@ -35,6 +35,7 @@ import dataclasses
 import datetime as _dt
 import gc
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -75,7 +76,7 @@ class BenchSettings:
     quick: bool = False
     presets: tuple[str, ...] = ("v1", "v2")
     data: Path | None = None  # a corpus folder to take the files from (default: synthetic clips)
-    n_files: int = 60  # files of the preprocessing benchmark
+    n_files: int = 200  # files of the preprocessing benchmark (start-up of the pool included)
     seconds: float = 30.0  # length of the synthetic clips
     workers: int | None = None  # prepare's workers (default: all cores)
     repeats: int = 3  # repeats of the preprocessing and feature figures
@@ -595,9 +596,13 @@ def bench_inference(settings: BenchSettings, inputs: _Inputs, log: Callable[[str
     files = inputs.files(max(settings.infer_files, 1))
     result: dict[str, Any] = {"model_source": which, "n_batch_files": len(files),
                               "target_ms": TARGET_LATENCY_MS, "backends": []}
-    for backend in ("torch", "onnx"):
+    preset = load_model(source).preset
+    hops: list[float | None] = [None]  # the preset's own hop
+    if preset.chunk_seconds is not None and preset.chunk_seconds != preset.chunk_hop_seconds:
+        hops.append(preset.chunk_seconds)  # back-to-back windows (predict --hop <chunk length>)
+    for hop, backend in itertools.product(hops, ("torch", "onnx")):
         t0 = time.perf_counter()
-        model = load_model(source, backend=backend)
+        model = load_model(source, backend=backend, hop=hop)
         load_s = time.perf_counter() - t0
         model.predict(files[0])  # warm-up
         latency = []
@@ -611,7 +616,7 @@ def bench_inference(settings: BenchSettings, inputs: _Inputs, log: Callable[[str
             t0 = time.perf_counter()
             y = audio.load(f, sr=model.preset.sr).samples
             t1 = time.perf_counter()
-            images, _, _ = window_images(y, model.preset)
+            images, _, _ = window_images(y, model.window_preset)
             t2 = time.perf_counter()
             model.predict_images(images)
             t3 = time.perf_counter()
@@ -623,11 +628,12 @@ def bench_inference(settings: BenchSettings, inputs: _Inputs, log: Callable[[str
             list(predict_paths(files, model, 3))
             batch.append(len(files) / (time.perf_counter() - t0))
         row = {"backend": backend, "model_id": model.model_id, "preset": model.preset.name,
-               "windows_per_file": len(images), "load_s": round(load_s, 3),
-               "latency_ms": stat(latency, "ms"), "stages_ms": {k: stat(v, "ms") for k, v in stages.items()},
+               "hop_s": model.window_preset.chunk_hop_seconds, "windows_per_file": len(images),
+               "load_s": round(load_s, 3), "latency_ms": stat(latency, "ms"),
+               "stages_ms": {k: stat(v, "ms") for k, v in stages.items()},
                "batch_files_per_s": stat(batch, "files/s")}
         row["meets_target"] = row["latency_ms"]["median"] <= TARGET_LATENCY_MS
-        log(f"inference {backend}: {row['latency_ms']['median']:.1f} ms/file (decode "
+        log(f"inference {backend} (hop {row['hop_s']} s): {row['latency_ms']['median']:.1f} ms/file (decode "
             f"{row['stages_ms']['decode']['median']:.1f}, mel {row['stages_ms']['mel']['median']:.1f}, model "
             f"{row['stages_ms']['model']['median']:.1f}); batch {row['batch_files_per_s']['median']:.1f} files/s")
         result["backends"].append(row)
@@ -814,12 +820,13 @@ def results_markdown(results: dict[str, Any]) -> str:
     if results.get("inference"):
         inf = results["inference"]
         lines += ["", f"## 4. Inference: one 30-s file end to end ({inf['model']}, {inf['model_source']})", "",
-                  ("| backend | preset | windows | ms / file | decode | mel | model | target ≤ "
+                  ("| backend | preset | hop (s) | windows | ms / file | decode | mel | model | target ≤ "
                    f"{inf['target_ms']:g} ms | batch of {inf['n_batch_files']} files (files/s) |"),
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in inf["backends"]:
             s = r["stages_ms"]
-            lines.append(f"| {r['backend']} | {r['preset']} | {r['windows_per_file']} | **{_m(r['latency_ms'])}** | "
+            lines.append(f"| {r['backend']} | {r['preset']} | {r.get('hop_s') or '—'} | {r['windows_per_file']} | "
+                         f"**{_m(r['latency_ms'])}** | "
                          f"{_m(s['decode'])} | {_m(s['mel'])} | {_m(s['model'])} | "
                          f"{'met' if r['meets_target'] else 'not met'} | {_m(r['batch_files_per_s'])} |")
     if results.get("memory"):

@@ -382,6 +382,10 @@ def _predict_csv(results: list[tuple[Path, object, str | None]], top_k: int) -> 
     return buf.getvalue()
 
 
+_HOP_HELP = ("Seconds between prediction windows, for models on a chunked preset: 3 (the fast preset's chunk "
+             "length) halves the work for a small accuracy cost. Default: the preset's chunk_hop_seconds (1.5 for fast).")
+
+
 @app.command("predict")
 def predict_cmd(
     paths: list[Path] = typer.Argument(..., metavar="PATH...", help="Audio files and/or folders (searched recursively for audio files)."),
@@ -389,6 +393,7 @@ def predict_cmd(
     top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="Genres to list per file. Default: 3."),
     fmt: str = typer.Option("table", "--format", "-f", help="Output on stdout: table, json or csv. Default: table."),
     backend: str = typer.Option(None, "--backend", help="Inference backend: torch or onnx. Default: torch (onnx for an .onnx model)."),
+    hop: float = typer.Option(None, "--hop", help=_HOP_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr when there is more than one file. Default: on."),
     ray: str = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Predict on Ray actors (the model loaded once per worker): a bare --ray (last, or before another option) starts/attaches a local Ray; --ray ADDRESS or --ray=ADDRESS joins a cluster. Needs Ray installed. Default: off."),
 ) -> None:
@@ -405,7 +410,7 @@ def predict_cmd(
     files = expand_paths(paths)
     if not files:
         raise MelgenreError(f"no audio files in {', '.join(map(str, paths))}")
-    genre_model = load_model(model, backend=backend)
+    genre_model = load_model(model, backend=backend, hop=hop)
     top_k = min(top_k, len(genre_model.classes))
     bar = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    console=err_console, transient=True, disable=not progress or len(files) < 2)
@@ -415,7 +420,7 @@ def predict_cmd(
         if ray is not None:
             from melgenre.scale import predict_ray
 
-            predictions = predict_ray(files, model, backend=backend, top_k=top_k, address=ray)
+            predictions = predict_ray(files, model, backend=backend, top_k=top_k, address=ray, hop=hop)
         else:
             predictions = predict_paths(files, genre_model, top_k)
         for path, pred, error in predictions:
@@ -474,13 +479,16 @@ def serve(
     model: Path = typer.Option(None, "--model", "-m", help="A run directory, .ckpt, package .json or .onnx. Default: the packaged default model."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest accepted upload in MB; larger ones get HTTP 413. Default: 20."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="Genres listed in each response's 'top'. Default: 3."),
+    hop: float = typer.Option(None, "--hop", help=_HOP_HELP),
 ) -> None:
     """Serve the model over HTTP: a web page at /, POST /predict, /health, /model, docs at /docs."""
     import uvicorn
 
     from melgenre.serve import create_app
 
-    application = create_app(model_path=model, max_upload_mb=max_upload_mb, top_k=top_k)
+    from melgenre.predict import load_model
+
+    application = create_app(load_model(model, hop=hop), max_upload_mb=max_upload_mb, top_k=top_k)
     shown = f"[{host}]" if ":" in host else host
     say(f"serving model {application.state.model.model_id} at http://{shown}:{port}/ "
         f"(API docs at /docs; uploads up to {max_upload_mb:g} MB); Ctrl+C to stop")
@@ -495,7 +503,7 @@ def bench(
     out: Path = typer.Option(Path("bench"), "--out", "-o", help="Folder for results.json and results.md. Default: bench/."),
     presets: str = typer.Option("v1,v2", "--presets", help="Comma-separated presets for preprocessing and features. Default: v1,v2."),
     data: Path = typer.Option(None, "--data", "-d", help="Corpus folder to take the audio files from. Default: synthetic 30-s clips."),
-    n_files: int = typer.Option(None, "--files", "-n", min=1, help="Files of the preprocessing benchmark. Default: 60 (quick: 8)."),
+    n_files: int = typer.Option(None, "--files", "-n", min=1, help="Files of the preprocessing benchmark. Default: 200 (quick: 8)."),
     models: str = typer.Option(None, "--models", help="Comma-separated registered models to train. Default: all."),
     sections: str = typer.Option(None, "--sections", help="Comma-separated: preprocessing,features,training,inference,memory. Default: all."),
     workers: int = typer.Option(0, "--workers", "-w", help="prepare's worker processes. Default 0 = one per CPU core."),

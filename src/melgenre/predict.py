@@ -147,14 +147,25 @@ class GenreModel:
     """A trained classifier with its classes and feature preset, ready to predict.
 
     Made by :func:`load_model`. Attributes: ``classes`` (list of str), ``preset``
-    (:class:`~melgenre.features.Preset`), ``card`` (the model card dict), ``model_id`` and
-    ``backend`` (``"torch"`` or ``"onnx"``).
+    (:class:`~melgenre.features.Preset`, as trained), ``window_preset`` (the same with the
+    prediction ``hop``), ``hop``, ``card`` (the model card dict), ``model_id`` and ``backend``
+    (``"torch"`` or ``"onnx"``).
     """
 
-    def __init__(self, card: dict[str, Any], module: nn.Module | None = None, session: Any = None):
+    def __init__(self, card: dict[str, Any], module: nn.Module | None = None, session: Any = None,
+                 hop: float | None = None):
         self.card = card
         self.classes: list[str] = list(card["classes"])
         self.preset = Preset.from_dict(card["preset"])
+        self.hop = hop
+        self.window_preset = self.preset
+        if hop is not None:  # the step between prediction windows; training chunks are unchanged
+            if self.preset.chunk_seconds is None:
+                raise MelgenreError(f"--hop needs a model on a chunked preset; {self.preset.name!r} "
+                                    "predicts back-to-back windows of its duration")
+            if not hop > 0:
+                raise MelgenreError(f"--hop must be positive, got {hop}")
+            self.window_preset = dataclasses.replace(self.preset, chunk_hop_seconds=float(hop))
         self.model_id: str = card["model_id"]
         self.backend = "torch" if module is not None else "onnx"
         self._module = module.eval() if module is not None else None
@@ -238,7 +249,7 @@ class GenreModel:
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         y, label = self._samples(source, sr, name)
-        images, starts, padded = window_images(y, self.preset)
+        images, starts, padded = window_images(y, self.window_preset)
         window_probs = self.predict_images(images)
         probs = window_probs.mean(axis=0, dtype=np.float64)
         order = np.argsort(-probs, kind="stable")
@@ -439,7 +450,7 @@ def _onnx_session(model: str | Path | bytes, label: str) -> Any:
         raise MelgenreError(f"{label}: not a readable ONNX model ({reason})") from None
 
 
-def _from_onnx(path: Path) -> GenreModel:
+def _from_onnx(path: Path, hop: float | None = None) -> GenreModel:
     if not path.is_file():
         raise MelgenreError(f"{path}: no such file")
     session = _onnx_session(path, str(path))
@@ -450,7 +461,7 @@ def _from_onnx(path: Path) -> GenreModel:
         card = json.loads(meta["melgenre_card"])
     except json.JSONDecodeError:
         raise MelgenreError(f"{path}: the melgenre card in the ONNX metadata is not valid JSON") from None
-    return GenreModel(_check_card(path, card), session=session)
+    return GenreModel(_check_card(path, card), session=session, hop=hop)
 
 
 def default_model_path() -> Path:
@@ -458,7 +469,7 @@ def default_model_path() -> Path:
     return Path(str(DEFAULT_MODEL_DIR.joinpath("default.json")))
 
 
-def load_model(path: str | Path | None = None, backend: str | None = None) -> GenreModel:
+def load_model(path: str | Path | None = None, backend: str | None = None, hop: float | None = None) -> GenreModel:
     """Load a model for prediction.
 
     Parameters
@@ -471,6 +482,11 @@ def load_model(path: str | Path | None = None, backend: str | None = None) -> Ge
     backend : {"torch", "onnx"}, optional
         ``"onnx"`` runs the model with ONNX Runtime on CPU (a non-ONNX model is exported in
         memory first). Default: ``"torch"``, or ``"onnx"`` for an ``.onnx`` file.
+    hop : float, optional
+        Seconds between the starts of prediction windows, for chunked presets (default: the
+        preset's ``chunk_hop_seconds``). The chunk length (``fast``: 3 s) gives back-to-back
+        windows: about half the compute of the default 1.5 s, for a small loss of accuracy
+        (see docs/results.md).
 
     Returns
     -------
@@ -495,14 +511,14 @@ def load_model(path: str | Path | None = None, backend: str | None = None) -> Ge
     if is_onnx:
         if backend != "onnx":
             raise MelgenreError(f"{path}: an ONNX model runs only with the onnx backend")
-        return _from_onnx(path)
+        return _from_onnx(path, hop)
     module, card = _load_torch(path)
     if backend == "torch":
-        return GenreModel(card, module=module)
+        return GenreModel(card, module=module, hop=hop)
     with tempfile.TemporaryDirectory(prefix="melgenre-onnx-") as tmp:  # private (0700), removed at once
         onnx_path = Path(tmp) / "model.onnx"
         _write_onnx(module, card, onnx_path)
-        return GenreModel(card, session=_onnx_session(onnx_path.read_bytes(), str(path)))
+        return GenreModel(card, session=_onnx_session(onnx_path.read_bytes(), str(path)), hop=hop)
 
 
 # -- writing models ----------------------------------------------------------------------------
