@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -90,3 +92,12 @@ def test_datamodule_groups_rows_by_track(small_corpus, tmp_path):
     counts = np.bincount(dm.store.y[dm.rows_for("train")], minlength=3)
     np.testing.assert_allclose(weights.numpy() * counts, counts.sum() / 3, rtol=1e-6)
     assert dm.class_counts("train").sum() == len(splits["train"])
+    n_train = len(dm.rows_for("train"))
+
+    # drop_last is decided per DDP rank: a rank with no full batch keeps its partial one
+    dm.cfg = DataConfig(batch_size=n_train - 1, in_memory=False)
+    assert dm.train_dataloader().drop_last
+    dm.trainer = SimpleNamespace(world_size=2)  # each rank gets ceil(n / 2) < batch_size rows
+    assert not dm.train_dataloader().drop_last
+    dm.cfg = DataConfig(batch_size=2, in_memory=False)
+    assert dm.train_dataloader().drop_last and not dm.val_dataloader().drop_last

@@ -232,10 +232,13 @@ class MelDataModule(L.LightningDataModule):
         """A DataLoader over one split (shuffled and augmented when ``train``)."""
         self.setup()
         dataset = RowDataset(self.store, self.rows_for(split), self.cfg.augment if train else None, self.seed)
+        # Under DDP, Lightning gives each rank ceil(N / world) rows: drop a last partial batch (no
+        # batch of 1 for BatchNorm) only when a rank still has a full one.
+        world = getattr(self.trainer, "world_size", 1) or 1
+        per_rank = -(-len(dataset) // world)
         return DataLoader(
             dataset, batch_size=self.cfg.batch_size, shuffle=train, num_workers=self.cfg.num_workers,
-            drop_last=train and len(dataset) > self.cfg.batch_size,  # no batch of 1 for BatchNorm
-            persistent_workers=self.cfg.num_workers > 0,
+            drop_last=train and per_rank > self.cfg.batch_size, persistent_workers=self.cfg.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:  # noqa: D102
