@@ -102,8 +102,12 @@ def test_page_and_static_assets(client):
 
 
 def test_docs_and_openapi(client):
-    r = client.get("/docs")
-    assert r.status_code == 200 and "swagger" in r.text.lower()
+    r = client.get("/docs")  # works offline: no scripts, no outside assets
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "<script" not in r.text and "http://cdn" not in r.text and "https://" not in r.text
+    for text in ("POST /predict", "GET /health", "GET /model", "<code>spectrogram</code>", "<code>file</code>",
+                 "<code>413</code>", "/openapi.json"):
+        assert text in r.text, text
     spec = client.get("/openapi.json").json()
     assert {"/predict", "/health", "/model"} <= set(spec["paths"])
     predict = spec["paths"]["/predict"]["post"]

@@ -9,7 +9,9 @@ that is loaded once and shared by all requests:
 ``GET /health``    ``{"status": "ok", "model_id": ...}``
 ``GET /model``     the model card (classes, preset, metrics ...)
 ``GET /``          the web page (``melgenre/static/index.html``; assets under ``/static``)
-``GET /docs``      OpenAPI docs (FastAPI's default Swagger UI)
+``GET /docs``      API reference, rendered from the OpenAPI schema (``/openapi.json``) into
+                   one self-contained page: FastAPI's Swagger UI loads its assets from a CDN
+                   and stays blank offline
 
 Uploads are never held in memory as a whole: the multipart body is parsed as it streams in and
 the file part is written in chunks to a private temporary file (in a ``melgenre-*`` folder made
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import html
 import io
 import logging
 import os
@@ -39,7 +42,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
@@ -333,6 +336,8 @@ def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: 
                     "Upload an audio file to `POST /predict`; the web page is at `/`.",
         version=_version(),
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.model = model
     app.state.tmpdir = None
@@ -395,12 +400,52 @@ def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: 
         card.setdefault("preset", model.preset.to_dict())
         return jsonable_encoder(card)
 
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(api_reference_html(app.openapi()),
+                            headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"})
+
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
                             headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
 
     return app
+
+
+def api_reference_html(schema: dict[str, Any]) -> str:
+    """One self-contained HTML page (no scripts, no outside assets) describing an OpenAPI schema."""
+    e = html.escape
+    info = schema.get("info", {})
+    parts = [f"<h1>{e(info.get('title', 'API'))} {e(str(info.get('version', '')))}</h1>",
+             f"<p>{e(info.get('description', ''))}</p>",
+             "<p>Example: <code>curl -F file=@song.mp3 'http://127.0.0.1:8000/predict?spectrogram=false'</code>. "
+             "Machine-readable schema: <a href='/openapi.json'>/openapi.json</a>.</p>"]
+    for path, methods in schema.get("paths", {}).items():
+        for method, op in methods.items():
+            parts.append(f"<h2><code>{e(method.upper())} {e(path)}</code></h2><p><b>{e(op.get('summary', ''))}</b></p>")
+            if op.get("description"):
+                parts.append(f"<p class='d'>{e(op['description'])}</p>")
+            params = [(p["name"], p["in"], p.get("required", False), p.get("description", ""))
+                      for p in op.get("parameters", [])]
+            for ctype, body in op.get("requestBody", {}).get("content", {}).items():
+                fields = body.get("schema", {}).get("properties", {})
+                required = body.get("schema", {}).get("required", [])
+                params += [(name, f"body ({ctype})", name in required, f.get("description", ""))
+                           for name, f in fields.items()]
+            if params:
+                rows = "".join(f"<tr><td><code>{e(n)}</code></td><td>{e(w)}</td><td>{'yes' if r else 'no'}</td>"
+                               f"<td>{e(d)}</td></tr>" for n, w, r, d in params)
+                parts.append(f"<table><tr><th>parameter</th><th>in</th><th>required</th><th>description</th></tr>"
+                             f"{rows}</table>")
+            codes = "".join(f"<li><code>{e(code)}</code> {e(r.get('description', ''))}</li>"
+                            for code, r in op.get("responses", {}).items())
+            parts.append(f"<p>Responses:</p><ul>{codes}</ul>")
+    style = ("body{font-family:sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.4}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:left}"
+             ".d{white-space:pre-wrap}code{background:#f4f4f4}")
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{e(info.get('title', 'API'))} API"
+            f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>")
 
 
 def _version() -> str:
