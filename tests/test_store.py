@@ -45,7 +45,7 @@ def test_prepare_round_trip(small_corpus, tmp_path):
         assert s.classes == ["class00", "class01", "class02"]
         assert s.preset == features.get_preset("fast")
         assert s.attrs["melgenre_version"] == __version__ and len(s.attrs["input_hash"]) == 64
-        assert s.x.dtype == np.float16 and s.x.chunks == (1, 128, 130) and s.x.compression == "gzip"
+        assert s.x.dtype == np.float16 and s.x.chunks == (1, 128, 130) and s.x.compression is None
         # 4.6-s clips -> 2 chunks; the 3-s silent clip -> 1 chunk
         assert len(s) == 9 * 2 + 1 and s.image_shape == (128, 130)
         assert list(s.chunk_index[:2]) == [0, 1] and s.track_id[0] == "class00/class00.00000"
@@ -66,9 +66,16 @@ def test_prepare_round_trip(small_corpus, tmp_path):
 def test_worker_compressed_chunks_are_what_h5py_writes(small_corpus, tmp_path):
     """Rows compressed by the workers are byte for byte the chunks h5py's gzip + shuffle makes."""
     out = tmp_path / "feat.h5"
-    store.prepare(small_corpus, "v1", out, workers=1, progress=False)
+    store.prepare(small_corpus, "v1", out, workers=1, progress=False, compression="gzip")
+    plain = tmp_path / "plain.h5"
+    store.prepare(small_corpus, "v1", plain, workers=1, progress=False)
+    with h5py.File(plain) as f:
+        assert f["x"].compression is None and f["x"].chunks == (1, 416, 416)
+        plain_rows = f["x"][:]
+    assert plain.stat().st_size > 1.3 * out.stat().st_size
     with h5py.File(out) as f:
         x = f["x"]
+        np.testing.assert_array_equal(x[:], plain_rows)
         assert x.compression == "gzip" and x.compression_opts == store.GZIP_LEVEL and x.shuffle
         rows = x[:3]
         with h5py.File(tmp_path / "ref.h5", "w") as g:
@@ -76,6 +83,8 @@ def test_worker_compressed_chunks_are_what_h5py_writes(small_corpus, tmp_path):
                                    compression_opts=store.GZIP_LEVEL, shuffle=True)
             for i in range(3):
                 assert x.id.read_direct_chunk((i, 0, 0)) == ref.id.read_direct_chunk((i, 0, 0))
+    with pytest.raises(StoreError, match="unknown compression 'zstd'; use one of none, gzip"):
+        store.prepare(small_corpus, "v1", tmp_path / "z.h5", workers=1, progress=False, compression="zstd")
     assert rows.dtype == np.float16 and rows.shape == (3, 416, 416)
     assert 0 <= rows.min() and rows.max() == 1  # minmax rows, read back through the filters
 

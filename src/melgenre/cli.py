@@ -86,7 +86,8 @@ def prepare(
     preset: str = typer.Option("v1", "--preset", "-p", help="Feature preset: v1, v2, fast, or a YAML file."),
     out: Path = typer.Option(None, "--out", "-o", help="HDF5 file to write. Default: <data_dir name>-<preset>.h5 in the current folder."),
     workers: int = typer.Option(0, "--workers", "-w", help="Worker processes. Default 0 = one per CPU core; 1 = no pool."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output made from other inputs. Default: refuse."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output made from other inputs or settings. Default: refuse."),
+    compression: str = typer.Option("none", "--compression", help="Image compression: none, or gzip (files ~37% smaller, prepare ~1.5x slower; done by the workers). Default: none."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar. Default: on."),
     ray: str = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Compute the tracks as Ray tasks: a bare --ray (last, or before another option) starts/attaches a local Ray; --ray ADDRESS or --ray=ADDRESS joins a cluster. Needs Ray installed. Default: off (local worker processes)."),
 ) -> None:
@@ -98,10 +99,11 @@ def prepare(
     if ray is not None:
         from melgenre.scale import prepare_ray
 
-        report = prepare_ray(data_dir, preset_obj, out, address=ray, overwrite=overwrite, progress=progress)
+        report = prepare_ray(data_dir, preset_obj, out, address=ray, overwrite=overwrite, progress=progress,
+                             compression=compression)
     else:
         report = store.prepare(data_dir, preset_obj, out, workers=workers or None, overwrite=overwrite,
-                               progress=progress)
+                               progress=progress, compression=compression)
     table = Table(title=f"{out} — preset {preset_obj.name}, images {report.image_shape[0]}×{report.image_shape[1]}")
     table.add_column("class")
     table.add_column("tracks", justify="right")

@@ -112,7 +112,7 @@ def _compute_part(job) -> bytes:
 
 
 def prepare_ray(data, preset, out: str | Path, address: str | None = None, overwrite: bool = False,
-                progress: bool = True, max_in_flight: int | None = None):
+                progress: bool = True, max_in_flight: int | None = None, compression: str = "none"):
     """:func:`melgenre.store.prepare` with the tracks computed by Ray tasks (same output, resumable).
 
     Parameters
@@ -132,6 +132,8 @@ def prepare_ray(data, preset, out: str | Path, address: str | None = None, overw
         Show a progress bar.
     max_in_flight : int, optional
         Tasks submitted at once (default ``2 ×`` the cluster's CPUs): bounds the driver's memory.
+    compression : {"none", "gzip"}
+        Compression of the images (see :func:`melgenre.store.prepare`); gzip is done by the tasks.
 
     Returns
     -------
@@ -141,7 +143,7 @@ def prepare_ray(data, preset, out: str | Path, address: str | None = None, overw
     from melgenre.utils import atomic_path
 
     t0 = time.perf_counter()
-    prep = store.start_prepare(data, preset, out, overwrite, t0)
+    prep = store.start_prepare(data, preset, out, overwrite, t0, compression)
     if isinstance(prep, store.PrepareReport):
         return prep
     todo, jobs, resumed = prep.todo, prep.jobs, prep.resumed
