@@ -133,7 +133,7 @@ def test_prepare_ray_resumes_local_parts_and_cli(ray_local, corpus, tmp_path):
     store.prepare(corpus, "fast", tmp_path / "local.h5", workers=1, progress=False)
     # an interrupted local run left some parts: the Ray run reuses them
     parts = tmp_path / "ray.h5.parts"
-    plan = store._plan_hash(discover(corpus), features.get_preset("fast"))
+    plan = store._plan_hash(discover(corpus), features.get_preset("fast"), "none")
     store._open_parts_dir(parts, plan)
     first = store._Job(index=0, path=str(corpus / "class00" / "class00.00000.wav"),
                        name="class00/class00.00000.wav", preset=features.get_preset("fast").to_dict(),
