@@ -88,7 +88,7 @@ class BenchSettings:
     train_budget_s: float = 20.0  # time per model for the timed steps (at least one step is timed)
     infer_repeats: int = 10  # single-file latency repeats per backend
     infer_files: int = 20  # files of the batch throughput figure
-    memory_sizes: tuple[int, ...] = (50, 200)  # prepare subprocess at these track counts
+    memory_sizes: tuple[int, ...] = (250, 1000)  # prepare subprocess at these track counts
     memory_preset: str | None = None  # default: the last of ``presets``
     sections: tuple[str, ...] = SECTIONS
     note: str = ""  # free text stored with the results, e.g. "under load: a training job ran"
@@ -743,6 +743,8 @@ def run_bench(out: str | Path = "bench", settings: BenchSettings | None = None,
         "machine": machine_info(),
     }
     with tempfile.TemporaryDirectory(prefix="melgenre-bench-") as tmp:
+        if settings.data is None:
+            log("writing the synthetic input clips (about 0.1 s each) ...")
         inputs = _Inputs(settings, Path(tmp))
         results["inputs"] = ("synthetic clips (melgenre.synth.write_corpus), "
                              f"{settings.seconds:g} s, 22 050 Hz, 16-bit WAV") if inputs.synthetic \
