@@ -33,7 +33,15 @@ def test_synth_prepare_info(tmp_path):
     assert r.exit_code == 0 and "already up to date" in r.output
     r = invoke("info", out)
     assert r.exit_code == 0, r.output
-    assert "(6, 416, 416) float16" in r.output and "class02" in r.output and "n_mels=64" in r.output
+    assert "(6, 416, 416) float16, uncompressed" in r.output and "class02" in r.output and "n_mels=64" in r.output
+    gz = tmp_path / "gz.h5"
+    r = invoke("prepare", data, "--preset", "v1", "--out", gz, "--workers", 1, "--no-progress", "--compression", "gzip")
+    assert r.exit_code == 0, r.output
+    assert "float16, gzip" in invoke("info", gz).output
+    with MelStore(out) as plain, MelStore(gz) as packed:
+        np.testing.assert_array_equal(plain.x[:], packed.x[:])
+    r = invoke("prepare", data, "--out", gz, "--no-progress", "--compression", "lz4")
+    assert r.exit_code == 2 and "unknown compression 'lz4'" in r.output
 
 
 def test_prepare_reports_skipped_and_silent(small_corpus, tmp_path):

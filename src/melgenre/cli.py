@@ -137,7 +137,7 @@ def info(path: Path = typer.Argument(..., help="A feature file written by `melge
         tracks = s.tracks()
         say(f"[bold]{path}[/]  {_human_bytes(path.stat().st_size)} on disk, "
             f"{_human_bytes(x.size * x.dtype.itemsize)} in RAM (in_memory=True)")
-        say(f"x: {x.shape} {x.dtype}; {len(tracks['id'])} tracks; "
+        say(f"x: {x.shape} {x.dtype}, {x.compression or 'uncompressed'}; {len(tracks['id'])} tracks; "
             f"melgenre {s.attrs.get('melgenre_version')}; input hash {str(s.attrs.get('input_hash'))[:16]}…")
         rows = np.bincount(s.y, minlength=len(s.classes))
         tr = np.bincount(tracks["label"], minlength=len(s.classes))
