@@ -82,14 +82,14 @@ def test_prepare_workers_import_neither_torch_nor_librosa_filters():
 
 def test_mel_operator_folds_the_long_fft():
     """v1/v2 (window 1024 in n_fft 4096) use a 2048-point FFT; fast (window = n_fft) does not."""
-    assert features._fft_size(get_preset("v1")) == features._fft_size(get_preset("v2")) == 2048
-    assert features._fft_size(get_preset("fast")) == 2048 == get_preset("fast").n_fft
+    assert features.fft_size(get_preset("v1")) == features.fft_size(get_preset("v2")) == 2048
+    assert features.fft_size(get_preset("fast")) == 2048 == get_preset("fast").n_fft
     rng = np.random.default_rng(1)
     frame = np.hanning(1025)[:-1] * rng.normal(size=1024)
     long_power = np.abs(np.fft.rfft(frame, n=4096)) ** 2
     short_power = np.abs(np.fft.rfft(frame, n=2048)) ** 2
     basis = features.mel_basis(22_050, 4096, 64, 0.0, None).astype(np.float64)
-    op = features._mel_operator(22_050, 4096, 64, 0.0, None, 2048)
+    op = features.mel_operator(22_050, 4096, 64, 0.0, None, 2048)
     np.testing.assert_allclose(op @ short_power, basis @ long_power, rtol=1e-4, atol=1e-6 * long_power.max())
 
 

@@ -234,13 +234,13 @@ def mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None)
 STFT_BLOCK = 64
 
 
-def _fft_size(preset: Preset) -> int:
-    """Smallest FFT size that gives the exact power mel (see :func:`_mel_operator`)."""
+def fft_size(preset: Preset) -> int:
+    """Smallest FFT size that gives the exact power mel (see :func:`mel_operator`)."""
     return 2 * preset.win_length if 2 * preset.win_length < preset.n_fft else preset.n_fft
 
 
 @functools.lru_cache(maxsize=16)
-def _mel_operator(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None, n_small: int):
+def mel_operator(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None, n_small: int):
     """The mel filter bank as a map from the power spectrum of an ``n_small``-point FFT.
 
     With ``n_small == n_fft`` this is librosa's filter bank (sparse: > 95 % zeros). When the
@@ -270,13 +270,13 @@ def melspectrogram(y: np.ndarray, preset: Preset) -> np.ndarray:
     Same frames as ``librosa.stft`` (Hann window of ``win_length`` centred in ``n_fft``,
     ``center=True``, zero padding) and librosa's filter bank, computed faster: only the window's
     samples are framed, the FFT is ``2 * win_length`` points when that is shorter than ``n_fft``
-    (exact, see :func:`_mel_operator`), and frames go through FFT, power and filter bank in
+    (exact, see :func:`mel_operator`), and frames go through FFT, power and filter bank in
     cache-sized blocks. Matches librosa to float32 rounding (tested).
     """
     p = preset
     y = np.asarray(y, dtype=np.float32)
-    n_small = _fft_size(p)
-    operator = _mel_operator(p.sr, p.n_fft, p.n_mels, p.fmin, p.fmax, n_small)
+    n_small = fft_size(p)
+    operator = mel_operator(p.sr, p.n_fft, p.n_mels, p.fmin, p.fmax, n_small)
     window = np.hanning(p.win_length + 1)[:-1].astype(np.float32)  # periodic Hann, as librosa's
     # librosa centres frame t at sample t * hop (zero padding) and the window in the n_fft frame.
     offset = p.n_fft // 2 - (p.n_fft - p.win_length) // 2

@@ -6,37 +6,46 @@ Kept apart from :mod:`melgenre.features` so that code which only needs the NumPy
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from melgenre.features import AMIN, Preset, chunk_starts, mel_basis
+from melgenre.features import AMIN, Preset, chunk_starts, fft_size, mel_operator
 
 class TorchMelImages(torch.nn.Module):
     """Batched mel images on any device: ``(B, T)`` audio -> ``(B, n_chunks, H, W)`` in [0, 1].
 
-    Same steps as :func:`mel_images` (``torch.stft`` + librosa's filter bank, dB relative to each
-    chunk's max, antialiased bilinear resize, ``norm``), within :data:`TORCH_TOLERANCE`. All clips
+    Same steps as :func:`melgenre.features.mel_images` (the same frames, FFT size and mel
+    operator, dB relative to each chunk's max, antialiased bilinear resize, ``norm``), within
+    :data:`melgenre.features.TORCH_TOLERANCE`. All clips
     in a batch must have the same length. Move it with ``.to(device)``.
     """
 
     def __init__(self, preset: Preset):
         super().__init__()
         self.preset = preset
-        window = torch.hann_window(preset.win_length, periodic=True)
-        pad = (preset.n_fft - preset.win_length) // 2
-        window = F.pad(window, (pad, preset.n_fft - preset.win_length - pad))
-        self.register_buffer("window", window, persistent=False)
-        basis = mel_basis(preset.sr, preset.n_fft, preset.n_mels, preset.fmin, preset.fmax)
-        self.register_buffer("mel_basis", torch.from_numpy(basis), persistent=False)
+        self.register_buffer("window", torch.hann_window(preset.win_length, periodic=True), persistent=False)
+        self.n_small = fft_size(preset)
+        operator = mel_operator(preset.sr, preset.n_fft, preset.n_mels, preset.fmin, preset.fmax, self.n_small)
+        dense = operator.toarray() if hasattr(operator, "toarray") else operator
+        self.register_buffer("mel_operator", torch.from_numpy(np.ascontiguousarray(dense)), persistent=False)
 
     def power_mel(self, y: torch.Tensor) -> torch.Tensor:
-        """``(B, T)`` audio -> ``(B, n_mels, frames)`` power mel spectrogram."""
+        """``(B, T)`` audio -> ``(B, n_mels, frames)`` power mel spectrogram.
+
+        The frames and the (folded) FFT of :func:`melgenre.features.melspectrogram`: each frame
+        is the ``win_length`` samples librosa's centred, zero-padded frame windows.
+        """
         p = self.preset
-        # librosa pads with zeros ("constant") to centre frames; torch.stft's own padding is reflect.
-        y = F.pad(y, (p.n_fft // 2, p.n_fft // 2))
-        spec = torch.stft(y, n_fft=p.n_fft, hop_length=p.hop_length, window=self.window,
-                          center=False, return_complex=True)
-        return self.mel_basis @ spec.abs().pow(2)  # (B, n_mels, frames)
+        n_frames = p.n_frames(y.shape[-1])
+        offset = p.n_fft // 2 - (p.n_fft - p.win_length) // 2
+        length = (n_frames - 1) * p.hop_length + p.win_length
+        y = F.pad(y[..., :max(0, length - offset)], (offset, 0))
+        y = F.pad(y, (0, length - y.shape[-1]))
+        frames = y.unfold(-1, p.win_length, p.hop_length)  # (B, frames, win_length)
+        spec = torch.fft.rfft(frames * self.window, n=self.n_small)
+        power = spec.real.square() + spec.imag.square()
+        return self.mel_operator @ power.transpose(-1, -2)  # (B, n_mels, frames)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:  # noqa: D102
         p = self.preset
