@@ -122,6 +122,12 @@ def test_cli_train_evaluate_table(synth_store, tmp_path):
     assert saved["model"]["width"] == 4
     r = runner.invoke(app, ["evaluate", str(tmp_path / "runs" / "cli"), "--split", "test"])
     assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train", str(config), "--data", str(synth_store), "--out", str(tmp_path / "runs"),
+                            "--no-progress", "-O", "model.width=4", "-O", "name=all", "-O", "data.fractions=[1,0,0]",
+                            "-O", "train.max_epochs=1"])
+    assert r.exit_code == 0, r.output
+    assert "no validation or test split: kept the last of 1 epochs" in r.output
+    assert (tmp_path / "runs" / "all" / "checkpoints" / "last.ckpt").is_file()
     r = runner.invoke(app, ["train", str(config), "-O", "train.patiense=3"])
     assert r.exit_code == 2 and "train.patiense: unknown key" in r.output
     r = runner.invoke(app, ["train", str(config), "--data", str(tmp_path / "none.h5")])

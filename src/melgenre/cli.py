@@ -291,6 +291,10 @@ def _print_metrics(run_dir: Path) -> None:
     if not path.exists():
         return
     metrics = json.loads(path.read_text())
+    if metrics.get("best_epoch", 0) < 0:  # no validation split (a final retrain): the last epoch is kept
+        say(f"no validation or test split: kept the last of {metrics.get('epochs')} epochs; training took "
+            f"{metrics.get('train_seconds', 0):.0f} s; report: {run_dir / 'report.md'}")
+        return
     table = Table(title=f"{run_dir} — best checkpoint")
     for col in ("split", "level", "accuracy", "macro precision", "macro recall", "macro F1", "n"):
         table.add_column(col, justify="left" if col in ("split", "level") else "right")
