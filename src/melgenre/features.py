@@ -124,6 +124,16 @@ class Preset:
         """STFT frames for a clip of ``n_samples`` (``center=True``)."""
         return 1 + n_samples // self.hop_length
 
+    def window_layout(self, n_samples: int) -> tuple[int, int]:
+        """``(offset, length)``: with the clip placed at ``offset`` in ``length`` zeros, frame
+        ``t``'s window covers samples ``t * hop_length`` to ``t * hop_length + win_length``.
+
+        These are librosa's frames (centred at ``t * hop_length``, zero padding, the window
+        centred in ``n_fft``), keeping only the samples the window does not zero.
+        """
+        offset = self.n_fft // 2 - (self.n_fft - self.win_length) // 2
+        return offset, (self.n_frames(n_samples) - 1) * self.hop_length + self.win_length
+
     def image_shape(self, n_samples: int | None = None) -> tuple[int, int]:
         """(height, width) of one image; ``n_samples`` is needed for a natural-size whole clip."""
         if self.image_size is not None:
@@ -278,12 +288,11 @@ def melspectrogram(y: np.ndarray, preset: Preset) -> np.ndarray:
     n_small = fft_size(p)
     operator = mel_operator(p.sr, p.n_fft, p.n_mels, p.fmin, p.fmax, n_small)
     window = np.hanning(p.win_length + 1)[:-1].astype(np.float32)  # periodic Hann, as librosa's
-    # librosa centres frame t at sample t * hop (zero padding) and the window in the n_fft frame.
-    offset = p.n_fft // 2 - (p.n_fft - p.win_length) // 2
+    offset, length = p.window_layout(len(y))
     n_frames = p.n_frames(len(y))
-    padded = np.zeros((n_frames - 1) * p.hop_length + p.win_length, dtype=np.float32)
-    src = y[: max(0, len(padded) - offset)]
-    padded[offset:offset + len(src)] = src  # frame t's window = padded[t * hop : t * hop + win]
+    padded = np.zeros(length, dtype=np.float32)
+    src = y[: max(0, length - offset)]
+    padded[offset:offset + len(src)] = src
     frames = np.lib.stride_tricks.sliding_window_view(padded, p.win_length)[::p.hop_length]
     out = np.empty((p.n_mels, n_frames), dtype=np.float32)
     for start in range(0, n_frames, STFT_BLOCK):

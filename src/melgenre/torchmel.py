@@ -33,13 +33,11 @@ class TorchMelImages(torch.nn.Module):
     def power_mel(self, y: torch.Tensor) -> torch.Tensor:
         """``(B, T)`` audio -> ``(B, n_mels, frames)`` power mel spectrogram.
 
-        The frames and the (folded) FFT of :func:`melgenre.features.melspectrogram`: each frame
-        is the ``win_length`` samples librosa's centred, zero-padded frame windows.
+        The frames (:meth:`~melgenre.features.Preset.window_layout`) and the (folded) FFT of
+        :func:`melgenre.features.melspectrogram`.
         """
         p = self.preset
-        n_frames = p.n_frames(y.shape[-1])
-        offset = p.n_fft // 2 - (p.n_fft - p.win_length) // 2
-        length = (n_frames - 1) * p.hop_length + p.win_length
+        offset, length = p.window_layout(y.shape[-1])
         y = F.pad(y[..., :max(0, length - offset)], (offset, 0))
         y = F.pad(y, (0, length - y.shape[-1]))
         frames = y.unfold(-1, p.win_length, p.hop_length)  # (B, frames, win_length)
