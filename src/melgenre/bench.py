@@ -595,12 +595,7 @@ def build_untrained_package(out: str | Path, model: str = "melcnn", preset: str 
 def bench_inference(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], None]) -> dict:
     """End-to-end latency of one file and files/s over a batch, torch eager vs ONNX Runtime."""
     from melgenre import audio
-    from melgenre.predict import (
-        default_model_path,
-        load_model,
-        predict_paths,
-        window_images,
-    )
+    from melgenre.predict import default_model_path, load_model, predict_paths
 
     if default_model_path().is_file():
         source, which = default_model_path(), "default model"
@@ -630,7 +625,7 @@ def bench_inference(settings: BenchSettings, inputs: _Inputs, log: Callable[[str
             t0 = time.perf_counter()
             y = audio.load(f, sr=model.preset.sr).samples
             t1 = time.perf_counter()
-            images, _, _ = window_images(y, model.window_preset)
+            images, _, _ = model.clip_images(y)
             t2 = time.perf_counter()
             model.predict_images(images)
             t3 = time.perf_counter()

@@ -24,6 +24,7 @@ the same rule as track-level evaluation after training.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import tempfile
@@ -181,6 +182,11 @@ class GenreModel:
                 return self._module(torch.from_numpy(x)).numpy()
         return self._session.run(["logits"], {"mel": x})[0]
 
+    def clip_images(self, y: np.ndarray) -> tuple[np.ndarray, list[float], bool]:
+        """:func:`window_images` of mono samples at ``preset.sr``, with this model's prediction hop."""
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            return window_images(y, self.window_preset)
+
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities of mel images.
 
@@ -249,7 +255,7 @@ class GenreModel:
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         y, label = self._samples(source, sr, name)
-        images, starts, padded = window_images(y, self.window_preset)
+        images, starts, padded = self.clip_images(y)
         window_probs = self.predict_images(images)
         probs = window_probs.mean(axis=0, dtype=np.float64)
         order = np.argsort(-probs, kind="stable")
@@ -265,6 +271,16 @@ class GenreModel:
             silent=audio.is_silent(y),
             model_id=self.model_id,
         )
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    """NumPy's BLAS thread pool. The mel's matrix products are small: on more than one BLAS thread
+    they gain nothing, and the idle threads keep spinning against the model's own thread pool
+    (about 1.5x the latency of a whole prediction on 2 cores)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 # -- reading models ----------------------------------------------------------------------------

@@ -27,8 +27,7 @@ class TorchMelImages(torch.nn.Module):
         self.register_buffer("window", torch.hann_window(preset.win_length, periodic=True), persistent=False)
         self.n_small = fft_size(preset)
         operator = mel_operator(preset.sr, preset.n_fft, preset.n_mels, preset.fmin, preset.fmax, self.n_small)
-        dense = operator.toarray() if hasattr(operator, "toarray") else operator
-        self.register_buffer("mel_operator", torch.from_numpy(np.ascontiguousarray(dense)), persistent=False)
+        self.register_buffer("mel_operator", torch.from_numpy(np.ascontiguousarray(operator)), persistent=False)
 
     def power_mel(self, y: torch.Tensor) -> torch.Tensor:
         """``(B, T)`` audio -> ``(B, n_mels, frames)`` power mel spectrogram.
