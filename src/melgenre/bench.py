@@ -595,6 +595,7 @@ def build_untrained_package(out: str | Path, model: str = "melcnn", preset: str 
 def bench_inference(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], None]) -> dict:
     """End-to-end latency of one file and files/s over a batch, torch eager vs ONNX Runtime."""
     from melgenre import audio
+    from melgenre.features import Preset
     from melgenre.predict import default_model_path, load_model, predict_paths
 
     if default_model_path().is_file():
@@ -605,7 +606,7 @@ def bench_inference(settings: BenchSettings, inputs: _Inputs, log: Callable[[str
     files = inputs.files(max(settings.infer_files, 1))
     result: dict[str, Any] = {"model_source": which, "n_batch_files": len(files),
                               "target_ms": TARGET_LATENCY_MS, "backends": []}
-    preset = load_model(source).preset
+    preset = Preset.from_dict(json.loads(Path(source).read_text())["preset"])  # the package's card
     hops: list[float | None] = [None]  # the preset's own hop
     if preset.chunk_seconds is not None and preset.chunk_seconds != preset.chunk_hop_seconds:
         hops.append(preset.chunk_seconds)  # back-to-back windows (predict --hop <chunk length>)
