@@ -93,6 +93,23 @@ def test_mel_operator_folds_the_long_fft():
     np.testing.assert_allclose(op @ short_power, basis @ long_power, rtol=1e-4, atol=1e-6 * long_power.max())
 
 
+def test_mel_blocks_cover_the_operator_exactly():
+    """The banded blocks of a plain filter bank hold all its non-zeros in about a quarter of its
+    size; a folded (dense) operator stays one block."""
+    for name, n_blocks in (("fast", features.MEL_GROUPS), ("v1", 1)):
+        p = get_preset(name)
+        n_small = features.fft_size(p)
+        op = features.mel_operator(p.sr, p.n_fft, p.n_mels, p.fmin, p.fmax, n_small)
+        blocks = features.mel_blocks(p.sr, p.n_fft, p.n_mels, p.fmin, p.fmax, n_small)
+        assert len(blocks) == n_blocks
+        rebuilt = np.zeros_like(op)
+        for r0, r1, c0, c1, block in blocks:
+            rebuilt[r0:r1, c0:c1] = block
+        np.testing.assert_array_equal(rebuilt, op)
+        if n_blocks > 1:
+            assert sum(b[-1].size for b in blocks) < 0.4 * op.size
+
+
 @pytest.mark.parametrize("name", ["v1", "v2", "fast"])
 def test_torch_path_matches_librosa(clip30, name):
     preset = get_preset(name)
