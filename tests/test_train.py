@@ -99,6 +99,25 @@ def test_cross_validation_and_final_retrain(synth_store, tmp_path):
     splits = [json.loads((tmp_path / "cv" / f"fold{k}" / "splits.json").read_text()) for k in range(2)]
     assert splits[0]["test"] == splits[1]["test"] and not set(splits[0]["val"]) & set(splits[1]["val"])
     assert "mean ± std" in (tmp_path / "cv" / "cv.md").read_text()
+    pooled = result["pooled"]  # the folds' validation tracks, pooled: every non-test track once
+    assert pooled["n"] == sum(len(s["val"]) for s in splits) == 40
+    assert sum(map(sum, pooled["confusion"])) == 40 and 0 <= pooled["balanced"]["macro_precision"] <= 1
+
+
+def test_fixed_epoch_cross_validation_scores_the_last_epoch(synth_store, tmp_path):
+    """--fixed-epochs: no early stopping, each fold's last epoch is scored, the final retrain
+    trains max_epochs; the folds live beside those of a best-epoch CV, not over them."""
+    cfg = config_from_dict({**TINY, "name": "cv", "train": {"max_epochs": 2, "patience": 1}})
+    result = cross_validate(cfg, folds=2, runs_dir=tmp_path, data=synth_store, progress=False, fixed_epochs=True)
+    assert result["selection"] == "last epoch" and result["final_epochs"] == 2
+    for k in range(2):
+        metrics = json.loads((tmp_path / "cv" / f"fold{k}-last" / "metrics.json").read_text())
+        assert metrics["epochs"] == 2 and metrics["checkpoint"].endswith("last.ckpt")
+        assert not (tmp_path / "cv" / f"fold{k}-last" / "checkpoints" / "best.ckpt").exists()
+    final = json.loads((tmp_path / "cv" / "final-last" / "metrics.json").read_text())
+    assert final["epochs"] == 2 and final["results"]["test"]["track"]["n"] == 8
+    assert result["pooled"]["n"] == 40 and (tmp_path / "cv" / "cv-last.json").is_file()
+    assert not (tmp_path / "cv" / "cv.json").exists()
 
 
 def test_nan_loss_is_a_clear_error():
@@ -128,6 +147,12 @@ def test_cli_train_evaluate_table(synth_store, tmp_path):
     assert r.exit_code == 0, r.output
     assert "no validation or test split: kept the last of 1 epochs" in r.output
     assert (tmp_path / "runs" / "all" / "checkpoints" / "last.ckpt").is_file()
+    r = runner.invoke(app, ["cv", str(config), "--data", str(synth_store), "--out", str(tmp_path / "runs"),
+                            "--folds", "2", "--fixed-epochs", "--no-progress", "-O", "model.width=4",
+                            "-O", "train.max_epochs=1", "-O", "name=cli-cv"])
+    assert r.exit_code == 0, r.output
+    assert "last epoch" in r.output and "pooled over the folds (40 tracks)" in r.output
+    assert (tmp_path / "runs" / "cli-cv" / "cv-last.md").is_file()
     r = runner.invoke(app, ["train", str(config), "-O", "train.patiense=3"])
     assert r.exit_code == 2 and "train.patiense: unknown key" in r.output
     r = runner.invoke(app, ["train", str(config), "--data", str(tmp_path / "none.h5")])

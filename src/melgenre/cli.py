@@ -329,6 +329,12 @@ def cv(
     override: list[str] = typer.Option(None, "--override", "-O", help=_OVERRIDE_HELP),
     data: Path = typer.Option(None, "--data", "-d", help="HDF5 file from `melgenre prepare`. Default: data.path of the config."),
     out: Path = typer.Option(Path("runs"), "--out", help="Folder of run directories; CV goes to OUT/<name>/."),
+    fixed_epochs: bool = typer.Option(
+        False, "--fixed-epochs",
+        help="Train every fold train.max_epochs epochs and score its last epoch (no early stopping, nothing "
+             "chosen on the scored tracks: an unbiased estimate of the recipe); the final retrain trains as "
+             "many. Folds go to fold<k>-last/, results to cv-last.json. Default: early stopping on each "
+             "validation fold and a final retrain for the mean best epoch."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars. Default: on."),
 ) -> None:
     """K-fold cross-validation, then a final retrain for the mean best epoch, evaluated on test."""
@@ -337,14 +343,18 @@ def cv(
     if folds < 2:
         raise typer.BadParameter("--folds must be at least 2")
     cfg = _experiment(config, override, None, None, None, None)
-    result = cross_validate(cfg, folds, out, data=data, progress=progress)
+    result = cross_validate(cfg, folds, out, data=data, progress=progress, fixed_epochs=fixed_epochs)
     acc, prec = result["val"]["track"]["accuracy"], result["val"]["track"]["macro_precision"]
-    say(f"{folds}-fold CV (track level): val accuracy {acc['mean']:.3f} ± {acc['std']:.3f}, "
+    pooled = result["pooled"]
+    say(f"{folds}-fold CV (track level, {result['selection']}): val accuracy {acc['mean']:.3f} ± {acc['std']:.3f}, "
         f"macro precision {prec['mean']:.3f} ± {prec['std']:.3f}; final retrain {result['final_epochs']} epochs")
+    say(f"pooled over the folds ({pooled['n']} tracks): accuracy {pooled['accuracy']:.3f}, balanced accuracy "
+        f"{pooled['balanced_accuracy']:.3f}, macro precision {pooled['macro_precision']:.3f} "
+        f"({pooled['balanced']['macro_precision']:.3f} with equal class counts)")
     if result["test"]:
         t = result["test"]["track"]
         say(f"final model on test: accuracy {t['accuracy']:.3f}, macro precision {t['macro_precision']:.3f}")
-    say(f"details: {out / cfg.name / 'cv.md'}")
+    say(f"details: {out / cfg.name / ('cv-last.md' if fixed_epochs else 'cv.md')}")
 
 
 @app.command()

@@ -183,6 +183,31 @@ def evaluate_predictions(
     return {"chunk": compute_metrics(probs, y, classes), "track": compute_metrics(track_probs, track_y, classes)}
 
 
+def pooled_metrics(confusions: Iterable[Sequence[Sequence[int]]], classes: Sequence[str]) -> dict[str, Any]:
+    """Metrics of the summed confusion matrices of disjoint evaluations (e.g. the folds of a CV).
+
+    Returns :func:`compute_metrics` of the pooled predictions plus ``balanced``: accuracy,
+    macro precision and macro F1 after reweighting every row (true class) to the same count,
+    i.e. what the same per-class recalls and confusions would score on a class-balanced test
+    set such as the full GTZAN. Classes with no rows are left out of ``balanced``.
+    """
+    total = np.sum([np.asarray(c, dtype=np.int64) for c in confusions], axis=0)
+    true, pred = np.nonzero(total)
+    counts = total[true, pred]
+    y, p = np.repeat(true, counts), np.repeat(pred, counts)
+    metrics = compute_metrics(np.eye(len(classes))[p], y, classes)
+    present = total.sum(axis=1) > 0
+    rates = total[present] / total[present].sum(axis=1, keepdims=True)  # (present classes, C)
+    recall = rates[np.arange(len(rates)), np.flatnonzero(present)]
+    column = rates[:, present].sum(axis=0)
+    precision = np.divide(recall, column, out=np.zeros_like(recall), where=column > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(recall),
+                   where=precision + recall > 0)
+    metrics["balanced"] = {"accuracy": float(recall.mean()), "macro_precision": float(precision.mean()),
+                           "macro_f1": float(f1.mean())}
+    return metrics
+
+
 def read_history(history_csv: str | Path) -> dict[str, np.ndarray]:
     """Read a training ``history.csv`` into one float array per column (empty cells are NaN).
 

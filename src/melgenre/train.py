@@ -224,7 +224,7 @@ def _with_data(cfg: ExperimentConfig, data: str | Path | None) -> ExperimentConf
 
 def fit(cfg: ExperimentConfig, runs_dir: str | Path = "runs", data: str | Path | None = None,
         overwrite: bool = False, progress: bool = True, evaluate_splits: tuple[str, ...] = ("val", "test"),
-        splits: dict[str, list[str]] | None = None) -> Path:
+        splits: dict[str, list[str]] | None = None, keep_last: bool = False) -> Path:
     """Train one experiment into ``runs_dir/<cfg.name>`` (resuming if unfinished), then evaluate.
 
     Parameters
@@ -242,6 +242,9 @@ def fit(cfg: ExperimentConfig, runs_dir: str | Path = "runs", data: str | Path |
         Splits to evaluate with the best checkpoint after training.
     splits : dict, optional
         Use these track-id splits instead of making them from ``cfg.data`` (used by CV).
+    keep_last : bool
+        Train all ``train.max_epochs`` epochs and evaluate the last one, even with a validation
+        split (no early stopping, no checkpoint chosen on validation; used by fixed-epoch CV).
 
     Returns
     -------
@@ -292,11 +295,11 @@ def fit(cfg: ExperimentConfig, runs_dir: str | Path = "runs", data: str | Path |
     # last.ckpt every epoch (the resume point): Lightning >= 2.2's save_last only writes it when a
     # top-k checkpoint was saved in the same epoch, i.e. only when the monitor improved.
     last_ckpt = AtomicCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False)
-    if has_val:
+    if has_val and not keep_last:
         best = AtomicCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
                                 enable_version_counter=False)
         callbacks = [best, last_ckpt, EarlyStopping(monitor=monitor, mode=mode, patience=cfg.train.patience)]
-    else:  # a final retrain for a fixed number of epochs: no validation, keep the last epoch
+    else:  # a fixed number of epochs (a final retrain, or keep_last): keep the last epoch
         best = last_ckpt
         callbacks = [last_ckpt]
     trainer = L.Trainer(
@@ -315,7 +318,7 @@ def fit(cfg: ExperimentConfig, runs_dir: str | Path = "runs", data: str | Path |
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.exists() else None)
     if not trainer.is_global_zero:
         return run_dir
-    best_path = Path(best.best_model_path) if has_val and best.best_model_path else last
+    best_path = Path(best.best_model_path) if best is not last_ckpt and best.best_model_path else last
     evaluate_run(run_dir, checkpoint=best_path, splits=evaluate_splits, data=data_path,
                  extra={"train_seconds": round(time.perf_counter() - started, 1),
                         "best_epoch": best_epoch(module.history, monitor),
@@ -380,7 +383,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None, spli
 
 
 def cross_validate(cfg: ExperimentConfig, folds: int, runs_dir: str | Path = "runs", data: str | Path | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, fixed_epochs: bool = False) -> dict[str, Any]:
     """K-fold CV, then a final retrain (the report's models 19–20).
 
     A stratified test part (``data.fractions[2]``) is held out; the other tracks are cut into
@@ -388,30 +391,42 @@ def cross_validate(cfg: ExperimentConfig, folds: int, runs_dir: str | Path = "ru
     (``RUNS_DIR/<name>/fold<k>``). Then ``final`` trains on all non-test tracks for the mean best
     epoch count (no validation) and is evaluated once on the test part. Writes ``cv.json`` and
     ``cv.md`` into ``RUNS_DIR/<name>``; finished folds are skipped on a rerun.
+
+    With ``fixed_epochs`` every fold trains ``train.max_epochs`` epochs and its last epoch is
+    scored (``fold<k>-last``; nothing is chosen on the tracks it is scored on, so the pooled
+    figures estimate the recipe without optimism), and ``final-last`` trains as many epochs.
+    Both modes report the folds' track-level predictions pooled (``pooled``, see
+    :func:`melgenre.evaluate.pooled_metrics`).
     """
     from melgenre.data import kfold_split, track_table
+    from melgenre.evaluate import pooled_metrics
     from melgenre.store import MelStore
 
     cfg = _with_data(cfg, data)
     data_path = Path(cfg.data.path)
     base = Path(runs_dir) / cfg.name
+    suffix = "-last" if fixed_epochs else ""
     with MelStore(data_path) as store:
         ids, labels = track_table(store)
     test_fraction = cfg.data.fractions[2] / sum(cfg.data.fractions)
     fold_metrics = []
     for k in range(folds):
-        fold_cfg = dataclasses.replace(cfg, name=f"fold{k}", data=dataclasses.replace(
+        fold_cfg = dataclasses.replace(cfg, name=f"fold{k}{suffix}", data=dataclasses.replace(
             cfg.data, split="kfold", folds=folds, fold=k))
         run = base / fold_cfg.name
         if not (run / "metrics.json").exists():
             fit(fold_cfg, base, progress=progress, evaluate_splits=("val",),
-                splits=kfold_split(ids, labels, test_fraction, folds, k, cfg.seed))
+                splits=kfold_split(ids, labels, test_fraction, folds, k, cfg.seed), keep_last=fixed_epochs)
         fold_metrics.append(json.loads((run / "metrics.json").read_text()))
 
-    epochs = max(1, int(round(float(np.mean([m["best_epoch"] + 1 for m in fold_metrics])))))
+    if fixed_epochs:
+        epochs = cfg.train.max_epochs
+    else:
+        epochs = max(1, int(round(float(np.mean([m["best_epoch"] + 1 for m in fold_metrics])))))
     held = kfold_split(ids, labels, test_fraction, folds, 0, cfg.seed)
-    final_cfg = dataclasses.replace(cfg, name="final", train=dataclasses.replace(cfg.train, max_epochs=epochs))
-    final_dir = base / "final"
+    final_cfg = dataclasses.replace(cfg, name=f"final{suffix}",
+                                    train=dataclasses.replace(cfg.train, max_epochs=epochs))
+    final_dir = base / final_cfg.name
     if not (final_dir / "metrics.json").exists():
         fit(final_cfg, base, progress=progress, evaluate_splits=("test",),
             splits={"train": held["train"] + held["val"], "val": [], "test": held["test"]})
@@ -421,26 +436,35 @@ def cross_validate(cfg: ExperimentConfig, folds: int, runs_dir: str | Path = "ru
         values = [m["results"]["val"][level][key] for m in fold_metrics]
         return {"folds": values, "mean": float(np.mean(values)), "std": float(np.std(values))}
 
+    pooled = pooled_metrics([m["results"]["val"]["track"]["confusion"] for m in fold_metrics],
+                            fold_metrics[0]["classes"])
     result = {
         "name": cfg.name, "folds": folds, "final_epochs": epochs,
+        "selection": "last epoch" if fixed_epochs else "best epoch on the validation fold",
         "val": {level: {key: summary(level, key) for key in ("accuracy", "macro_precision", "macro_f1")}
                 for level in ("chunk", "track")},
+        "pooled": pooled,
         "best_epochs": [m["best_epoch"] for m in fold_metrics],
         "test": final["results"].get("test", {}),
     }
-    with atomic_path(base / "cv.json") as tmp:
+    with atomic_path(base / f"cv{suffix}.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
-    lines = [f"# {cfg.name}: {folds}-fold cross-validation", "",
+    lines = [f"# {cfg.name}: {folds}-fold cross-validation ({result['selection']} of each fold scored)", "",
              "| fold | best epoch | val accuracy (track) | val macro precision (track) |", "|---|---|---|---|"]
     for k, m in enumerate(fold_metrics):
         t = m["results"]["val"]["track"]
         lines.append(f"| {k} | {m['best_epoch']} | {t['accuracy']:.3f} | {t['macro_precision']:.3f} |")
     acc, prec = result["val"]["track"]["accuracy"], result["val"]["track"]["macro_precision"]
     lines.append(f"| mean ± std | | {acc['mean']:.3f} ± {acc['std']:.3f} | {prec['mean']:.3f} ± {prec['std']:.3f} |")
+    bal = pooled["balanced"]
+    lines += ["", f"Pooled over the folds ({pooled['n']} tracks): accuracy {pooled['accuracy']:.3f}, macro precision "
+              f"{pooled['macro_precision']:.3f}, balanced accuracy {pooled['balanced_accuracy']:.3f}, macro F1 "
+              f"{pooled['macro_f1']:.3f}; reweighted to equal class counts: macro precision "
+              f"{bal['macro_precision']:.3f}, macro F1 {bal['macro_f1']:.3f}."]
     if result["test"]:
         t = result["test"]["track"]
         lines += ["", f"Final retrain on all non-test tracks for {epochs} epochs: test accuracy {t['accuracy']:.3f}, "
-                  f"macro precision {t['macro_precision']:.3f} (track level; see final/report.md)."]
-    with atomic_path(base / "cv.md") as tmp:
+                  f"macro precision {t['macro_precision']:.3f} (track level; see {final_cfg.name}/report.md)."]
+    with atomic_path(base / f"cv{suffix}.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return result
