@@ -265,3 +265,17 @@ def test_example_configs_build(path):
     with torch.device("meta"):  # shapes only: no memory, no init cost
         model = build_from_config(path.read_text())
     assert count_params(model) > 0
+
+
+def test_channels_last_keeps_the_outputs():
+    """Training and torch prediction run models channels-last: same logits, NHWC conv weights."""
+    from melgenre.models import channels_last
+
+    model = tiny("melcnn").eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        fast = channels_last(model)
+        conv = next(p for p in fast.parameters() if p.dim() == 4 and p.shape[1] > 1)  # not the 1-channel stem
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+        torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-5)

@@ -521,9 +521,9 @@ def _train_one(name: str, opts: dict[str, Any], shape: tuple[int, int, int], set
     import torch
     import torch.nn.functional as F
 
-    from melgenre.models import build
+    from melgenre.models import build, channels_last
 
-    model = build(name, num_classes=10, **opts).train()
+    model = channels_last(build(name, num_classes=10, **opts)).train()  # as melgenre train runs it
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     b = settings.train_batch

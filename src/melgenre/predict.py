@@ -42,7 +42,7 @@ from torch import nn
 from melgenre import __version__, audio, features
 from melgenre.errors import AudioDecodeError, MelgenreError
 from melgenre.features import Preset
-from melgenre.models import build_from_config
+from melgenre.models import build_from_config, channels_last
 from melgenre.utils import atomic_path
 
 #: ``format`` field of a model card.
@@ -169,7 +169,7 @@ class GenreModel:
             self.window_preset = dataclasses.replace(self.preset, chunk_hop_seconds=float(hop))
         self.model_id: str = card["model_id"]
         self.backend = "torch" if module is not None else "onnx"
-        self._module = module.eval() if module is not None else None
+        self._module = channels_last(module.eval()) if module is not None else None
         self._session = session
 
     def __repr__(self) -> str:

@@ -43,7 +43,7 @@ from melgenre import evaluate
 from melgenre.config import ExperimentConfig, config_from_dict
 from melgenre.data import MelDataModule, load_splits, make_splits, save_splits
 from melgenre.errors import ConfigError, MelgenreError
-from melgenre.models import build_from_config
+from melgenre.models import build_from_config, channels_last
 from melgenre.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class GenreClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         n = len(classes)
-        self.model = build_from_config({**model, "num_classes": n})
+        self.model = channels_last(build_from_config({**model, "num_classes": n}))
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
         self.train_metrics, self.val_metrics = _metrics(n), _metrics(n)

@@ -11,7 +11,15 @@ training uses ``CrossEntropyLoss`` on the logits directly.
 
 from melgenre.models import cnn, melcnn, yolov4, yolov8  # noqa: F401  (register the models)
 from melgenre.models.export import export_onnx
-from melgenre.models.registry import ModelSpec, build, build_from_config, get_spec, list_models, register_model
+from melgenre.models.registry import (
+    ModelSpec,
+    build,
+    build_from_config,
+    channels_last,
+    get_spec,
+    list_models,
+    register_model,
+)
 from melgenre.models.summary import (
     LayerInfo,
     ModelSummary,
@@ -31,6 +39,7 @@ __all__ = [
     "ModelSummary",
     "build",
     "build_from_config",
+    "channels_last",
     "count_params",
     "count_params_of",
     "export_onnx",

