@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from melgenre import store, synth
 from melgenre.cli import app
 from melgenre.config import config_from_dict
-from melgenre.train import GenreClassifier, TrainingError, cross_validate, fit
+from melgenre.train import GenreClassifier, TrainingError, cross_validate, evaluate_run, fit
 
 TINY = {
     "name": "tiny", "seed": 0,
@@ -117,6 +117,8 @@ def test_fixed_epoch_cross_validation_scores_the_last_epoch(synth_store, tmp_pat
     final = json.loads((tmp_path / "cv" / "final-last" / "metrics.json").read_text())
     assert final["epochs"] == 2 and final["results"]["test"]["track"]["n"] == 8
     assert result["pooled"]["n"] == 40 and (tmp_path / "cv" / "cv-last.json").is_file()
+    again = evaluate_run(tmp_path / "cv" / "fold0-last", splits=("val",))  # default: the kept last epoch
+    assert again["checkpoint"].endswith("last.ckpt") and again["results"]["val"]["track"]["n"] == 20
     assert not (tmp_path / "cv" / "cv.json").exists()
 
 

@@ -313,7 +313,7 @@ def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory written by `melgenre train`."),
     data: Path = typer.Option(None, "--data", "-d", help="HDF5 file to evaluate on. Default: the run's data.path."),
     split: list[str] = typer.Option(["val", "test"], "--split", "-s", help="Split(s) to evaluate (repeatable)."),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="Checkpoint file. Default: RUN_DIR/checkpoints/best.ckpt."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="Checkpoint file. Default: RUN_DIR/checkpoints/best.ckpt, or last.ckpt where the run kept its last epoch."),
 ) -> None:
     """Evaluate a run's checkpoint: metrics at chunk and track level, plots, report.md."""
     from melgenre.train import evaluate_run

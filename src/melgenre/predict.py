@@ -43,7 +43,7 @@ from melgenre import __version__, audio, features
 from melgenre.errors import AudioDecodeError, MelgenreError
 from melgenre.features import Preset
 from melgenre.models import build_from_config, channels_last
-from melgenre.utils import atomic_path
+from melgenre.utils import atomic_path, run_checkpoint
 
 #: ``format`` field of a model card.
 CARD_FORMAT = "melgenre-model/1"
@@ -374,15 +374,6 @@ def _from_checkpoint(ckpt: Path) -> tuple[nn.Module, dict[str, Any]]:
     return module, card
 
 
-def _run_checkpoint(run_dir: Path) -> Path:
-    if not (run_dir / "config.yaml").is_file():
-        raise MelgenreError(f"{run_dir}: not a run directory (no config.yaml)")
-    for name in ("best.ckpt", "last.ckpt"):  # a final retrain without validation keeps only last.ckpt
-        if (run_dir / "checkpoints" / name).is_file():
-            return run_dir / "checkpoints" / name
-    raise MelgenreError(f"{run_dir}: no checkpoints/best.ckpt or last.ckpt")
-
-
 def _check_card(path: Path, card: dict[str, Any]) -> dict[str, Any]:
     if card.get("format") != CARD_FORMAT:
         raise MelgenreError(f"{path}: not a melgenre model card (format {card.get('format')!r}, "
@@ -422,7 +413,7 @@ def _load_torch(source: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Model and card of a run directory, checkpoint or package."""
     path = Path(source)
     if path.is_dir():
-        return _from_checkpoint(_run_checkpoint(path))
+        return _from_checkpoint(run_checkpoint(path))
     if path.suffix == ".ckpt":
         return _from_checkpoint(path)
     if path.suffix in (".json", ".safetensors"):

@@ -44,7 +44,7 @@ from melgenre.config import ExperimentConfig, config_from_dict
 from melgenre.data import MelDataModule, load_splits, make_splits, save_splits
 from melgenre.errors import ConfigError, MelgenreError
 from melgenre.models import build_from_config, channels_last
-from melgenre.utils import atomic_path
+from melgenre.utils import atomic_path, run_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +353,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None, spli
     if not cfg_path.exists():
         raise MelgenreError(f"{run_dir}: not a run directory (no config.yaml)")
     cfg = config_from_dict(yaml.safe_load(cfg_path.read_text()))
-    checkpoint = Path(checkpoint or run_dir / "checkpoints" / "best.ckpt")
+    checkpoint = Path(checkpoint or run_checkpoint(run_dir))
     if not checkpoint.exists():
         raise MelgenreError(f"{checkpoint}: no such checkpoint")
     data_path = Path(data or cfg.data.path)

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from melgenre.errors import MelgenreError
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -22,3 +24,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def run_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint a run is evaluated and predicted with: ``best.ckpt`` (best validation
+    epoch), or ``last.ckpt`` where the run kept its last epoch (no validation split, or
+    ``cv --fixed-epochs``)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise MelgenreError(f"{run_dir}: not a run directory (no config.yaml)")
+    for name in ("best.ckpt", "last.ckpt"):
+        if (run_dir / "checkpoints" / name).is_file():
+            return run_dir / "checkpoints" / name
+    raise MelgenreError(f"{run_dir}: no checkpoints/best.ckpt or last.ckpt")
