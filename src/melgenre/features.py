@@ -18,6 +18,9 @@ Normalisation (the ``norm`` preset field):
     a fixed dB range: ``clip((S - db_min) / (db_max - db_min), 0, 1)`` with
     ``db_range = [db_min, db_max]``; since dB is relative to the chunk's maximum, values lie in
     ``[-top_db, 0]``. Keeps contrast comparable between chunks; the ``fast`` preset uses it.
+``log``
+    musicnn's input (Pons & Serra 2019): no dB step, ``log10(log_gain * float16(S) + 1)``
+    (values in about [0, 7], not [0, 1]); the ``musicnn`` preset (see :func:`log_compress`).
 
 Image rows are mel bands, lowest frequency first (row 0); columns are time frames.
 
@@ -47,7 +50,7 @@ from melgenre.errors import ConfigError
 #: Max absolute difference between the librosa and torch paths' [0, 1] images (float32).
 TORCH_TOLERANCE = 1e-4
 
-NORMS = ("minmax", "fixed")
+NORMS = ("minmax", "fixed", "log")
 AMIN = 1e-10
 
 
@@ -71,6 +74,9 @@ class Preset:
     db_range: tuple[float, float] = (-80.0, 0.0)  # used by norm "fixed"
     chunk_seconds: float | None = None  # cut each clip into chunks of this length; None = whole clip
     chunk_hop_seconds: float | None = None  # step between chunks; None = chunk_seconds
+    frames_per_chunk: int | None = None  # exact chunk length in frames; None = from chunk_seconds
+    frames_per_hop: int | None = None  # exact step in frames; None = from chunk_hop_seconds
+    log_gain: float = 10_000.0  # used by norm "log"
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> ConfigError:
@@ -102,6 +108,15 @@ class Preset:
                 raise bad("chunk_hop_seconds", "needs chunk_seconds")
             if self.chunk_hop_seconds <= 0:
                 raise bad("chunk_hop_seconds", f"must be positive, got {self.chunk_hop_seconds!r}")
+        for key in ("frames_per_chunk", "frames_per_hop"):
+            value = getattr(self, key)
+            if value is not None:
+                if self.chunk_seconds is None:
+                    raise bad(key, "needs chunk_seconds")
+                if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                    raise bad(key, f"must be a positive integer or null, got {value!r}")
+        if not self.log_gain > 0:
+            raise bad("log_gain", f"must be positive, got {self.log_gain!r}")
 
     # -- derived sizes -------------------------------------------------------------------------
     @property
@@ -109,6 +124,8 @@ class Preset:
         """Frames per chunk (as librosa counts them for a clip of ``chunk_seconds``), or None."""
         if self.chunk_seconds is None:
             return None
+        if self.frames_per_chunk is not None:
+            return self.frames_per_chunk
         return 1 + int(round(self.chunk_seconds * self.sr)) // self.hop_length
 
     @property
@@ -116,6 +133,8 @@ class Preset:
         """Frames between chunk starts, or None."""
         if self.chunk_seconds is None:
             return None
+        if self.frames_per_hop is not None:
+            return self.frames_per_hop
         hop = self.chunk_hop_seconds or self.chunk_seconds
         return max(1, int(round(hop * self.sr / self.hop_length)))
 
@@ -370,8 +389,23 @@ def power_to_db(power: np.ndarray, top_db: float | None) -> np.ndarray:
     return db
 
 
+def log_compress(power: np.ndarray, gain: float) -> np.ndarray:
+    """musicnn's compression: ``log10(gain * S + 1)`` of ``S`` rounded to float16.
+
+    The original (``musicnn.extractor``: ``S.astype(float16)``, then ``log10(10000 * S + 1)``)
+    computes in float32 under NumPy 1.x (10000 promotes float16 to float32); under NumPy 2 the
+    same expression stays float16 and overflows to ``inf`` on loud frames, so the float32 step is
+    explicit here.
+    """
+    return np.log10(np.float32(gain) * np.asarray(power).astype(np.float16).astype(np.float32) + np.float32(1))
+
+
 def power_to_images(power: np.ndarray, preset: Preset) -> np.ndarray:
-    """Power-mel chunks ``(C, n_mels, frames)`` -> normalised images ``(C, H, W)`` in [0, 1]."""
+    """Power-mel chunks ``(C, n_mels, frames)`` -> normalised images ``(C, H, W)`` (see ``norm``)."""
+    if preset.norm == "log":
+        power = power if preset.image_size is None else np.stack(
+            [resize_image(img, preset.image_shape()) for img in power])
+        return log_compress(power, preset.log_gain)
     db = power_to_db(power, preset.top_db)
     if preset.image_size is not None:
         db = np.stack([resize_image(img, preset.image_shape()) for img in db])

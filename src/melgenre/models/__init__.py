@@ -9,7 +9,7 @@ training uses ``CrossEntropyLoss`` on the logits directly.
 >>> model = build("yolov8_cls", num_classes=10, scale="n", head="gap", dense=[256, 128, 64])
 """
 
-from melgenre.models import cnn, melcnn, yolov4, yolov8  # noqa: F401  (register the models)
+from melgenre.models import cnn, melcnn, musicnn, yolov4, yolov8  # noqa: F401  (register the models)
 from melgenre.models.export import export_onnx
 from melgenre.models.registry import (
     ModelSpec,

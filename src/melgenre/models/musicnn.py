@@ -1,0 +1,255 @@
+"""``musicnn`` and ``musicnn_vgg``: PyTorch ports of Pons & Serra's pretrained music taggers.
+
+musicnn (Pons & Serra 2019, "musicnn: pre-trained convolutional neural networks for music audio
+tagging"; ISC licence, weights in the ``musicnn==0.1.0`` wheel) was trained on the Million Song
+Dataset's (``msd``) or MagnaTagATune's (``mtt``) 50 most common tags from 3-s patches of a
+96-band log-mel spectrogram (preset ``musicnn``: 16 kHz, n_fft 512, hop 256, 187 frames,
+``log10(10000 x + 1)``). melgenre ships both checkpoints converted to safetensors
+(``python -m melgenre.models.convert_musicnn``; nothing is downloaded at run time) and matches the
+TensorFlow original within 1e-4 on the taggram (tested against references made with TF).
+
+The architecture, layer for layer as the TF graph (conv -> ReLU -> BatchNorm, eps 1e-3):
+
+* front end on the (time, mel) patch: input BN; timbral convs (7 x 38 and 7 x 67 mel bins, 204
+  filters each, time-padded by 3) and temporal convs (128, 64, 32 frames x 1 bin, 51 filters each,
+  TF "same" padding), each max-pooled over all mel bins -> 561 channels per frame;
+* mid end: three 1-D convs of 64 filters over 7 frames with residual connections; the front end's
+  561 and the three 64-channel outputs are stacked to 753 channels per frame;
+* back end: max and mean over time (``max_pool``, ``mean_pool``: 753 each), BN, dense 200 + ReLU +
+  BN (``penultimate``), dense to the 50 tag logits (``taggram`` = their sigmoid).
+
+For genres, a head (BatchNorm standardisation + dropout + linear) maps a chosen embedding to
+``num_classes`` logits; ``freeze=True`` keeps the pretrained part fixed (a linear probe).
+Inputs are ``(N, 1, 96, T)`` mel images like every registry model (rows = mel bands); any T >= 32
+works for ``musicnn``, T = 187 for ``musicnn_vgg``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from melgenre.errors import ConfigError
+from melgenre.models.registry import register_model
+
+BN_EPS = 1e-3  # tf.compat.v1.layers.batch_normalization's default
+N_MELS = 96
+PATCH_FRAMES = 187
+
+MSD_TAGS = ("rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s",
+            "alternative rock", "jazz", "beautiful", "metal", "chillout", "male vocalists", "classic rock",
+            "soul", "indie rock", "Mellow", "electronica", "80s", "folk", "90s", "chill", "instrumental",
+            "punk", "oldies", "blues", "hard rock", "ambient", "acoustic", "experimental", "female vocalist",
+            "guitar", "Hip-Hop", "70s", "party", "country", "easy listening", "sexy", "catchy", "funk",
+            "electro", "heavy metal", "Progressive rock", "60s", "rnb", "indie pop", "sad", "House", "happy")
+MTT_TAGS = ("guitar", "classical", "slow", "techno", "strings", "drums", "electronic", "rock", "fast", "piano",
+            "ambient", "beat", "violin", "vocal", "synth", "female", "indian", "opera", "male", "singing",
+            "vocals", "no vocals", "harpsichord", "loud", "quiet", "flute", "woman", "male vocal", "no vocal",
+            "pop", "soft", "sitar", "solo", "man", "classic", "choir", "voice", "new age", "dance",
+            "male voice", "female vocal", "beats", "harp", "cello", "no voice", "weird", "country", "metal",
+            "female voice", "choral")
+TAGS = {"msd": MSD_TAGS, "mtt": MTT_TAGS}
+
+#: Embedding name -> size, per architecture.
+EMBEDDINGS = {
+    "musicnn": {"mean_pool": 753, "max_pool": 753, "pool": 1506, "penultimate": 200, "pool+penultimate": 1706},
+    "vgg": {"pool5": 256},
+}
+
+
+def weights_file(arch: str, dataset: str) -> str:
+    """File name of a shipped converted checkpoint, e.g. ``musicnn_msd.safetensors``."""
+    return f"{arch}_{dataset}.safetensors"
+
+
+def _bn(channels: int) -> nn.BatchNorm1d:
+    return nn.BatchNorm1d(channels, eps=BN_EPS)
+
+
+def _bn2d(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS)
+
+
+class FreqPooledConv(nn.Module):
+    """Conv2d over (time, mel) -> ReLU -> BN -> max over mel bins: ``(B, 1, T, F)`` -> ``(B, C, T')``.
+
+    ``time_pad`` is (before, after) zero padding along time: (3, 3) for the 7-frame timbral
+    filters, TF's "same" split (k-1)//2, k//2 for the temporal ones.
+    """
+
+    def __init__(self, filters: int, kernel: tuple[int, int], time_pad: tuple[int, int]):
+        super().__init__()
+        self.time_pad = time_pad
+        self.conv = nn.Conv2d(1, filters, kernel)
+        self.bn = _bn2d(filters)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (0, 0, *self.time_pad))  # pad (F: none, T: before/after)
+        return self.bn(torch.relu(self.conv(x))).amax(3)
+
+
+class MidEndConv(nn.Module):
+    """1-D conv over 7 frames -> ReLU -> BN (the mid end's layers; time-padded by 3)."""
+
+    def __init__(self, c_in: int, c_out: int = 64):
+        super().__init__()
+        self.conv = nn.Conv1d(c_in, c_out, 7, padding=3)
+        self.bn = _bn(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(torch.relu(self.conv(x)))
+
+
+class GenreHead(nn.Module):
+    """Standardise an embedding (BatchNorm without affine), dropout, linear to ``num_classes``."""
+
+    def __init__(self, dim: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim, affine=False)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.norm(x)))
+
+
+class _Tagger(nn.Module):
+    """What both ports share: pretrained weights, the genre head, freezing, tags."""
+
+    arch = ""
+
+    def _finish(self, num_classes: int, in_channels: int, pretrained: str | None, embedding: str,
+                dropout: float, freeze: bool) -> None:
+        if in_channels != 1:
+            raise ConfigError(f"in_channels must be 1 (musicnn takes one log-mel channel), got {in_channels}")
+        if pretrained not in (None, "msd", "mtt"):
+            raise ConfigError(f"pretrained must be msd, mtt or null, got {pretrained!r}")
+        sizes = EMBEDDINGS[self.arch]
+        if embedding not in sizes:
+            raise ConfigError(f"embedding must be one of {', '.join(sizes)}, got {embedding!r}")
+        self.embedding = embedding
+        self.tags = TAGS[pretrained or "msd"]
+        self.head = GenreHead(sizes[embedding], num_classes, dropout)
+        self.freeze = freeze
+        if pretrained is not None:
+            from safetensors.torch import load_file
+
+            path = resources.files("melgenre.weights").joinpath(weights_file(self.arch, pretrained))
+            with resources.as_file(path) as file:
+                self.load_state_dict(load_file(str(file)), strict=False)
+        if freeze:
+            for name, p in self.named_parameters():
+                p.requires_grad = name.startswith("head.")
+
+    def train(self, mode: bool = True) -> _Tagger:
+        """Frozen backbones stay in eval mode (BN statistics and dropout of the pretrained part)."""
+        super().train(mode)
+        if self.freeze and mode:
+            for name, child in self.named_children():
+                if name != "head":
+                    child.eval()
+        return self
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def taggram(self, x: torch.Tensor) -> torch.Tensor:
+        """Tag probabilities ``(N, 50)`` of each patch (names in ``self.tags``)."""
+        return torch.sigmoid(self.features(x)["tag_logits"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)[self.embedding])
+
+
+@register_model(
+    "musicnn",
+    description="Pretrained musicnn tagger (Pons & Serra 2019; MSD or MTT weights), genre head on its embeddings",
+    default_input=(1, N_MELS, PATCH_FRAMES),
+)
+class MusiCNN(_Tagger):
+    """musicnn with a genre head; ``features(x)`` also gives the taggram and embeddings.
+
+    Parameters
+    ----------
+    num_classes : int
+        Genre logits of the head.
+    in_channels : int
+        Must be 1.
+    pretrained : {"msd", "mtt", None}
+        Shipped tagger weights to start from (None: random init).
+    embedding : str
+        What the head reads: ``penultimate`` (200), ``mean_pool`` / ``max_pool`` (753), ``pool``
+        (both, 1506) or ``pool+penultimate`` (1706).
+    dropout : float
+        Dropout before the head's linear layer.
+    freeze : bool
+        Train the head only (the tagger stays fixed, BN in eval mode).
+    """
+
+    arch = "musicnn"
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, pretrained: str | None = "msd",
+                 embedding: str = "pool+penultimate", dropout: float = 0.5, freeze: bool = False):
+        super().__init__()
+        self.input_bn = _bn2d(1)
+        timbral = [FreqPooledConv(204, (7, int(f * N_MELS)), (3, 3)) for f in (0.4, 0.7)]
+        temporal = [FreqPooledConv(51, (k, 1), ((k - 1) // 2, k // 2)) for k in (128, 64, 32)]
+        self.frontend = nn.ModuleList(timbral + temporal)
+        self.midend = nn.ModuleList([MidEndConv(561), MidEndConv(64), MidEndConv(64)])
+        self.pool_bn = _bn(2 * 753)
+        self.dense = nn.Linear(2 * 753, 200)
+        self.dense_bn = _bn(200)
+        self.tag_fc = nn.Linear(200, 50)
+        self._finish(num_classes, in_channels, pretrained, embedding, dropout, freeze)
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Embeddings and tag logits of ``(N, 1, 96, T)`` patches (as the TF graph computes them)."""
+        x = self.input_bn(x.transpose(2, 3))  # (N, 1, T, F): TF's [batch, time, freq] layout
+        front = torch.cat([block(x) for block in self.frontend], 1)  # (N, 561, T)
+        m1 = self.midend[0](front)
+        m2 = self.midend[1](m1) + m1
+        m3 = self.midend[2](m2) + m2
+        stack = torch.cat([front, m1, m2, m3], 1)  # (N, 753, T)
+        max_pool, mean_pool = stack.amax(2), stack.mean(2)
+        # TF flattens [max, mean] stacked on a last axis: features interleave max_i, mean_i
+        pooled = torch.stack([max_pool, mean_pool], 2).flatten(1)
+        penultimate = self.dense_bn(torch.relu(self.dense(self.pool_bn(pooled))))
+        return {"mean_pool": mean_pool, "max_pool": max_pool, "pool": torch.cat([mean_pool, max_pool], 1),
+                "penultimate": penultimate, "pool+penultimate": torch.cat([mean_pool, max_pool, penultimate], 1),
+                "tag_logits": self.tag_fc(penultimate)}
+
+
+@register_model(
+    "musicnn_vgg",
+    description="Pretrained musicnn VGG baseline (5 x conv3x3-128; MSD or MTT weights), genre head on pool5",
+    default_input=(1, N_MELS, PATCH_FRAMES),
+)
+class MusiCNNVGG(_Tagger):
+    """The VGG tagger shipped with musicnn (3-s patches of exactly 187 frames).
+
+    Parameters are those of :class:`MusiCNN`; its only embedding is ``pool5`` (256).
+    """
+
+    arch = "vgg"
+    POOLS = ((4, 1), (2, 2), (2, 2), (2, 2), (4, 4))  # (time, mel) max-pool sizes, stride (2,2) first
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, pretrained: str | None = "msd",
+                 embedding: str = "pool5", dropout: float = 0.5, freeze: bool = False):
+        super().__init__()
+        self.input_bn = _bn2d(1)
+        self.convs = nn.ModuleList([nn.Conv2d(1 if i == 0 else 128, 128, 3, padding=1) for i in range(5)])
+        self.bns = nn.ModuleList([_bn2d(128) for _ in range(5)])
+        self.tag_fc = nn.Linear(256, 50)
+        self._finish(num_classes, in_channels, pretrained, embedding, dropout, freeze)
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``pool5`` (256) and the tag logits of ``(N, 1, 96, 187)`` patches."""
+        x = self.input_bn(x.transpose(2, 3))  # (N, 1, T, F)
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            stride = (2, 2) if i == 0 else self.POOLS[i]
+            x = F.max_pool2d(bn(torch.relu(conv(x))), self.POOLS[i], stride)
+        pool5 = x.permute(0, 2, 3, 1).flatten(1)  # TF flattens NHWC: (time, mel, channel)
+        return {"pool5": pool5, "tag_logits": self.tag_fc(pool5)}
