@@ -6,8 +6,8 @@ import torch
 
 from melgenre import store as store_mod
 from melgenre.config import AugmentConfig, DataConfig
-from melgenre.data import (MelDataModule, augment_image, fault_filtered_split, gtzan_fault_filtered,
-                           kfold_split, rows_of, stratified_split, track_table)
+from melgenre.data import (MelDataModule, augment_image, fault_filtered_split, group_kfold_splits, group_names,
+                           gtzan_fault_filtered, kfold_split, rows_of, stratified_split, track_table)
 from melgenre.errors import ConfigError
 from melgenre.store import MelStore
 
@@ -62,6 +62,54 @@ def test_fault_filtered_split_lists():
     assert mapped == {"train": ["jazz/jazz.00054"], "val": ["blues/blues.00000"], "test": ["blues/blues.00012"]}
     with pytest.raises(ConfigError, match="fault_filtered"):
         fault_filtered_split(np.array(["class00/x"], dtype=object))
+
+
+def test_group_kfold_splits_hold_out_each_fault_filtered_part_once(caplog):
+    # GTZAN-like ids: 3 tracks in each fault-filtered part (blues/rock), 2 outside it (pop.00015, jazz.00033)
+    ids = np.array(["blues/blues.00030", "blues/blues.00000", "blues/blues.00012", "pop/pop.00015",
+                    "rock/rock.00000", "rock/rock.00038", "rock/rock.00010", "jazz/jazz.00033",
+                    "rock/rock.00001", "blues/blues.00001", "blues/blues.00013"], dtype=object)
+    labels = np.array([0, 0, 0, 2, 1, 1, 1, 3, 1, 0, 0])
+    folds = group_kfold_splits(ids, labels, "fault_filtered")
+    assert group_names("fault_filtered") == ["train", "val", "test"] and len(folds) == 3
+    assert folds[0] == {"train": ["blues/blues.00000", "blues/blues.00012", "pop/pop.00015", "rock/rock.00038",
+                                  "rock/rock.00010", "jazz/jazz.00033", "blues/blues.00001", "blues/blues.00013"],
+                        "val": ["blues/blues.00030", "rock/rock.00000", "rock/rock.00001"], "test": []}
+    assert folds[1]["val"] == ["blues/blues.00000", "rock/rock.00038", "blues/blues.00001"]
+    assert folds[2]["val"] == ["blues/blues.00012", "rock/rock.00010", "blues/blues.00013"]
+    part_of = {t: part for part, names in gtzan_fault_filtered().items() for t in names}
+    grouped = [t for t in ids if t.split("/")[1] in part_of]
+    assert len(grouped) == 9
+    scored = [t for f in folds for t in f["val"]]
+    assert sorted(scored) == sorted(grouped)  # every grouped track scored exactly once
+    for f in folds:
+        assert sorted(f["train"] + f["val"]) == sorted(ids) and not f["test"]
+        assert {"pop/pop.00015", "jazz/jazz.00033"} <= set(f["train"])  # ungrouped: always train
+        held = {part_of[t.split("/")[1]] for t in f["val"]}
+        trained = {part_of.get(t.split("/")[1]) for t in f["train"]} - {None}
+        assert len(held) == 1 and not held & trained  # no group on both sides
+    assert "lacks" not in caplog.text
+
+    # a generic grouping (track id -> group); a class only in the held-out group is warned about
+    folds = group_kfold_splits(["a/1", "a/2", "b/1", "b/2", "x"], [0, 1, 0, 0, 0], {"a/1": "A", "1": "B", "b/2": "B"})
+    assert [f["val"] for f in folds] == [["a/1"], ["b/1", "b/2"]]  # "b/1" matches "1" by its last component
+    assert folds[0]["train"] == ["a/2", "b/1", "b/2", "x"]
+    assert "lacks" not in caplog.text
+    group_kfold_splits(["a", "b", "c"], [0, 1, 0], {"a": "A", "b": "B"})
+    assert "group 'B' of the grouping holds out class(es) [1]" in caplog.text
+
+
+def test_group_kfold_splits_errors():
+    with pytest.raises(ConfigError, match="no track id falls in a group of fault_filtered .*jazz/jazz.00012"):
+        group_kfold_splits(np.array(["class00/x", "class01/y"], dtype=object), [0, 1])
+    with pytest.raises(ConfigError, match="group 'test' of fault_filtered has no tracks here"):
+        group_kfold_splits(["blues/blues.00030", "blues/blues.00000"])  # train and val parts only
+    with pytest.raises(ConfigError, match="holding out group 'A' of the grouping leaves no tracks to train on"):
+        group_kfold_splits(["a", "b"], None, {"a": "A", "b": "A"})
+    with pytest.raises(ConfigError, match="unknown grouping 'artist'"):
+        group_kfold_splits(["a"], None, "artist")
+    with pytest.raises(ConfigError, match="3 track ids but 2 labels"):
+        group_kfold_splits(["blues/blues.00030", "blues/blues.00000", "blues/blues.00012"], [0, 0])
 
 
 def test_augmentation_keeps_shape_and_changes_pixels():

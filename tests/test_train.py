@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 import yaml
 from typer.testing import CliRunner
@@ -17,6 +19,7 @@ from typer.testing import CliRunner
 from melgenre import store, synth
 from melgenre.cli import app
 from melgenre.config import config_from_dict
+from melgenre.errors import ConfigError
 from melgenre.train import GenreClassifier, TrainingError, cross_validate, evaluate_run, fit
 
 TINY = {
@@ -110,6 +113,8 @@ def test_fixed_epoch_cross_validation_scores_the_last_epoch(synth_store, tmp_pat
     cfg = config_from_dict({**TINY, "name": "cv", "train": {"max_epochs": 2, "patience": 1}})
     result = cross_validate(cfg, folds=2, runs_dir=tmp_path, data=synth_store, progress=False, fixed_epochs=True)
     assert result["selection"] == "last epoch" and result["final_epochs"] == 2
+    assert result["protocol"] == "stratified k-fold (same artists on both sides: optimistic)"
+    assert result["groups"] is None and result["fold_tracks"] == [20, 20]
     for k in range(2):
         metrics = json.loads((tmp_path / "cv" / f"fold{k}-last" / "metrics.json").read_text())
         assert metrics["epochs"] == 2 and metrics["checkpoint"].endswith("last.ckpt")
@@ -120,6 +125,81 @@ def test_fixed_epoch_cross_validation_scores_the_last_epoch(synth_store, tmp_pat
     again = evaluate_run(tmp_path / "cv" / "fold0-last", splits=("val",))  # default: the kept last epoch
     assert again["checkpoint"].endswith("last.ckpt") and again["results"]["val"]["track"]["n"] == 20
     assert not (tmp_path / "cv" / "cv.json").exists()
+
+
+# GTZAN-like track numbers: two per class in each fault-filtered part, and two jazz tracks outside it
+GTZAN_LIKE = {"blues": {"train": (30, 31), "val": (0, 1), "test": (12, 13)},
+              "classical": {"train": (30, 31), "val": (0, 1), "test": (11, 12)},
+              "jazz": {"train": (0, 1), "val": (2, 3), "test": (73, 74), None: (33, 34)}}
+
+
+@pytest.fixture(scope="module")
+def gtzan_like_store(tmp_path_factory) -> Path:
+    """3 GTZAN genres × 6-8 synthetic 3.5-s clips named like GTZAN's (``blues/blues.00030``...)."""
+    root = tmp_path_factory.mktemp("gtzan-like")
+    rng = np.random.default_rng(2)
+    for label, (genre, parts) in enumerate(GTZAN_LIKE.items()):
+        (root / "clips" / genre).mkdir(parents=True)
+        for number in sorted(n for numbers in parts.values() for n in numbers):
+            sf.write(root / "clips" / genre / f"{genre}.{number:05d}.wav",
+                     synth.synth_clip(label, len(GTZAN_LIKE), 3.5, 22_050, rng), 22_050)
+    path = root / "gtzan-like-fast.h5"
+    store.prepare(root / "clips", "fast", path, workers=1, progress=False)
+    return path
+
+
+def _gtzan_like_ids(part):
+    return {f"{genre}/{genre}.{n:05d}" for genre, parts in GTZAN_LIKE.items() for n in parts.get(part, ())}
+
+
+def test_artist_disjoint_cross_validation(gtzan_like_store, tmp_path):
+    """cv --groups fault_filtered: one fold per fault-filtered part, that part scored; tracks outside
+    the parts always train; results sit beside (not over) a stratified CV's."""
+    cfg = config_from_dict({**TINY, "name": "cv", "model": {"name": "melcnn", "width": 4, "dropout": 0.1},
+                            "train": {"max_epochs": 1, "patience": 1}})
+    with pytest.raises(ConfigError, match="fault_filtered groups make 3 folds, not 5"):
+        cross_validate(cfg, folds=5, runs_dir=tmp_path, data=gtzan_like_store, progress=False, groups="fault_filtered")
+    started = time.perf_counter()
+    result = cross_validate(cfg, runs_dir=tmp_path, data=gtzan_like_store, progress=False, fixed_epochs=True,
+                            groups="fault_filtered")
+    assert time.perf_counter() - started < 120
+    assert result["protocol"] == "artist-disjoint (fault-filtered groups)" and result["groups"] == "fault_filtered"
+    assert result["folds"] == 3 and result["fold_groups"] == ["train", "val", "test"]
+    assert result["fold_tracks"] == [6, 6, 6] and result["untrained_classes"] == [[], [], []]
+    everything = set().union(*(_gtzan_like_ids(part) for part in ("train", "val", "test", None)))
+    for k, part in enumerate(("train", "val", "test")):
+        run = tmp_path / "cv" / f"group{k}-last"
+        splits = json.loads((run / "splits.json").read_text())
+        assert set(splits["val"]) == _gtzan_like_ids(part)  # the held-out part, and nothing else
+        assert set(splits["train"]) == everything - _gtzan_like_ids(part) and splits["test"] == []
+        assert _gtzan_like_ids(None) <= set(splits["train"])  # outside every part: always trains
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["results"]["val"]["track"]["n"] == 6 and metrics["epochs"] == 1
+    pooled = result["pooled"]  # every grouped track scored exactly once, the ungrouped never
+    assert pooled["n"] == 18 and sum(map(sum, pooled["confusion"])) == 18
+    assert [sum(row) for row in pooled["confusion"]] == [6, 6, 6]
+    final = json.loads((tmp_path / "cv" / "final-groups-last" / "metrics.json").read_text())
+    assert final["epochs"] == 1 and final["results"] == {} and result["test"] == {}
+    assert len(json.loads((tmp_path / "cv" / "final-groups-last" / "splits.json").read_text())["train"]) == 20
+    assert result["final_train_tracks"] == 20
+    saved = json.loads((tmp_path / "cv" / "cv-groups-last.json").read_text())
+    assert saved["protocol"] == result["protocol"] and saved["pooled"]["n"] == 18
+    md = (tmp_path / "cv" / "cv-groups-last.md").read_text()
+    assert "artist-disjoint (fault-filtered groups)" in md and "| 2 | fault_filtered part test | 6 |" in md
+    assert "2 tracks outside every group" in md
+    assert not (tmp_path / "cv" / "cv-last.json").exists() and not list((tmp_path / "cv").glob("fold*"))
+
+    # the CLI reuses the finished folds and names the protocol
+    config = tmp_path / "cv.yaml"
+    config.write_text(yaml.safe_dump(cfg.to_dict()))
+    r = CliRunner().invoke(app, ["cv", str(config), "--data", str(gtzan_like_store), "--out", str(tmp_path),
+                                 "--groups", "fault_filtered", "--fixed-epochs", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "3-fold CV, artist-disjoint (fault-filtered groups)" in r.output
+    assert "pooled over the folds (18 tracks)" in r.output and "cv-groups-last.md" in r.output
+    r = CliRunner().invoke(app, ["cv", str(config), "--data", str(gtzan_like_store), "--out", str(tmp_path),
+                                 "--groups", "artists"])
+    assert r.exit_code == 2 and "unknown grouping 'artists'" in r.output
 
 
 def test_nan_loss_is_a_clear_error():
@@ -154,6 +234,7 @@ def test_cli_train_evaluate_table(synth_store, tmp_path):
                             "-O", "train.max_epochs=1", "-O", "name=cli-cv"])
     assert r.exit_code == 0, r.output
     assert "last epoch" in r.output and "pooled over the folds (40 tracks)" in r.output
+    assert "stratified k-fold (same artists on both sides: optimistic)" in r.output
     assert (tmp_path / "runs" / "cli-cv" / "cv-last.md").is_file()
     r = runner.invoke(app, ["train", str(config), "-O", "train.patiense=3"])
     assert r.exit_code == 2 and "train.patiense: unknown key" in r.output

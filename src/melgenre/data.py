@@ -11,11 +11,18 @@ never cross splits. Every run records its split as lists of track ids (``splits.
   cut into ``folds`` stratified folds; fold ``fold`` is validation, the others train.
 - ``fault_filtered``: GTZAN's artist-disjoint split of Kereliuk, Sturm & Larsen (2015),
   443/197/290 tracks (``resources/gtzan_fault_filtered.yaml``); tracks outside it are unused.
+
+Group cross-validation (:func:`group_kfold_splits`) holds out one group of tracks per fold, so
+that no group is on both sides; with ``fault_filtered`` the groups are the split's three
+artist-disjoint parts, which makes the folds artist-disjoint (GTZAN is ordered by artist, so
+stratified folds put one artist on both sides and flatter the scores).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -31,7 +38,12 @@ from melgenre.errors import ConfigError
 from melgenre.store import MelStore
 from melgenre.utils import atomic_path
 
+log = logging.getLogger(__name__)
+
 SPLIT_NAMES = ("train", "val", "test")
+
+#: Named track groupings for group cross-validation -> the protocol they give, in words.
+GROUPINGS = {"fault_filtered": "artist-disjoint (fault-filtered groups)"}
 
 
 # -- splits ------------------------------------------------------------------------------------
@@ -116,6 +128,90 @@ def fault_filtered_split(ids: np.ndarray) -> dict[str, list[str]]:
     if not out["train"]:
         raise ConfigError("data.split: fault_filtered needs GTZAN track ids like 'jazz/jazz.00012'; none matched")
     return out
+
+
+def grouping(groups: str | Mapping[str, str]) -> dict[str, str]:
+    """A track grouping as ``{track: group name}``.
+
+    ``groups`` is a name from :data:`GROUPINGS` (``"fault_filtered"``: ``genre.NNNNN`` -> the
+    part ``train``, ``val`` or ``test`` of :func:`gtzan_fault_filtered`) or such a mapping itself.
+    """
+    if isinstance(groups, str):
+        if groups == "fault_filtered":
+            return {track: part for part, names in gtzan_fault_filtered().items() for track in names}
+        raise ConfigError(f"groups: unknown grouping {groups!r}; known: {', '.join(GROUPINGS)}")
+    return {str(track): str(group) for track, group in groups.items()}
+
+
+def group_names(groups: str | Mapping[str, str]) -> list[str]:
+    """The groups of a grouping in fold order (``["train", "val", "test"]`` for ``fault_filtered``;
+    for a mapping, the order in which its values first appear)."""
+    return list(dict.fromkeys(grouping(groups).values()))
+
+
+def group_of(ids: Sequence[str] | np.ndarray, groups: str | Mapping[str, str]) -> list[str | None]:
+    """The group of each track id (None outside every group). An id matches a grouping key
+    either whole or by its last path component (``jazz/jazz.00012`` matches ``jazz.00012``)."""
+    mapping = grouping(groups)
+    return [mapping.get(t, mapping.get(t.rsplit("/", 1)[-1])) for t in map(str, ids)]
+
+
+def group_kfold_splits(ids: Sequence[str] | np.ndarray, labels: Sequence[int] | np.ndarray | None = None,
+                       groups: str | Mapping[str, str] = "fault_filtered") -> list[dict[str, list[str]]]:
+    """The folds of group cross-validation: one fold per group, that group held out.
+
+    Parameters
+    ----------
+    ids : sequence of str
+        Track ids, e.g. the store's ``genre/genre.NNNNN`` (:func:`track_table`).
+    labels : sequence of int, optional
+        The tracks' class labels, only to log a warning when a fold holds out a class that its
+        training side lacks (such a fold cannot score that class right).
+    groups : str or mapping
+        ``"fault_filtered"`` (GTZAN's three artist-disjoint parts, so 3 folds) or a mapping
+        ``{track id: group name}`` (see :func:`grouping` and :func:`group_of`).
+
+    Returns
+    -------
+    list of dict
+        One ``{"train", "val", "test"}`` dict of track ids per group, in :func:`group_names`
+        order. ``val`` is the held-out group (the tracks a fold scores), ``train`` is every
+        other track, ``test`` is empty. Tracks outside every group are in ``train`` of every
+        fold and never scored; every grouped track is scored in exactly one fold. Each list
+        keeps the order of ``ids``.
+
+    Raises
+    ------
+    ConfigError
+        When no id falls in a group, when a group has no track among ``ids``, or when a fold's
+        training side would be empty.
+    """
+    ids = [str(t) for t in ids]
+    what = groups if isinstance(groups, str) else "the grouping"
+    of = group_of(ids, groups)
+    if not any(g is not None for g in of):
+        hint = " (it needs GTZAN track ids like 'jazz/jazz.00012')" if groups == "fault_filtered" else ""
+        raise ConfigError(f"groups: no track id falls in a group of {what}{hint}")
+    label_of: dict[str, int] = {}
+    if labels is not None:
+        labels = np.asarray(labels)
+        if len(labels) != len(ids):
+            raise ConfigError(f"groups: {len(ids)} track ids but {len(labels)} labels")
+        label_of = dict(zip(ids, labels.tolist()))
+    folds = []
+    for name in group_names(groups):
+        held = [t for t, g in zip(ids, of) if g == name]
+        train = [t for t, g in zip(ids, of) if g != name]
+        if not held:
+            raise ConfigError(f"groups: group {name!r} of {what} has no tracks here, so its fold would score nothing")
+        if not train:
+            raise ConfigError(f"groups: holding out group {name!r} of {what} leaves no tracks to train on")
+        if label_of:
+            unseen = sorted({label_of[t] for t in held} - {label_of[t] for t in train})
+            if unseen:
+                log.warning("group %r of %s holds out class(es) %s that its training side lacks", name, what, unseen)
+        folds.append({"train": train, "val": held, "test": []})
+    return folds
 
 
 def make_splits(store: MelStore, cfg: DataConfig, seed: int) -> dict[str, list[str]]:

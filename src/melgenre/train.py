@@ -382,54 +382,90 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None, spli
     return metrics
 
 
-def cross_validate(cfg: ExperimentConfig, folds: int, runs_dir: str | Path = "runs", data: str | Path | None = None,
-                   progress: bool = True, fixed_epochs: bool = False) -> dict[str, Any]:
-    """K-fold CV, then a final retrain (the report's models 19–20).
+def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: str | Path = "runs",
+                   data: str | Path | None = None, progress: bool = True, fixed_epochs: bool = False,
+                   groups: str | None = None) -> dict[str, Any]:
+    """K-fold CV, then a final retrain (the report's models 19–20); stratified or artist-disjoint.
 
-    A stratified test part (``data.fractions[2]``) is held out; the other tracks are cut into
-    ``folds`` folds. Each fold trains with early stopping on its validation fold
-    (``RUNS_DIR/<name>/fold<k>``). Then ``final`` trains on all non-test tracks for the mean best
-    epoch count (no validation) and is evaluated once on the test part. Writes ``cv.json`` and
-    ``cv.md`` into ``RUNS_DIR/<name>``; finished folds are skipped on a rerun.
+    Without ``groups`` (stratified k-fold): a stratified test part (``data.fractions[2]``) is
+    held out; the other tracks are cut into ``folds`` (default 5) stratified folds. GTZAN is
+    ordered by artist, so these folds put one artist on both sides: the estimate is optimistic.
+    Each fold trains with early stopping on its validation fold (``RUNS_DIR/<name>/fold<k>``).
+    Then ``final`` trains on all non-test tracks for the mean best epoch count (no validation)
+    and is evaluated once on the test part. Writes ``cv.json`` and ``cv.md`` into
+    ``RUNS_DIR/<name>``; finished folds are skipped on a rerun.
+
+    With ``groups`` (a name from :data:`melgenre.data.GROUPINGS`; ``"fault_filtered"``: the
+    three artist-disjoint parts of GTZAN's fault-filtered split), the folds are
+    :func:`melgenre.data.group_kfold_splits`: one per group, that group scored, all other
+    tracks (tracks outside every group included) trained on. There are as many folds as groups:
+    ``folds`` must be None or that number. No test part is held out (every grouped track is
+    scored once in the folds), so the final retrain (``final-groups``) trains on all tracks and
+    is not evaluated. Folds go to ``group<k>``, results to ``cv-groups.json`` / ``cv-groups.md``,
+    beside those of a stratified CV of the same config.
 
     With ``fixed_epochs`` every fold trains ``train.max_epochs`` epochs and its last epoch is
-    scored (``fold<k>-last``; nothing is chosen on the tracks it is scored on, so the pooled
-    figures estimate the recipe without optimism), and ``final-last`` trains as many epochs.
-    Both modes report the folds' track-level predictions pooled (``pooled``, see
-    :func:`melgenre.evaluate.pooled_metrics`).
+    scored (``fold<k>-last`` / ``group<k>-last``; nothing is chosen on the tracks it is scored
+    on, so the pooled figures estimate the recipe without optimism), the final retrain trains as
+    many (``final-last`` / ``final-groups-last``) and results go to ``cv-last.json`` /
+    ``cv-groups-last.json``. Both modes report the folds' track-level predictions pooled
+    (``pooled``, see :func:`melgenre.evaluate.pooled_metrics`). The result's ``protocol`` says
+    in words which folds were used.
     """
-    from melgenre.data import kfold_split, track_table
+    from melgenre.data import GROUPINGS, group_kfold_splits, group_names, kfold_split, track_table
     from melgenre.evaluate import pooled_metrics
     from melgenre.store import MelStore
 
+    if groups is not None and groups not in GROUPINGS:
+        raise ConfigError(f"groups: unknown grouping {groups!r}; known: {', '.join(GROUPINGS)}")
     cfg = _with_data(cfg, data)
     data_path = Path(cfg.data.path)
     base = Path(runs_dir) / cfg.name
     suffix = "-last" if fixed_epochs else ""
     with MelStore(data_path) as store:
         ids, labels = track_table(store)
-    test_fraction = cfg.data.fractions[2] / sum(cfg.data.fractions)
+        classes = list(store.classes)
+    if groups is not None:
+        fold_splits = group_kfold_splits(ids, labels, groups)
+        if folds is not None and folds != len(fold_splits):
+            raise ConfigError(f"folds: {groups} groups make {len(fold_splits)} folds, not {folds}; "
+                              "leave the number of folds unset")
+        folds, protocol, fold_groups = len(fold_splits), GROUPINGS[groups], group_names(groups)
+        stem, fold_name, final_name = "cv-groups", "group", "final-groups"
+        final_splits = {"train": [str(t) for t in ids], "val": [], "test": []}
+    else:
+        folds = 5 if folds is None else folds
+        if folds < 2:
+            raise ConfigError(f"folds: need at least 2, got {folds}")
+        test_fraction = cfg.data.fractions[2] / sum(cfg.data.fractions)
+        fold_splits = [kfold_split(ids, labels, test_fraction, folds, k, cfg.seed) for k in range(folds)]
+        protocol, fold_groups = "stratified k-fold (same artists on both sides: optimistic)", None
+        stem, fold_name, final_name = "cv", "fold", "final"
+        held = fold_splits[0]
+        final_splits = {"train": held["train"] + held["val"], "val": [], "test": held["test"]}
+    label_of = dict(zip(ids.tolist(), labels.tolist()))
+    untrained = [sorted({classes[label_of[t]] for t in s["val"]} - {classes[label_of[t]] for t in s["train"]})
+                 for s in fold_splits]
     fold_metrics = []
-    for k in range(folds):
-        fold_cfg = dataclasses.replace(cfg, name=f"fold{k}{suffix}", data=dataclasses.replace(
-            cfg.data, split="kfold", folds=folds, fold=k))
+    for k, fold_split in enumerate(fold_splits):
+        fold_data = (dataclasses.replace(cfg.data, split="kfold", folds=folds, fold=k) if groups is None
+                     else cfg.data)
+        fold_cfg = dataclasses.replace(cfg, name=f"{fold_name}{k}{suffix}", data=fold_data)
         run = base / fold_cfg.name
         if not (run / "metrics.json").exists():
-            fit(fold_cfg, base, progress=progress, evaluate_splits=("val",),
-                splits=kfold_split(ids, labels, test_fraction, folds, k, cfg.seed), keep_last=fixed_epochs)
+            fit(fold_cfg, base, progress=progress, evaluate_splits=("val",), splits=fold_split,
+                keep_last=fixed_epochs)
         fold_metrics.append(json.loads((run / "metrics.json").read_text()))
 
     if fixed_epochs:
         epochs = cfg.train.max_epochs
     else:
         epochs = max(1, int(round(float(np.mean([m["best_epoch"] + 1 for m in fold_metrics])))))
-    held = kfold_split(ids, labels, test_fraction, folds, 0, cfg.seed)
-    final_cfg = dataclasses.replace(cfg, name=f"final{suffix}",
+    final_cfg = dataclasses.replace(cfg, name=f"{final_name}{suffix}",
                                     train=dataclasses.replace(cfg.train, max_epochs=epochs))
     final_dir = base / final_cfg.name
     if not (final_dir / "metrics.json").exists():
-        fit(final_cfg, base, progress=progress, evaluate_splits=("test",),
-            splits={"train": held["train"] + held["val"], "val": [], "test": held["test"]})
+        fit(final_cfg, base, progress=progress, evaluate_splits=("test",), splits=final_splits)
     final = json.loads((final_dir / "metrics.json").read_text())
 
     def summary(level: str, key: str) -> dict[str, Any]:
@@ -439,32 +475,47 @@ def cross_validate(cfg: ExperimentConfig, folds: int, runs_dir: str | Path = "ru
     pooled = pooled_metrics([m["results"]["val"]["track"]["confusion"] for m in fold_metrics],
                             fold_metrics[0]["classes"])
     result = {
-        "name": cfg.name, "folds": folds, "final_epochs": epochs,
+        "name": cfg.name, "protocol": protocol, "groups": groups, "folds": folds, "final_epochs": epochs,
         "selection": "last epoch" if fixed_epochs else "best epoch on the validation fold",
+        "fold_groups": fold_groups, "fold_tracks": [len(s["val"]) for s in fold_splits],
+        "untrained_classes": untrained, "final_train_tracks": len(final_splits["train"]),
         "val": {level: {key: summary(level, key) for key in ("accuracy", "macro_precision", "macro_f1")}
                 for level in ("chunk", "track")},
         "pooled": pooled,
         "best_epochs": [m["best_epoch"] for m in fold_metrics],
         "test": final["results"].get("test", {}),
     }
-    with atomic_path(base / f"cv{suffix}.json") as tmp:
+    with atomic_path(base / f"{stem}{suffix}.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
-    lines = [f"# {cfg.name}: {folds}-fold cross-validation ({result['selection']} of each fold scored)", "",
-             "| fold | best epoch | val accuracy (track) | val macro precision (track) |", "|---|---|---|---|"]
+    lines = [f"# {cfg.name}: {folds}-fold cross-validation, {protocol}", "",
+             f"Protocol: {protocol}. Scored: the {result['selection']} of each fold.", "",
+             "| fold | held out | tracks | best epoch | val accuracy (track) | val macro precision (track) |",
+             "|---|---|---|---|---|---|"]
     for k, m in enumerate(fold_metrics):
         t = m["results"]["val"]["track"]
-        lines.append(f"| {k} | {m['best_epoch']} | {t['accuracy']:.3f} | {t['macro_precision']:.3f} |")
+        held_out = f"{groups} part {fold_groups[k]}" if groups else f"fold {k}"
+        lines.append(f"| {k} | {held_out} | {t['n']} | {m['best_epoch']} | {t['accuracy']:.3f} | "
+                     f"{t['macro_precision']:.3f} |")
     acc, prec = result["val"]["track"]["accuracy"], result["val"]["track"]["macro_precision"]
-    lines.append(f"| mean ± std | | {acc['mean']:.3f} ± {acc['std']:.3f} | {prec['mean']:.3f} ± {prec['std']:.3f} |")
+    lines.append(f"| mean ± std | | | | {acc['mean']:.3f} ± {acc['std']:.3f} | "
+                 f"{prec['mean']:.3f} ± {prec['std']:.3f} |")
     bal = pooled["balanced"]
     lines += ["", f"Pooled over the folds ({pooled['n']} tracks): accuracy {pooled['accuracy']:.3f}, macro precision "
               f"{pooled['macro_precision']:.3f}, balanced accuracy {pooled['balanced_accuracy']:.3f}, macro F1 "
               f"{pooled['macro_f1']:.3f}; reweighted to equal class counts: macro precision "
               f"{bal['macro_precision']:.3f}, macro F1 {bal['macro_f1']:.3f}."]
+    for k, missing in enumerate(untrained):
+        if missing:
+            lines += ["", f"Fold {k} scores class(es) {', '.join(missing)} that its training side lacks."]
+    if groups:
+        outside = len(ids) - sum(result["fold_tracks"])
+        lines += ["", f"{outside} tracks outside every group trained in every fold and were never scored. Final "
+                  f"retrain on all {len(final_splits['train'])} tracks for {epochs} epochs ({final_cfg.name}/; no "
+                  "test part: every grouped track was scored in its fold)."]
     if result["test"]:
         t = result["test"]["track"]
         lines += ["", f"Final retrain on all non-test tracks for {epochs} epochs: test accuracy {t['accuracy']:.3f}, "
                   f"macro precision {t['macro_precision']:.3f} (track level; see {final_cfg.name}/report.md)."]
-    with atomic_path(base / f"cv{suffix}.md") as tmp:
+    with atomic_path(base / f"{stem}{suffix}.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return result
