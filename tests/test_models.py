@@ -113,7 +113,7 @@ def test_melcnn_budget():
 
 def test_registry_lists_and_builds_by_name():
     names = [spec.name for spec in list_models()]
-    assert names == ["melcnn", "vanilla_cnn", "yolov4_cls", "yolov8_cls"]
+    assert names == ["melcnn", "musicnn", "musicnn_vgg", "vanilla_cnn", "yolov4_cls", "yolov8_cls"]
     model = build("melcnn", num_classes=7, width=8)
     assert model.config["width"] == 8 and model.config["num_classes"] == 7
 
