@@ -104,7 +104,13 @@ def prepare(
     else:
         report = store.prepare(data_dir, preset_obj, out, workers=workers or None, overwrite=overwrite,
                                progress=progress, compression=compression)
-    table = Table(title=f"{out} — preset {preset_obj.name}, images {report.image_shape[0]}×{report.image_shape[1]}")
+    _print_prepare_report(report, out, f"{out} — preset {preset_obj.name}, images "
+                                       f"{report.image_shape[0]}×{report.image_shape[1]}")
+
+
+def _print_prepare_report(report, out: Path, title: str) -> None:
+    """The per-class table and summary lines of ``prepare`` and ``embed``."""
+    table = Table(title=title)
     table.add_column("class")
     table.add_column("tracks", justify="right")
     table.add_column("rows", justify="right")
@@ -123,6 +129,31 @@ def prepare(
         say(f"  [yellow]skipped[/] {item['path']}: {item['reason']}")
     for track_id in report.silent:
         say(f"  [yellow]silent[/] {track_id}")
+
+
+@app.command()
+def embed(
+    data_dir: Path = typer.Argument(..., help="Corpus folder: GTZAN (genres/ or genres_original/) or <class>/<file> folders."),
+    model: str = typer.Option("musicnn", "--model", "-m", help="Pretrained tagger: musicnn or musicnn_vgg. Default: musicnn."),
+    pretrained: str = typer.Option("msd", "--pretrained", help="Tagger weights: msd (Million Song Dataset tags) or mtt (MagnaTagATune). Default: msd."),
+    embedding: str = typer.Option(None, "--embedding", "-e", help="Embedding per 3-s patch: musicnn: penultimate (200), mean_pool, max_pool (753), pool (1506) or pool+penultimate (1706); musicnn_vgg: pool5 (256). Default: pool+penultimate (musicnn), pool5 (vgg)."),
+    out: Path = typer.Option(None, "--out", "-o", help="HDF5 file to write. Default: <data_dir name>-<model>-<pretrained>.h5 in the current folder."),
+    workers: int = typer.Option(0, "--workers", "-w", help="Worker processes. Default 0 = one per CPU core; 1 = no pool."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output made from other inputs or settings. Default: refuse."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar. Default: on."),
+) -> None:
+    """Per-patch embeddings of a pretrained tagger for every track, in one HDF5 file (atomic, resumable).
+
+    The file is a feature store like `prepare`'s (preset musicnn, one row per 3-s patch, rows of
+    shape 1 x D), so `melgenre train` / `cv` train a genre head on it directly (configs/musicnn-linear.yaml).
+    """
+    from melgenre import store
+
+    spec = {"model": model, "pretrained": pretrained, **({"embedding": embedding} if embedding else {})}
+    out = out or Path(f"{data_dir.resolve().name}-{model}-{pretrained}.h5")
+    report = store.prepare(data_dir, "musicnn", out, workers=workers or None, overwrite=overwrite,
+                           progress=progress, embed=spec)
+    _print_prepare_report(report, out, f"{out} — {model} ({pretrained}) embeddings of {report.image_shape[1]} values per patch")
 
 
 @app.command()

@@ -97,6 +97,7 @@ class _Job:
     preset: dict[str, Any]
     part: str
     compression: str = "none"
+    embed: dict[str, Any] | None = None  # rows are a tagger's embeddings (see melgenre embed)
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
@@ -126,8 +127,12 @@ def _compute_track(job: _Job) -> dict[str, Any]:
         clip = audio.load(data, sr=preset.sr, name=job.name)
         info.update(duration=clip.duration, source_sr=clip.source_sr, channels=clip.source_channels,
                     silent=clip.silent)
-        images = features.mel_images(features.fit_to_preset(clip.samples, preset), preset).astype(ROW_DTYPE)
-        rows = [_chunk_bytes(img, job.compression) for img in images]
+        images = features.mel_images(features.fit_to_preset(clip.samples, preset), preset)
+        if job.embed is not None:
+            from melgenre.models.musicnn import embed_images
+
+            images = embed_images(images, job.embed)[:, None, :]  # (chunks, 1, D)
+        rows = [_chunk_bytes(img, job.compression) for img in images.astype(ROW_DTYPE)]
     except AudioDecodeError as exc:
         info["error"] = exc.reason
     except OSError as exc:
@@ -147,10 +152,10 @@ def _read_part(path: Path) -> tuple[list[bytes], dict[str, Any]]:
 
 # -- parent side -------------------------------------------------------------------------------
 
-def _plan_hash(corpus: Corpus, preset: Preset, compression: str) -> str:
-    """Cheap identity of a prepare job (file names, sizes, mtimes, preset, compression) for resuming."""
+def _plan_hash(corpus: Corpus, preset: Preset, compression: str, embed: dict[str, Any] | None = None) -> str:
+    """Cheap identity of a prepare job (file names, sizes, mtimes, preset, compression, embedder) for resuming."""
     h = hashlib.sha256(json.dumps(preset.to_dict(), sort_keys=True).encode())
-    h.update(json.dumps([corpus.classes, compression]).encode())
+    h.update(json.dumps([corpus.classes, compression] + ([embed] if embed else [])).encode())
     for t in corpus.tracks:
         st = t.path.stat()
         h.update(f"{t.track_id}\0{t.label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -237,6 +242,7 @@ def prepare(
     overwrite: bool = False,
     progress: bool = True,
     compression: str = "none",
+    embed: dict[str, Any] | None = None,
 ) -> PrepareReport:
     """Compute the mel images of a corpus into one HDF5 store (atomic, resumable, parallel).
 
@@ -258,6 +264,10 @@ def prepare(
         Compression of the images. ``gzip`` (shuffle + deflate level 4, done by the workers)
         makes files ~37 % smaller but costs about as much CPU as the mel spectrogram itself;
         float16 images in [0, 1] compress poorly, so the default is ``none``.
+    embed : dict, optional
+        Store a pretrained tagger's embedding of each chunk instead of its image:
+        ``{"model": "musicnn", "pretrained": "msd", "embedding": "pool+penultimate"}`` (see
+        :func:`melgenre.models.musicnn.embed_images`); rows are then ``(1, D)``.
 
     Returns
     -------
@@ -265,11 +275,12 @@ def prepare(
         Counts per class, skipped (corrupt) files with reasons, silent clips, timing.
     """
     t0 = time.perf_counter()
-    job = start_prepare(data, preset, out, overwrite, t0, compression)
+    job = start_prepare(data, preset, out, overwrite, t0, compression, embed)
     if isinstance(job, PrepareReport):
         return job
     with _progress(progress) as bar:
-        task = bar.add_task(f"prepare {job.preset.name}", total=len(job.jobs), completed=job.resumed, rate="")
+        what = f"embed {embed['model']}" if embed else f"prepare {job.preset.name}"
+        task = bar.add_task(what, total=len(job.jobs), completed=job.resumed, rate="")
         started = time.perf_counter()
         for n, _ in enumerate(_run_jobs(job.todo, workers or os.cpu_count() or 1, bar, task), start=1):
             bar.update(task, rate=f"{n / (time.perf_counter() - started):.1f} tracks/s")
@@ -288,6 +299,7 @@ class PrepareJob:
     jobs: list[_Job]
     todo: list[_Job]  # jobs whose part file is not there yet
     compression: str
+    embed: dict[str, Any] | None = None
 
     @property
     def resumed(self) -> int:
@@ -296,7 +308,8 @@ class PrepareJob:
 
 
 def start_prepare(data: str | Path | Corpus, preset: str | Path | Preset, out: str | Path, overwrite: bool,
-                  t0: float, compression: str = "none") -> PrepareReport | PrepareJob:
+                  t0: float, compression: str = "none",
+                  embed: dict[str, Any] | None = None) -> PrepareReport | PrepareJob:
     """Plan a prepare run (shared by the local and the Ray paths).
 
     Returns the report at once when ``out`` is already up to date; otherwise opens the parts
@@ -308,7 +321,11 @@ def start_prepare(data: str | Path | Corpus, preset: str | Path | Preset, out: s
     corpus = data if isinstance(data, Corpus) else discover(data)
     preset = features.get_preset(preset)
     out = Path(out)
-    plan = _plan_hash(corpus, preset, compression)
+    if embed is not None:
+        from melgenre.models.musicnn import embedding_spec
+
+        embed = embedding_spec(embed, preset)
+    plan = _plan_hash(corpus, preset, compression, embed)
     preset.image_shape()  # every row must have one shape: raises ConfigError when it cannot
     if out.exists():
         try:
@@ -323,10 +340,11 @@ def start_prepare(data: str | Path | Corpus, preset: str | Path | Preset, out: s
     parts = out.with_name(out.name + ".parts")
     _open_parts_dir(parts, plan)
     jobs = [_Job(index=i, path=str(t.path.resolve()), name=str(t.path.relative_to(corpus.root)),
-                 preset=preset.to_dict(), part=str(parts / f"{i:06d}.npz"), compression=compression)
+                 preset=preset.to_dict(), part=str(parts / f"{i:06d}.npz"), compression=compression,
+                 embed=embed)
             for i, t in enumerate(corpus.tracks)]
     todo = [j for j in jobs if not _part_ok(Path(j.part))]
-    return PrepareJob(corpus, preset, out, plan, parts, jobs, todo, compression)
+    return PrepareJob(corpus, preset, out, plan, parts, jobs, todo, compression, embed)
 
 
 def finish_prepare(job: PrepareJob, t0: float) -> PrepareReport:
@@ -357,7 +375,7 @@ def _report_from_store(store: MelStore, out: Path, corpus: Corpus, seconds: floa
 def _assemble(job: PrepareJob) -> None:
     """Stream the part files, in corpus order, into ``job.out`` atomically."""
     corpus, preset, jobs, out, plan = job.corpus, job.preset, job.jobs, job.out, job.plan
-    h, w = preset.image_shape()
+    h, w = (1, job.embed["size"]) if job.embed else preset.image_shape()
     filters = {"compression": "gzip", "compression_opts": GZIP_LEVEL, "shuffle": True} \
         if job.compression == "gzip" else {}
     skipped: list[dict[str, str]] = []
@@ -411,6 +429,7 @@ def _assemble(job: PrepareJob) -> None:
                 "layout": corpus.layout,
                 "n_tracks": len(hashes),
                 "skipped": json.dumps(skipped),
+                **({"embedding": json.dumps(job.embed)} if job.embed else {}),
             })
 
 

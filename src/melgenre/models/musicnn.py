@@ -26,8 +26,12 @@ works for ``musicnn``, T = 187 for ``musicnn_vgg``.
 
 from __future__ import annotations
 
+import functools
+import json
 from importlib import resources
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -161,6 +165,10 @@ class _Tagger(nn.Module):
         return torch.sigmoid(self.features(x)["tag_logits"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Genre logits of mel patches ``(N, 1, 96, T)``, or of cached embeddings ``(N, 1, 1, D)``
+        (the rows of a ``melgenre embed`` store: training the head on them skips the tagger)."""
+        if x.shape[-2] == 1:
+            return self.head(x.flatten(1))
         return self.head(self.features(x)[self.embedding])
 
 
@@ -253,3 +261,51 @@ class MusiCNNVGG(_Tagger):
             x = F.max_pool2d(bn(torch.relu(conv(x))), self.POOLS[i], stride)
         pool5 = x.permute(0, 2, 3, 1).flatten(1)  # TF flattens NHWC: (time, mel, channel)
         return {"pool5": pool5, "tag_logits": self.tag_fc(pool5)}
+
+
+def embedding_spec(spec: dict[str, Any], preset: Any = None) -> dict[str, Any]:
+    """Validate and complete an embedder spec ``{model, pretrained, embedding}`` (adds ``size``).
+
+    ``preset`` (when given) must be the tagger's input preset ``musicnn``.
+    """
+    spec = {"model": "musicnn", "pretrained": "msd", **spec}
+    arch = {"musicnn": "musicnn", "musicnn_vgg": "vgg"}.get(spec["model"])
+    if arch is None:
+        raise ConfigError(f"embed: model must be musicnn or musicnn_vgg, got {spec['model']!r}")
+    spec.setdefault("embedding", "pool+penultimate" if arch == "musicnn" else "pool5")
+    if spec["embedding"] not in EMBEDDINGS[arch]:
+        raise ConfigError(f"embed: embedding must be one of {', '.join(EMBEDDINGS[arch])}, got {spec['embedding']!r}")
+    if spec["pretrained"] not in ("msd", "mtt"):
+        raise ConfigError(f"embed: pretrained must be msd or mtt, got {spec['pretrained']!r}")
+    if preset is not None and (preset.n_mels, preset.sr, preset.norm) != (N_MELS, 16000, "log"):
+        raise ConfigError(f"embed: {spec['model']} needs the musicnn preset, not {preset.name!r}")
+    spec["size"] = EMBEDDINGS[arch][spec["embedding"]]
+    return spec
+
+
+@functools.lru_cache(maxsize=2)
+def _tagger(key: str) -> nn.Module:
+    spec = json.loads(key)
+    if _in_worker():  # prepare's worker processes share the cores: one torch thread each
+        torch.set_num_threads(1)
+    from melgenre.models import build
+
+    return build(spec["model"], pretrained=spec["pretrained"], embedding=spec["embedding"]).eval()
+
+
+def _in_worker() -> bool:
+    import multiprocessing
+
+    return multiprocessing.current_process().name != "MainProcess"
+
+
+def embed_images(images: np.ndarray, spec: dict[str, Any], batch: int = 16) -> np.ndarray:
+    """Embeddings ``(N, D)`` float32 of mel patches ``(N, 96, T)`` by the tagger in ``spec``."""
+    spec = embedding_spec(spec)
+    model = _tagger(json.dumps({k: spec[k] for k in ("model", "pretrained", "embedding")}, sort_keys=True))
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch], dtype=np.float32))[:, None]
+            out.append(model.features(x)[spec["embedding"]].numpy())
+    return np.concatenate(out)
