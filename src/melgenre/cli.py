@@ -377,6 +377,7 @@ def cv(
              "many. Folds go to fold<k>-last/, results to cv-last.json (group<k>-last/ and cv-groups-last.json "
              "with --groups). Default: early stopping on each validation fold and a final retrain for the mean "
              "best epoch."),
+    final: bool = typer.Option(True, "--final/--no-final", help="After the folds, retrain the final model (and evaluate it on test, stratified). --no-final stops after the folds: an estimate only. Default: on."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars. Default: on."),
 ) -> None:
     """K-fold cross-validation (stratified, or artist-disjoint with --groups), then a final retrain."""
@@ -385,12 +386,14 @@ def cv(
     if folds is not None and folds < 2:
         raise typer.BadParameter("--folds must be at least 2")
     cfg = _experiment(config, override, None, None, None, None)
-    result = cross_validate(cfg, folds, out, data=data, progress=progress, fixed_epochs=fixed_epochs, groups=groups)
+    result = cross_validate(cfg, folds, out, data=data, progress=progress, fixed_epochs=fixed_epochs, groups=groups,
+                            final_retrain=final)
     acc, prec = result["val"]["track"]["accuracy"], result["val"]["track"]["macro_precision"]
     pooled = result["pooled"]
     say(f"{result['folds']}-fold CV, {result['protocol']}")
     say(f"folds (track level, {result['selection']}): val accuracy {acc['mean']:.3f} ± {acc['std']:.3f}, "
-        f"macro precision {prec['mean']:.3f} ± {prec['std']:.3f}; final retrain {result['final_epochs']} epochs")
+        f"macro precision {prec['mean']:.3f} ± {prec['std']:.3f}"
+        + (f"; final retrain {result['final_epochs']} epochs" if final else "; no final retrain"))
     say(f"pooled over the folds ({pooled['n']} tracks): accuracy {pooled['accuracy']:.3f}, balanced accuracy "
         f"{pooled['balanced_accuracy']:.3f}, macro precision {pooled['macro_precision']:.3f} "
         f"({pooled['balanced']['macro_precision']:.3f} with equal class counts)")

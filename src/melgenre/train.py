@@ -384,7 +384,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None, spli
 
 def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: str | Path = "runs",
                    data: str | Path | None = None, progress: bool = True, fixed_epochs: bool = False,
-                   groups: str | None = None) -> dict[str, Any]:
+                   groups: str | None = None, final_retrain: bool = True) -> dict[str, Any]:
     """K-fold CV, then a final retrain (the report's models 19–20); stratified or artist-disjoint.
 
     Without ``groups`` (stratified k-fold): a stratified test part (``data.fractions[2]``) is
@@ -410,7 +410,8 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
     many (``final-last`` / ``final-groups-last``) and results go to ``cv-last.json`` /
     ``cv-groups-last.json``. Both modes report the folds' track-level predictions pooled
     (``pooled``, see :func:`melgenre.evaluate.pooled_metrics`). The result's ``protocol`` says
-    in words which folds were used.
+    in words which folds were used. ``final_retrain=False`` stops after the folds (an estimate
+    only: no final model, no test result).
     """
     from melgenre.data import GROUPINGS, group_kfold_splits, group_names, kfold_split, track_table
     from melgenre.evaluate import pooled_metrics
@@ -464,9 +465,11 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
     final_cfg = dataclasses.replace(cfg, name=f"{final_name}{suffix}",
                                     train=dataclasses.replace(cfg.train, max_epochs=epochs))
     final_dir = base / final_cfg.name
-    if not (final_dir / "metrics.json").exists():
-        fit(final_cfg, base, progress=progress, evaluate_splits=("test",), splits=final_splits)
-    final = json.loads((final_dir / "metrics.json").read_text())
+    final: dict[str, Any] = {"results": {}}
+    if final_retrain:
+        if not (final_dir / "metrics.json").exists():
+            fit(final_cfg, base, progress=progress, evaluate_splits=("test",), splits=final_splits)
+        final = json.loads((final_dir / "metrics.json").read_text())
 
     def summary(level: str, key: str) -> dict[str, Any]:
         values = [m["results"]["val"][level][key] for m in fold_metrics]
@@ -475,7 +478,8 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
     pooled = pooled_metrics([m["results"]["val"]["track"]["confusion"] for m in fold_metrics],
                             fold_metrics[0]["classes"])
     result = {
-        "name": cfg.name, "protocol": protocol, "groups": groups, "folds": folds, "final_epochs": epochs,
+        "name": cfg.name, "protocol": protocol, "groups": groups, "folds": folds,
+        "final_epochs": epochs if final_retrain else None,
         "selection": "last epoch" if fixed_epochs else "best epoch on the validation fold",
         "fold_groups": fold_groups, "fold_tracks": [len(s["val"]) for s in fold_splits],
         "untrained_classes": untrained, "final_train_tracks": len(final_splits["train"]),
@@ -509,9 +513,10 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
             lines += ["", f"Fold {k} scores class(es) {', '.join(missing)} that its training side lacks."]
     if groups:
         outside = len(ids) - sum(result["fold_tracks"])
-        lines += ["", f"{outside} tracks outside every group trained in every fold and were never scored. Final "
-                  f"retrain on all {len(final_splits['train'])} tracks for {epochs} epochs ({final_cfg.name}/; no "
-                  "test part: every grouped track was scored in its fold)."]
+        lines += ["", f"{outside} tracks outside every group trained in every fold and were never scored."]
+        if final_retrain:
+            lines[-1] += (f" Final retrain on all {len(final_splits['train'])} tracks for {epochs} epochs "
+                          f"({final_cfg.name}/; no test part: every grouped track was scored in its fold).")
     if result["test"]:
         t = result["test"]["track"]
         lines += ["", f"Final retrain on all non-test tracks for {epochs} epochs: test accuracy {t['accuracy']:.3f}, "

@@ -91,8 +91,14 @@ class FreqPooledConv(nn.Module):
         self.bn = _bn2d(filters)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x, (0, 0, *self.time_pad))  # pad (F: none, T: before/after)
-        return self.bn(torch.relu(self.conv(x))).amax(3)
+        x = torch.relu(self.conv(F.pad(x, (0, 0, *self.time_pad))))  # pad time only: (B, C, T, F')
+        if self.training:
+            return self.bn(x).amax(3)
+        # In eval mode BN is a per-channel monotone map, so it commutes with the max over mel bins
+        # (as a min where gamma < 0): pooling first skips a pass over the large (B, C, T, F') map.
+        bn = self.bn
+        pooled = torch.where((bn.weight >= 0)[None, :, None], x.amax(3), x.amin(3))
+        return F.batch_norm(pooled, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
 
 
 class MidEndConv(nn.Module):
