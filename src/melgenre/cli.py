@@ -423,8 +423,9 @@ def table(
 
 # -- prediction and export ---------------------------------------------------------------------
 
-_MODEL_HELP = ("Model: a run directory, a .ckpt, a package .json/.safetensors or an exported .onnx. "
-               "Default: the installed default model (melgenre/weights/default.json).")
+_MODEL_HELP = ("Model: a run directory, a .ckpt, a package .json/.safetensors, an exported .onnx, or a shipped "
+               "model by name: default (musicnn-linear) or melcnn (the fast from-scratch CNN). Default: the "
+               "installed default model (melgenre/weights/default.json).")
 
 
 def _predict_csv(results: list[tuple[Path, object, str | None]], top_k: int) -> str:
@@ -453,28 +454,37 @@ _HOP_HELP = ("Seconds between prediction windows, for models on a chunked preset
 def predict_cmd(
     paths: list[Path] = typer.Argument(..., metavar="PATH...", help="Audio files and/or folders (searched recursively for audio files)."),
     model: Path = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
-    top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="Genres to list per file. Default: 3."),
+    top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="Genres (tags with --tags) to list per file. Default: 3."),
     fmt: str = typer.Option("table", "--format", "-f", help="Output on stdout: table, json or csv. Default: table."),
     backend: str = typer.Option(None, "--backend", help="Inference backend: torch or onnx. Default: torch (onnx for an .onnx model)."),
     hop: float = typer.Option(None, "--hop", help=_HOP_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr when there is more than one file. Default: on."),
     ray: str = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Predict on Ray actors (the model loaded once per worker): a bare --ray (last, or before another option) starts/attaches a local Ray; --ray ADDRESS or --ray=ADDRESS joins a cluster. Needs Ray installed. Default: off."),
+    tags: str = typer.Option(None, "--tags", metavar="[msd|mtt]", help="List musicnn's own 50 tags (Pons & Serra 2019) instead of genres: tags learnt from the Million Song Dataset (msd) or MagnaTagATune (mtt), not the genres of the genre model. Not with --model, --hop, --ray or --backend onnx. Default: off (genres)."),
 ) -> None:
-    """Predict the genre of audio files of any length; failing files are reported and skipped (exit code 1)."""
+    """Predict the genre (or, with --tags, musicnn's tags) of audio files of any length; failing files are reported and skipped (exit code 1)."""
     import json
 
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from melgenre.predict import expand_paths, load_model, predict_paths
+    from melgenre.predict import TAG_DATASETS, expand_paths, load_model, load_tagger, predict_paths
 
     if fmt not in ("table", "json", "csv"):
         raise typer.BadParameter("--format must be table, json or csv")
+    if tags is not None:
+        if tags not in TAG_DATASETS:
+            raise typer.BadParameter(f"--tags must be {' or '.join(TAG_DATASETS)}, got {tags!r}")
+        clash = [opt for opt, on in (("--model", model is not None), ("--hop", hop is not None),
+                                     ("--ray", ray is not None), ("--backend onnx", backend == "onnx")) if on]
+        if clash:
+            raise typer.BadParameter(f"--tags runs musicnn's own tagger (torch, 3-s windows) and does not take "
+                                     f"{', '.join(clash)}")
     files = expand_paths(paths)
     if not files:
         raise MelgenreError(f"no audio files in {', '.join(map(str, paths))}")
-    genre_model = load_model(model, backend=backend, hop=hop)
-    top_k = min(top_k, len(genre_model.classes))
+    predictor = load_tagger(tags) if tags is not None else load_model(model, backend=backend, hop=hop)
+    top_k = min(top_k, len(predictor.classes))
     bar = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    console=err_console, transient=True, disable=not progress or len(files) < 2)
     results = []
@@ -485,7 +495,7 @@ def predict_cmd(
 
             predictions = predict_ray(files, model, backend=backend, top_k=top_k, address=ray, hop=hop)
         else:
-            predictions = predict_paths(files, genre_model, top_k)
+            predictions = predict_paths(files, predictor, top_k)
         for path, pred, error in predictions:
             if error is not None:
                 err_console.print(f"[bold red]error:[/] {escape(str(path))}: {escape(error)}", highlight=False,
@@ -498,7 +508,8 @@ def predict_cmd(
     elif fmt == "csv":
         typer.echo(_predict_csv(results, top_k), nl=False)
     else:
-        out = Table(title=f"model {genre_model.model_id} ({genre_model.backend}, preset {genre_model.preset.name})")
+        out = Table(title=f"musicnn {tags.upper()} tags ({predictor.model_id})" if tags is not None else
+                    f"model {predictor.model_id} ({predictor.backend}, preset {predictor.preset.name})")
         out.add_column("file", overflow="fold")
         out.add_column(f"top {top_k}")
         out.add_column("windows", justify="right")
@@ -520,14 +531,17 @@ def export_cmd(
     source: Path = typer.Argument(..., help="A run directory, a .ckpt inside one, or a model package .json."),
     fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (one file, card in its metadata) or package (.safetensors + .json card). Default: onnx."),
     out: Path = typer.Option(..., "--out", "-o", help="Output: model.onnx, or the package path/stem. Required (no default)."),
+    estimate: list[Path] = typer.Option(None, "--estimate", help="A cross-validation result of the model's recipe (cv-groups-last.json, cv-last.json, ...) to summarise in the package's card (protocol, pooled metrics, per-genre recall); repeatable; package only. Default: none."),
 ) -> None:
     """Export a trained model as an ONNX file or a model package."""
     from melgenre.predict import export_onnx_file, save_package
 
     if fmt == "onnx":
+        if estimate:
+            raise typer.BadParameter("--estimate goes with --format package")
         say(f"wrote {export_onnx_file(source, out)}")
     elif fmt == "package":
-        card = save_package(source, out)
+        card = save_package(source, out, estimate or ())
         say(f"wrote {card.with_suffix('.safetensors')} and {card}")
     else:
         raise typer.BadParameter("--format must be onnx or package")

@@ -9,6 +9,7 @@ on the command line (``--override optim.lr=3e-4``) and in Python.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class OptimConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
+    backbone_lr_scale: float = 1.0  # lr of parameters outside the model's head, relative to lr (fine-tuning)
     schedule: str = "none"  # none | cosine | plateau | onecycle (peak lr = lr)
 
 
@@ -114,6 +116,9 @@ class ExperimentConfig:
             raise ConfigError(f"data.fractions: need [train, val, test] >= 0 with train > 0, got {fr}")
         if self.data.split == "kfold" and not (2 <= self.data.folds and 0 <= self.data.fold < self.data.folds):
             raise ConfigError(f"data.fold: need 0 <= fold < folds and folds >= 2, got {self.data.fold}/{self.data.folds}")
+        for key, value in (("optim.lr", self.optim.lr), ("optim.backbone_lr_scale", self.optim.backbone_lr_scale)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{key}: must be a positive finite number, got {value!r}")
         for key in ("data.batch_size", "train.max_epochs"):
             section, name = key.split(".")
             if getattr(getattr(self, section), name) < 1:

@@ -337,6 +337,8 @@ def _run_card(run_dir: Path, hparams: dict[str, Any]) -> dict[str, Any]:
         described = {"file": data.name, "root": str(store.attrs.get("root", "")),
                      "n_tracks": int(store.attrs.get("n_tracks", 0)),
                      "input_hash": str(store.attrs.get("input_hash", "")), "preset": store.preset.name}
+        if "embedding" in store.attrs:  # trained on cached tagger embeddings (melgenre embed)
+            described["embedding"] = json.loads(store.attrs["embedding"])
     splits_path = run_dir / "splits.json"
     splits = _read_json(splits_path) if splits_path.exists() else {}
     card_metrics = {split: {level: _scalars(m) for level, m in levels.items()}
@@ -473,7 +475,18 @@ def _from_onnx(path: Path, hop: float | None = None) -> GenreModel:
 
 def default_model_path() -> Path:
     """Path of the default package's card (``melgenre/weights/default.json``); it may not exist."""
-    return Path(str(DEFAULT_MODEL_DIR.joinpath("default.json")))
+    return shipped_model_path("default")
+
+
+def shipped_model_path(name: str) -> Path:
+    """Card of a model package shipped in ``melgenre/weights`` by name (``default``, ``melcnn``)."""
+    return Path(str(DEFAULT_MODEL_DIR.joinpath(f"{name}.json")))
+
+
+def shipped_models() -> list[str]:
+    """Names of the model packages shipped with melgenre (``default`` first)."""
+    names = sorted(p.name[:-5] for p in DEFAULT_MODEL_DIR.iterdir() if p.name.endswith(".json"))
+    return sorted(names, key=lambda n: n != "default")
 
 
 def load_model(path: str | Path | None = None, backend: str | None = None, hop: float | None = None) -> GenreModel:
@@ -483,9 +496,10 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
     ----------
     path : path, optional
         A run directory (its best checkpoint, else the last), a ``.ckpt`` inside a run
-        directory, a package ``.json`` or ``.safetensors``, or an ``.onnx`` file written by
-        :func:`export_onnx_file`. Default: the installed default package
-        (:func:`default_model_path`).
+        directory, a package ``.json`` or ``.safetensors``, an ``.onnx`` file written by
+        :func:`export_onnx_file`, or the name of a shipped package (:func:`shipped_models`:
+        ``default``, ``melcnn``) when no such file exists. Default: the installed default
+        package (:func:`default_model_path`).
     backend : {"torch", "onnx"}, optional
         ``"onnx"`` runs the model with ONNX Runtime on CPU (a non-ONNX model is exported in
         memory first). Default: ``"torch"``, or ``"onnx"`` for an ``.onnx`` file.
@@ -511,6 +525,8 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
             raise MelgenreError("no default model is installed; pass --model (a run directory, .ckpt, "
                                 "package .json or .onnx)")
     path = Path(path)
+    if not path.exists() and str(path) in shipped_models():
+        path = shipped_model_path(str(path))
     is_onnx = path.suffix == ".onnx"
     backend = backend or ("onnx" if is_onnx else "torch")
     if backend not in BACKENDS:
@@ -530,7 +546,39 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
 
 # -- writing models ----------------------------------------------------------------------------
 
-def save_package(source: str | Path, out: str | Path) -> Path:
+#: What a card says about pretrained weights a model starts from (by registry name).
+PRETRAINED_NOTES = {
+    "musicnn": {
+        "weights": "musicnn 0.1.0 ({pretrained}): Pons & Serra 2019, trained on the {dataset}'s 50 most common tags",
+        "licence": "ISC (melgenre/weights/MUSICNN_LICENSE.md)",
+        "unknown": "whether GTZAN recordings (or other recordings of its artists) were among the tagger's "
+                   "training audio; the Million Song Dataset covers many of GTZAN's artists",
+    },
+}
+PRETRAINED_NOTES["musicnn_vgg"] = PRETRAINED_NOTES["musicnn"]
+_TAG_DATASETS = {"msd": "Million Song Dataset", "mtt": "MagnaTagATune"}
+
+
+def estimate_from_cv(path: str | Path) -> dict[str, Any]:
+    """The card's summary of a cross-validation result (``cv*.json`` of :func:`melgenre.train.cross_validate`):
+    protocol, folds, how epochs were chosen, the pooled out-of-fold track metrics and per-class recall."""
+    path = Path(path)
+    cv = _read_json(path)
+    if "pooled" not in cv:
+        raise MelgenreError(f"{path}: not a cross-validation result (no 'pooled' metrics)")
+    pooled = cv["pooled"]
+    return {
+        "protocol": cv.get("protocol", "stratified k-fold (same artists on both sides: optimistic)"),
+        "source": f"{cv.get('name', '')}/{path.name}", "folds": cv.get("folds"), "selection": cv.get("selection"),
+        "track": _scalars({k: pooled[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_precision",
+                                                  "macro_recall", "macro_f1")}),
+        "recall": {c["class"]: round(float(c["recall"]), 3) for c in pooled.get("per_class", [])},
+        "balanced": _scalars(pooled.get("balanced", {})),
+        "untrained_classes": cv.get("untrained_classes"),
+    }
+
+
+def save_package(source: str | Path, out: str | Path, estimates: Iterable[str | Path] = ()) -> Path:
     """Write a model package: ``<out>.safetensors`` (weights) and ``<out>.json`` (the card).
 
     Parameters
@@ -541,6 +589,10 @@ def save_package(source: str | Path, out: str | Path) -> Path:
     out : path
         The package stem; any suffix is replaced. Both files are written atomically, the
         weights first.
+    estimates : paths
+        Cross-validation results (``cv-groups-last.json``, ``cv-last.json``, ...) of the model's
+        recipe, summarised into the card's ``metrics.estimates`` (see :func:`estimate_from_cv`),
+        artist-disjoint ones first.
 
     Returns
     -------
@@ -551,6 +603,14 @@ def save_package(source: str | Path, out: str | Path) -> Path:
     out = Path(out)
     weights = _weights_bytes(module)
     card = {**card, "model_id": _model_id(card["model"]["name"], weights)}
+    summaries = sorted((estimate_from_cv(p) for p in estimates), key=lambda e: "artist" not in e["protocol"])
+    if summaries:
+        card["metrics"] = {**card.get("metrics", {}), "estimates": summaries}
+    note = PRETRAINED_NOTES.get(card["model"]["name"])
+    pretrained = card["model"].get("pretrained")
+    if note and pretrained:
+        card["pretrained"] = {**note, "weights": note["weights"].format(
+            pretrained=pretrained, dataset=_TAG_DATASETS.get(pretrained, pretrained))}
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out.with_suffix(".safetensors")) as tmp:
         tmp.write_bytes(weights)
@@ -634,3 +694,177 @@ def predict_paths(paths: Iterable[str | Path], model: GenreModel,
             yield path, None, str(exc)
         except Exception as exc:  # noqa: BLE001  (a batch run reports any per-file failure and goes on)
             yield path, None, f"{type(exc).__name__}: {exc}"
+
+
+# -- musicnn's own tags ------------------------------------------------------------------------
+
+#: Tag sets of :func:`predict_tags`: musicnn trained on the Million Song Dataset or MagnaTagATune.
+TAG_DATASETS = ("msd", "mtt")
+
+
+def _rounded(x: float) -> float:
+    return round(float(x), 6)
+
+
+@dataclass(eq=False)  # an array field makes field-wise == ambiguous: compare by identity
+class TagPrediction:
+    """musicnn's own 50 tags of one clip: clip-level probabilities plus the per-window taggram.
+
+    Tags are independent (sigmoid outputs, not a softmax): probabilities do not sum to 1.
+    """
+
+    source: str  # file path, or the name given for bytes / arrays
+    dataset: str  # tag set: "msd" (Million Song Dataset) or "mtt" (MagnaTagATune)
+    label: str  # most probable tag
+    probabilities: dict[str, float]  # all 50 tags, clip level (mean over windows)
+    top: list[tuple[str, float]]  # the top-k tags, most probable first
+    window_taggram: np.ndarray  # (W, 50) tag probabilities of each 3-s window
+    window_starts: list[float]  # start of each window in seconds
+    duration: float  # length of the clip in seconds
+    padded: bool  # the clip is shorter than one window and was zero-padded to it
+    silent: bool  # the clip's peak is below melgenre.audio.SILENCE_PEAK
+    model_id: str  # e.g. musicnn_msd-<sha256 of the shipped weights, 12 hex digits>
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form: plain lists and floats rounded to 6 decimals."""
+        return {
+            "source": self.source,
+            "dataset": self.dataset,
+            "label": self.label,
+            "probabilities": {k: _rounded(v) for k, v in self.probabilities.items()},
+            "top": [[k, _rounded(v)] for k, v in self.top],
+            "window_taggram": [[_rounded(v) for v in row] for row in self.window_taggram],
+            "window_starts": [_rounded(s) for s in self.window_starts],
+            "duration": _rounded(self.duration),
+            "padded": self.padded,
+            "silent": self.silent,
+            "model_id": self.model_id,
+        }
+
+
+class MusicnnTagger:
+    """musicnn (Pons & Serra 2019) as a tagger of whole clips, made by :func:`load_tagger`.
+
+    Attributes: ``dataset`` (``"msd"`` or ``"mtt"``), ``classes`` (its 50 tag names, as
+    ``GenreModel.classes``), ``preset`` (the ``musicnn`` preset), ``model_id`` and ``backend``
+    (always ``"torch"``). ``predict`` has :meth:`GenreModel.predict`'s signature, so
+    :func:`predict_paths` runs a tagger over many files as it runs a genre model.
+    """
+
+    backend = "torch"
+    _samples = GenreModel._samples  # only reads self.preset: path / bytes / array -> mono at preset.sr
+
+    def __init__(self, dataset: str = "msd"):
+        from melgenre.models import build
+        from melgenre.models.musicnn import weights_file
+
+        if dataset not in TAG_DATASETS:
+            raise MelgenreError(f"unknown tag set {dataset!r}; use one of {', '.join(TAG_DATASETS)}")
+        self.dataset = dataset
+        self.preset = features.get_preset("musicnn")
+        with torch.random.fork_rng(devices=[]):  # the unused genre head's random init leaves the global RNG alone
+            self._module = build("musicnn", pretrained=dataset).eval()
+        self.classes: list[str] = list(self._module.tags)
+        weights = resources.files("melgenre.weights").joinpath(weights_file("musicnn", dataset)).read_bytes()
+        self.model_id = _model_id(f"musicnn_{dataset}", weights)
+
+    def __repr__(self) -> str:
+        return f"MusicnnTagger({self.model_id!r}, dataset={self.dataset!r}, tags={len(self.classes)})"
+
+    def clip_patches(self, y: np.ndarray) -> tuple[np.ndarray, list[float], bool]:
+        """Back-to-back 3-s patches ``(W, 96, 187)`` of a whole clip (no 30-s limit), their starts
+        in seconds, and whether the clip was zero-padded (shorter than one patch)."""
+        whole = dataclasses.replace(self.preset, duration=None)
+        padded = len(y) < round(whole.chunk_seconds * whole.sr)
+        y = features.fit_to_preset(y, whole)
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            patches = features.mel_images(y, whole)
+        starts = features.chunk_starts(whole.n_frames(len(y)), whole)
+        return patches, [s * whole.hop_length / whole.sr for s in starts], padded
+
+    def taggram(self, patches: np.ndarray) -> np.ndarray:
+        """Tag probabilities ``(N, 50)`` of patches ``(N, 96, 187)``, in batches of :data:`BATCH_SIZE`."""
+        x = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32)[:, None])
+        with torch.inference_mode():
+            out = [self._module.taggram(x[i:i + BATCH_SIZE]).numpy() for i in range(0, len(x), BATCH_SIZE)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
+
+    def predict(self, source: str | Path | bytes | np.ndarray, sr: int | None = None, top_k: int = 5,
+                name: str | None = None) -> TagPrediction:
+        """The tags of one clip of any length; see :func:`predict_tags`."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        y, label = self._samples(source, sr, name)
+        patches, starts, padded = self.clip_patches(y)
+        window_taggram = self.taggram(patches)
+        probs = window_taggram.mean(axis=0, dtype=np.float64)
+        order = np.argsort(-probs, kind="stable")
+        return TagPrediction(
+            source=label,
+            dataset=self.dataset,
+            label=self.classes[order[0]],
+            probabilities={t: float(p) for t, p in zip(self.classes, probs)},
+            top=[(self.classes[i], float(probs[i])) for i in order[:top_k]],
+            window_taggram=window_taggram,
+            window_starts=starts,
+            duration=len(y) / self.preset.sr,
+            padded=padded,
+            silent=audio.is_silent(y),
+            model_id=self.model_id,
+        )
+
+
+@functools.lru_cache(maxsize=len(TAG_DATASETS))
+def load_tagger(dataset: str = "msd") -> MusicnnTagger:
+    """The pretrained musicnn tagger of ``dataset`` (``"msd"`` or ``"mtt"``), built once per process.
+
+    The weights ship with melgenre (converted from the ``musicnn`` wheel, ISC licence); nothing is
+    downloaded.
+    """
+    return MusicnnTagger(dataset)
+
+
+def predict_tags(source: str | Path | bytes | np.ndarray, dataset: str = "msd", top_k: int = 5,
+                 sr: int | None = None, name: str | None = None) -> TagPrediction:
+    """musicnn's own 50 tags of one clip of any length (not the genres of a genre model).
+
+    The clip is resampled to 16 kHz and cut into back-to-back 3-s patches (preset ``musicnn``;
+    a clip shorter than 3 s is zero-padded to one patch); the clip's tag probabilities are the
+    mean of the patches' taggrams, as musicnn's own ``top_tags`` computes them.
+
+    Parameters
+    ----------
+    source : path, bytes or np.ndarray
+        An audio file (any format :func:`melgenre.audio.load` reads), its raw bytes, or
+        samples of shape ``(T,)`` or ``(T, channels)`` (downmixed and resampled).
+    dataset : {"msd", "mtt"}
+        The tag set: musicnn trained on the Million Song Dataset's 50 most common tags
+        (:data:`melgenre.models.musicnn.MSD_TAGS`) or MagnaTagATune's
+        (:data:`melgenre.models.musicnn.MTT_TAGS`).
+    top_k : int
+        How many tags ``TagPrediction.top`` lists (at most 50).
+    sr : int, optional
+        Sample rate of an array ``source`` (required for arrays, ignored otherwise).
+    name : str, optional
+        Name used in the result and in error messages (default: the path, ``<bytes>`` or
+        ``<array>``).
+
+    Returns
+    -------
+    TagPrediction
+        Clip-level probabilities of all 50 tags, the top-k, and the per-window taggram.
+
+    Raises
+    ------
+    AudioDecodeError
+        The file or bytes cannot be decoded.
+    MelgenreError
+        An unknown ``dataset``, or an array without ``sr``, of the wrong shape, empty or non-finite.
+
+    Examples
+    --------
+    >>> from melgenre.predict import predict_tags
+    >>> predict_tags("song.mp3", "mtt", top_k=3).top  # doctest: +SKIP
+    [('classical', 0.62), ('strings', 0.48), ('violin', 0.31)]
+    """
+    return load_tagger(dataset).predict(source, sr=sr, top_k=top_k, name=name)

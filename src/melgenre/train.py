@@ -143,7 +143,7 @@ class GenreClassifier(L.LightningModule):
 
     def configure_optimizers(self):  # noqa: D102
         o = self.hparams.optim
-        params = self.parameters()
+        params = self.param_groups(o["lr"], o.get("backbone_lr_scale", 1.0))
         if o["name"] == "adam":
             opt = torch.optim.Adam(params, lr=o["lr"], weight_decay=o["weight_decay"])
         elif o["name"] == "adamw":
@@ -158,10 +158,20 @@ class GenreClassifier(L.LightningModule):
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=5)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_macro_precision"}}
         if schedule == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o["lr"],
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
                                                         total_steps=self.trainer.estimated_stepping_batches)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         return opt
+
+    def param_groups(self, lr: float, backbone_scale: float = 1.0) -> list[dict[str, Any]]:
+        """Trainable parameters as optimiser groups: the model's ``head.*`` at ``lr``, the rest (a
+        pretrained backbone being fine-tuned) at ``lr * backbone_scale``; frozen ones are left out."""
+        groups: dict[bool, list[nn.Parameter]] = {True: [], False: []}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                groups[name.startswith("head.") or backbone_scale == 1.0].append(p)
+        return [{"params": ps, "lr": lr * (1.0 if is_head else backbone_scale)}
+                for is_head, ps in groups.items() if ps]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:  # noqa: D102
         checkpoint["melgenre_history"] = self.history

@@ -114,11 +114,15 @@ class MidEndConv(nn.Module):
 
 
 class GenreHead(nn.Module):
-    """Standardise an embedding (BatchNorm without affine), dropout, linear to ``num_classes``."""
+    """Standardise an embedding (BatchNorm without affine), dropout, linear to ``num_classes``.
+
+    The BatchNorm keeps a cumulative average (``momentum=None``): on a frozen tagger's
+    embeddings its running mean and variance converge to the training set's, a standardiser.
+    """
 
     def __init__(self, dim: int, num_classes: int, dropout: float):
         super().__init__()
-        self.norm = nn.BatchNorm1d(dim, affine=False)
+        self.norm = nn.BatchNorm1d(dim, affine=False, momentum=None)
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(dim, num_classes)
 

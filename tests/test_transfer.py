@@ -1,0 +1,147 @@
+"""Transfer to genres: `melgenre embed` stores, a musicnn head trained on them, packaging, names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from melgenre import store, synth
+from melgenre.cli import app
+from melgenre.config import config_from_dict
+from melgenre.errors import ConfigError
+from melgenre.models import build
+from melgenre.models.musicnn import embed_images
+from melgenre.predict import load_model, save_package, shipped_models
+from melgenre.store import MelStore
+from melgenre.train import GenreClassifier, fit
+
+SPEC = {"model": "musicnn", "pretrained": "msd", "embedding": "penultimate"}
+HEAD = {
+    "name": "head", "seed": 0,
+    "data": {"batch_size": 16, "fractions": [0.5, 0.25, 0.25]},
+    "model": {"name": "musicnn", "pretrained": "msd", "embedding": "penultimate", "freeze": True, "dropout": 0.0},
+    "optim": {"name": "adamw", "lr": 1e-2},
+    "train": {"max_epochs": 8, "patience": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """3 synthetic classes x 8 clips of 6.5 s (2 musicnn patches each)."""
+    root = tmp_path_factory.mktemp("transfer") / "clips"
+    synth.write_corpus(root, n_classes=3, per_class=8, seconds=6.5, seed=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def emb_store(corpus) -> Path:
+    out = corpus.parent / "emb.h5"
+    store.prepare(corpus, "musicnn", out, workers=1, progress=False, embed=SPEC)
+    return out
+
+
+def test_embed_store_holds_the_taggers_embedding_of_every_patch(corpus, emb_store):
+    with MelStore(emb_store) as s:
+        assert s.x.shape == (24 * 2, 1, 200)
+        assert json.loads(s.attrs["embedding"]) == {**SPEC, "size": 200}
+        assert s.preset.name == "musicnn"
+        path = corpus / s.tracks()["path"][0]
+        rows = s.images(slice(0, 2))[:, 0]
+    from melgenre import audio, features
+
+    preset = features.get_preset("musicnn")
+    images = features.mel_images(features.fit_to_preset(audio.load(path, sr=16000).samples, preset), preset)
+    want = embed_images(images, SPEC)
+    np.testing.assert_allclose(rows, want, rtol=2e-3, atol=2e-3)  # stored as float16
+
+
+def test_embed_resumes_from_the_parts_of_an_interrupted_run(corpus, emb_store, tmp_path):
+    out = tmp_path / "resumed.h5"
+    job = store.start_prepare(corpus, "musicnn", out, overwrite=False, t0=0.0, embed=SPEC)
+    for j in job.todo[:5]:  # an interrupted run left five finished tracks
+        store._compute_track(j)
+    report = store.prepare(corpus, "musicnn", out, workers=1, progress=False, embed=SPEC)
+    assert (report.resumed, report.computed) == (5, 19)
+    with MelStore(out) as a, MelStore(emb_store) as b:
+        np.testing.assert_array_equal(a.images(slice(None)), b.images(slice(None)))
+    again = store.prepare(corpus, "musicnn", out, workers=1, progress=False, embed=SPEC)
+    assert again.up_to_date
+
+
+def test_embed_refuses_a_preset_the_tagger_cannot_read(corpus, tmp_path):
+    with pytest.raises(ConfigError, match="needs the musicnn preset"):
+        store.prepare(corpus, "fast", tmp_path / "x.h5", workers=1, progress=False, embed=SPEC)
+    with pytest.raises(ConfigError, match="embedding must be one of"):
+        store.prepare(corpus, "musicnn", tmp_path / "x.h5", workers=1, progress=False,
+                      embed={**SPEC, "embedding": "pool5"})
+
+
+def test_embed_cli(corpus, tmp_path):
+    out = tmp_path / "cli.h5"
+    result = CliRunner().invoke(app, ["embed", str(corpus), "--embedding", "mean_pool", "--out", str(out),
+                                      "--workers", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "753 values per patch" in result.output.replace("\n", " ")
+    with MelStore(out) as s:
+        assert s.x.shape == (48, 1, 753)
+
+
+def test_head_trained_on_embeddings_predicts_from_audio(corpus, emb_store, tmp_path):
+    run = fit(config_from_dict(HEAD), tmp_path, data=emb_store, progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["results"]["val"]["track"]["accuracy"] >= 0.8
+    card = save_package(run, tmp_path / "pkg" / "head")
+    model = load_model(card)
+    assert model.preset.name == "musicnn"
+    assert json.loads(card.read_text())["training"]["data"]["embedding"]["embedding"] == "penultimate"
+    assert "ISC" in json.loads(card.read_text())["pretrained"]["licence"]
+    # the package runs the whole tagger on audio: its genre agrees with the head on stored embeddings
+    with MelStore(emb_store) as s:
+        tracks = s.tracks()
+        for i in range(0, 24, 8):
+            pred = model.predict(corpus / tracks["path"][i])
+            assert pred.label == s.classes[tracks["label"][i]]
+            assert len(pred.window_starts) == 2
+
+
+def test_backbone_lr_scale_makes_two_optimiser_groups():
+    cfg = config_from_dict({**HEAD, "model": {**HEAD["model"], "freeze": False},
+                            "optim": {"name": "adamw", "lr": 1e-3, "backbone_lr_scale": 0.1}})
+    module = GenreClassifier(cfg.model, ["a", "b"], dict(vars(cfg.optim)), max_epochs=1)
+    groups = module.param_groups(1e-3, 0.1)
+    assert sorted(g["lr"] for g in groups) == pytest.approx([1e-4, 1e-3])
+    head = next(g for g in groups if g["lr"] == pytest.approx(1e-3))
+    assert sum(p.numel() for p in head["params"]) == sum(p.numel() for p in module.model.head.parameters())
+    frozen = GenreClassifier({**cfg.model, "freeze": True}, ["a", "b"], dict(vars(cfg.optim)), max_epochs=1)
+    assert len(frozen.param_groups(1e-3, 0.1)) == 1  # only the head trains
+
+
+@pytest.mark.parametrize("key,value", [("lr", -0.01), ("lr", float("nan")), ("backbone_lr_scale", 0)])
+def test_bad_learning_rates_are_config_errors(key, value):
+    with pytest.raises(ConfigError, match=f"optim.{key}: must be a positive finite number"):
+        config_from_dict({**HEAD, "optim": {"name": "adam", key: value}})
+
+
+def test_shipped_models_by_name():
+    assert shipped_models()[0] == "default" and "melcnn" in shipped_models()
+    fast = load_model("melcnn")
+    assert fast.card["model"]["name"] == "melcnn" and fast.preset.name == "fast"
+    default = load_model()
+    assert default.card["model"]["name"] == "musicnn" and default.preset.name == "musicnn"
+    estimates = default.card["metrics"]["estimates"]
+    assert "artist-disjoint" in estimates[0]["protocol"] and "optimistic" in estimates[1]["protocol"]
+    assert set(estimates[0]["recall"]) == set(default.classes)
+
+
+def test_freeze_keeps_pretrained_weights_during_training(emb_store, tmp_path):
+    run = fit(config_from_dict({**HEAD, "train": {"max_epochs": 1, "patience": 1}}), tmp_path, data=emb_store,
+              progress=False)
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    fresh = build("musicnn", pretrained="msd").state_dict()
+    assert torch.equal(state["model.dense.weight"], fresh["dense.weight"])
+    assert not torch.equal(state["model.head.fc.weight"], build("musicnn").state_dict()["head.fc.weight"])
