@@ -91,13 +91,17 @@ class FreqPooledConv(nn.Module):
         self.bn = _bn2d(filters)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv(F.pad(x, (0, 0, *self.time_pad))))  # pad time only: (B, C, T, F')
-        if self.training:
-            return self.bn(x).amax(3)
-        # In eval mode BN is a per-channel monotone map, so it commutes with the max over mel bins
-        # (as a min where gamma < 0): pooling first skips a pass over the large (B, C, T, F') map.
+        x = F.pad(x, (0, 0, *self.time_pad))  # pad time only
         bn = self.bn
-        pooled = torch.where((bn.weight >= 0)[None, :, None], x.amax(3), x.amin(3))
+        if self.training:
+            return bn(torch.relu(self.conv(x))).amax(3)
+        # Eval mode: ReLU and BN are per-channel monotone maps, so they commute with the max over
+        # mel bins (BN decreasing where gamma < 0, taking the min there): the max of the conv output
+        # alone is pooled, with the kernels of negative-gamma channels negated (min z = -max -z).
+        # Exact, and it skips ReLU, BN and a min over the largest (B, C, T, F') maps.
+        sign = torch.where(bn.weight >= 0, 1.0, -1.0)
+        z = F.conv2d(x, self.conv.weight * sign[:, None, None, None], self.conv.bias * sign)
+        pooled = torch.relu(z.amax(3) * sign[None, :, None])
         return F.batch_norm(pooled, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
 
 
@@ -177,7 +181,7 @@ class _Tagger(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Genre logits of mel patches ``(N, 1, 96, T)``, or of cached embeddings ``(N, 1, 1, D)``
         (the rows of a ``melgenre embed`` store: training the head on them skips the tagger)."""
-        if x.shape[-2] == 1:
+        if not torch.jit.is_tracing() and x.shape[-2] == 1:  # (an export traces mel patches)
             return self.head(x.flatten(1))
         return self.head(self.features(x)[self.embedding])
 
