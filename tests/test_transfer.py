@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from melgenre import store, synth
 from melgenre.cli import app
 from melgenre.config import config_from_dict
-from melgenre.errors import ConfigError
+from melgenre.errors import ConfigError, MelgenreError
 from melgenre.models import build
 from melgenre.models.musicnn import embed_images
 from melgenre.predict import load_model, save_package, shipped_models
@@ -145,3 +145,25 @@ def test_freeze_keeps_pretrained_weights_during_training(emb_store, tmp_path):
     fresh = build("musicnn", pretrained="msd").state_dict()
     assert torch.equal(state["model.dense.weight"], fresh["dense.weight"])
     assert not torch.equal(state["model.head.fc.weight"], build("musicnn").state_dict()["head.fc.weight"])
+
+
+def test_fusion_of_cross_validations(emb_store, tmp_path):
+    """Fusing a CV with itself reproduces its pooled figures; two recipes on the same folds fuse."""
+    from melgenre.train import cross_validate, fuse_cv
+
+    head = config_from_dict({**HEAD, "train": {"max_epochs": 2, "patience": 2}})
+    a = cross_validate(head, 3, tmp_path, fixed_epochs=True, final_retrain=False, data=emb_store, progress=False)
+    other = config_from_dict({**HEAD, "name": "other", "model": {**HEAD["model"], "embedding": "penultimate"},
+                              "optim": {"name": "adamw", "lr": 3e-2}, "train": {"max_epochs": 2, "patience": 2}})
+    cross_validate(other, 3, tmp_path, fixed_epochs=True, final_retrain=False, data=emb_store, progress=False)
+    same = fuse_cv([tmp_path / "head", tmp_path / "head"], fixed_epochs=True)
+    assert same["pooled"]["confusion"] == a["pooled"]["confusion"]
+    both = fuse_cv([tmp_path / "head", tmp_path / "other"], fixed_epochs=True, weights=[2, 1])
+    assert both["pooled"]["n"] == a["pooled"]["n"] == sum(a["fold_tracks"])
+    assert both["recipes"] == ["head", "other"] and both["weights"] == [2, 1]
+    with pytest.raises(MelgenreError, match="no cv-groups-last.json"):
+        fuse_cv([tmp_path / "head", tmp_path / "other"], groups=True, fixed_epochs=True)
+    result = CliRunner().invoke(app, ["fuse", str(tmp_path / "head"), str(tmp_path / "other"), "--fixed-epochs",
+                                      "--out", str(tmp_path / "f.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "f.json").read_text())["pooled"]["n"] == a["pooled"]["n"]

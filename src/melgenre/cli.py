@@ -405,6 +405,36 @@ def cv(
 
 
 @app.command()
+def fuse(
+    cv_dirs: list[Path] = typer.Argument(..., metavar="CV_DIR...", help="Two or more cross-validation folders (RUNS/<name>) of `melgenre cv` run with the same protocol on the same tracks."),
+    groups: bool = typer.Option(False, "--groups", help="Fuse the artist-disjoint CVs (cv --groups): cv-groups*.json and group<k> folds. Default: the stratified ones."),
+    fixed_epochs: bool = typer.Option(False, "--fixed-epochs", help="Fuse the --fixed-epochs CVs (the *-last folds). Default: the early-stopped ones."),
+    weights: str = typer.Option(None, "--weights", help="Comma-separated weight per folder, e.g. 0.7,0.3. Default: equal weights."),
+    out: Path = typer.Option(None, "--out", "-o", help="Also write the result as JSON to OUT. Default: print only."),
+) -> None:
+    """Late fusion: average the out-of-fold track probabilities of several cross-validated recipes."""
+    import json
+
+    from melgenre.train import fuse_cv
+
+    try:
+        w = [float(v) for v in weights.split(",")] if weights else None
+    except ValueError:
+        raise typer.BadParameter(f"--weights must be comma-separated numbers, got {weights!r}") from None
+    result = fuse_cv(cv_dirs, groups=groups, fixed_epochs=fixed_epochs, weights=w)
+    say(f"fusion of {', '.join(map(str, result['recipes']))} ({result['protocol']}), weights {result['weights']}")
+    for name, m in [("fusion", result["pooled"]), *result["each"].items()]:
+        say(f"  {name}: {m['n']} tracks, accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
+            f"macro precision {m['macro_precision']:.3f} ({m['balanced']['macro_precision']:.3f} with equal class counts)")
+    if out is not None:
+        from melgenre.utils import atomic_path
+
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(result, indent=1))
+        say(f"wrote {out}")
+
+
+@app.command()
 def table(
     runs_dir: Path = typer.Argument(Path("runs"), help="Folder of run directories."),
     level: str = typer.Option("track", "--level", help="Metrics level: track or chunk."),

@@ -355,10 +355,9 @@ def predict_rows(module: GenreClassifier, dm: MelDataModule, split: str) -> np.n
     return np.concatenate(out) if out else np.zeros((0, len(dm.classes)), dtype=np.float32)
 
 
-def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None, splits: tuple[str, ...] = ("val", "test"),
-                 data: str | Path | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluate a run's checkpoint on its splits: metrics.json, plots and report.md in the run dir."""
-    run_dir = Path(run_dir)
+def _load_run(run_dir: Path, checkpoint: str | Path | None = None, data: str | Path | None = None
+              ) -> tuple[ExperimentConfig, Path, GenreClassifier, MelDataModule]:
+    """A run's config, checkpoint path, model and data module (its splits over its feature file)."""
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.exists():
         raise MelgenreError(f"{run_dir}: not a run directory (no config.yaml)")
@@ -371,6 +370,77 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None, spli
     dm = MelDataModule(data_path, load_splits(run_dir / "splits.json"), cfg.data, cfg.seed)
     if dm.classes != module.hparams.classes:
         raise MelgenreError(f"{data_path}: classes {dm.classes} differ from the model's {module.hparams.classes}")
+    return cfg, checkpoint, module, dm
+
+
+def track_probabilities(run_dir: str | Path, split: str = "val") -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """A run's track-level probabilities on one of its splits: ``(track ids, probs (T, C), labels, classes)``."""
+    _, _, module, dm = _load_run(Path(run_dir))
+    rows = dm.rows_for(split)
+    probs = predict_rows(module, dm, split)
+    track_probs, track_y, tracks = evaluate.track_level(probs, dm.store.y[rows], dm.store.track_id[rows])
+    return tracks, track_probs, track_y, dm.classes
+
+
+def fuse_cv(cv_dirs: list[str | Path], groups: bool = False, fixed_epochs: bool = False,
+            weights: list[float] | None = None) -> dict[str, Any]:
+    """Late fusion of cross-validated recipes: average their out-of-fold track probabilities.
+
+    Every ``cv_dir`` is a ``RUNS_DIR/<name>`` of :func:`cross_validate` run with the same
+    protocol (``groups`` / ``fixed_epochs`` as given here) on the same tracks, e.g. melcnn on a
+    ``fast`` store and a musicnn head on an embedding store: fold ``k`` of each holds out the
+    same tracks. Each fold's tracks get the weighted mean of the recipes' probabilities; the
+    folds are pooled as in :func:`cross_validate`. Returns the ``pooled`` metrics, the protocol,
+    the recipes and weights, and each recipe's own pooled metrics on the same tracks.
+    """
+    from melgenre.evaluate import compute_metrics, pooled_metrics
+
+    cv_dirs = [Path(d) for d in cv_dirs]
+    if len(cv_dirs) < 2:
+        raise ConfigError("fuse: need at least two cross-validation directories")
+    weights = [1.0] * len(cv_dirs) if weights is None else list(weights)
+    if len(weights) != len(cv_dirs) or any(not w >= 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"fuse: need one non-negative weight per directory, not all zero; got {weights}")
+    stem = ("cv-groups" if groups else "cv") + ("-last" if fixed_epochs else "")
+    prefix, suffix = ("group" if groups else "fold"), ("-last" if fixed_epochs else "")
+    summaries = []
+    for d in cv_dirs:
+        if not (d / f"{stem}.json").is_file():
+            raise MelgenreError(f"{d}: no {stem}.json (run melgenre cv with the same protocol first)")
+        summaries.append(json.loads((d / f"{stem}.json").read_text()))
+    folds = {s["folds"] for s in summaries}
+    if len(folds) != 1:
+        raise ConfigError(f"fuse: the cross-validations have different numbers of folds: {sorted(folds)}")
+    classes, confusions = None, {name: [] for name in ["fusion", *(str(d) for d in cv_dirs)]}
+    for k in range(folds.pop()):
+        parts = [track_probabilities(d / f"{prefix}{k}{suffix}") for d in cv_dirs]
+        tracks, _, labels, classes = parts[0]
+        order = np.argsort(tracks)
+        for d, (other, probs, other_labels, other_classes) in zip(cv_dirs, parts):
+            if other_classes != classes or sorted(other) != sorted(tracks):
+                raise MelgenreError(f"{d}: fold {k} holds out other tracks or classes than {cv_dirs[0]}")
+        aligned = [p[np.argsort(t)] for t, p, _, _ in parts]
+        fused = sum(w * p for w, p in zip(weights, aligned)) / sum(weights)
+        y = labels[order]
+        confusions["fusion"].append(compute_metrics(fused, y, classes)["confusion"])
+        for d, p in zip(cv_dirs, aligned):
+            confusions[str(d)].append(compute_metrics(p, y, classes)["confusion"])
+    return {
+        "protocol": summaries[0].get("protocol"), "recipes": [s.get("name") for s in summaries],
+        "weights": weights, "pooled": pooled_metrics(confusions["fusion"], classes),
+        "each": {d: pooled_metrics(c, classes) for d, c in confusions.items() if d != "fusion"},
+    }
+
+
+def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None, splits: tuple[str, ...] = ("val", "test"),
+                 data: str | Path | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate a run's checkpoint on its splits: metrics.json, plots and report.md in the run dir."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise MelgenreError(f"{run_dir}: not a run directory (no config.yaml)")
+    cfg, checkpoint, module, dm = _load_run(run_dir, checkpoint, data)
+    data_path = dm.store_path
     results = {}
     for split in splits:
         rows = dm.rows_for(split)
