@@ -107,6 +107,11 @@ def test_head_trained_on_embeddings_predicts_from_audio(corpus, emb_store, tmp_p
             pred = model.predict(corpus / tracks["path"][i])
             assert pred.label == s.classes[tracks["label"][i]]
             assert len(pred.window_starts) == 2
+    # a package can carry its default prediction hop: every other 3-s patch here
+    sparse = load_model(save_package(run, tmp_path / "pkg" / "hop6", hop=6.0))
+    assert sparse.card["predict_hop"] == 6.0 and sparse.predict(corpus / tracks["path"][0]).window_starts == [0.0]
+    assert load_model(tmp_path / "pkg" / "hop6.json", hop=3.0).predict(corpus / tracks["path"][0]).window_starts \
+        == [0.0, 3.008]  # 3 s = 187.5 frames, rounded to 188
 
 
 def test_backbone_lr_scale_makes_two_optimiser_groups():

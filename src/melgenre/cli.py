@@ -477,7 +477,8 @@ def _predict_csv(results: list[tuple[Path, object, str | None]], top_k: int) -> 
 
 
 _HOP_HELP = ("Seconds between prediction windows, for models on a chunked preset: 3 (the fast preset's chunk "
-             "length) halves the work for a small accuracy cost. Default: the preset's chunk_hop_seconds (1.5 for fast).")
+             "length) halves the work for a small accuracy cost. Default: the model card's predict_hop if it has one "
+             "(the shipped musicnn default: 6, every other 3-s patch), else the preset's chunk_hop_seconds (1.5 for fast).")
 
 
 @app.command("predict")
@@ -562,16 +563,17 @@ def export_cmd(
     fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (one file, card in its metadata) or package (.safetensors + .json card). Default: onnx."),
     out: Path = typer.Option(..., "--out", "-o", help="Output: model.onnx, or the package path/stem. Required (no default)."),
     estimate: list[Path] = typer.Option(None, "--estimate", help="A cross-validation result of the model's recipe (cv-groups-last.json, cv-last.json, ...) to summarise in the package's card (protocol, pooled metrics, per-genre recall); repeatable; package only. Default: none."),
+    hop: float = typer.Option(None, "--hop", help="Default seconds between prediction windows, stored in the package's card (predict --hop overrides it); package only. Default: the preset's hop."),
 ) -> None:
     """Export a trained model as an ONNX file or a model package."""
     from melgenre.predict import export_onnx_file, save_package
 
     if fmt == "onnx":
-        if estimate:
-            raise typer.BadParameter("--estimate goes with --format package")
+        if estimate or hop is not None:
+            raise typer.BadParameter("--estimate and --hop go with --format package")
         say(f"wrote {export_onnx_file(source, out)}")
     elif fmt == "package":
-        card = save_package(source, out, estimate or ())
+        card = save_package(source, out, estimate or (), hop=hop)
         say(f"wrote {card.with_suffix('.safetensors')} and {card}")
     else:
         raise typer.BadParameter("--format must be onnx or package")

@@ -158,6 +158,7 @@ class GenreModel:
         self.card = card
         self.classes: list[str] = list(card["classes"])
         self.preset = Preset.from_dict(card["preset"])
+        hop = card.get("predict_hop") if hop is None else hop  # a package may carry its default hop
         self.hop = hop
         self.window_preset = self.preset
         if hop is not None:  # the step between prediction windows; training chunks are unchanged
@@ -166,7 +167,7 @@ class GenreModel:
                                     "predicts back-to-back windows of its duration")
             if not hop > 0:
                 raise MelgenreError(f"--hop must be positive, got {hop}")
-            self.window_preset = dataclasses.replace(self.preset, chunk_hop_seconds=float(hop))
+            self.window_preset = dataclasses.replace(self.preset, chunk_hop_seconds=float(hop), frames_per_hop=None)
         self.model_id: str = card["model_id"]
         self.backend = "torch" if module is not None else "onnx"
         self._module = channels_last(module.eval()) if module is not None else None
@@ -578,7 +579,8 @@ def estimate_from_cv(path: str | Path) -> dict[str, Any]:
     }
 
 
-def save_package(source: str | Path, out: str | Path, estimates: Iterable[str | Path] = ()) -> Path:
+def save_package(source: str | Path, out: str | Path, estimates: Iterable[str | Path] = (),
+                 hop: float | None = None) -> Path:
     """Write a model package: ``<out>.safetensors`` (weights) and ``<out>.json`` (the card).
 
     Parameters
@@ -593,6 +595,9 @@ def save_package(source: str | Path, out: str | Path, estimates: Iterable[str | 
         Cross-validation results (``cv-groups-last.json``, ``cv-last.json``, ...) of the model's
         recipe, summarised into the card's ``metrics.estimates`` (see :func:`estimate_from_cv`),
         artist-disjoint ones first.
+    hop : float, optional
+        Default seconds between prediction windows, stored in the card as ``predict_hop`` (chunked
+        presets; ``load_model(hop=...)`` still overrides it). Default: the preset's own hop.
 
     Returns
     -------
@@ -603,6 +608,10 @@ def save_package(source: str | Path, out: str | Path, estimates: Iterable[str | 
     out = Path(out)
     weights = _weights_bytes(module)
     card = {**card, "model_id": _model_id(card["model"]["name"], weights)}
+    if hop is not None:
+        if Preset.from_dict(card["preset"]).chunk_seconds is None or not hop > 0:
+            raise MelgenreError(f"hop {hop}: needs a positive number and a model on a chunked preset")
+        card["predict_hop"] = float(hop)
     summaries = sorted((estimate_from_cv(p) for p in estimates), key=lambda e: "artist" not in e["protocol"])
     if summaries:
         card["metrics"] = {**card.get("metrics", {}), "estimates": summaries}
