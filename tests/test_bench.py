@@ -69,19 +69,25 @@ def test_results_json_is_well_formed(results):
     assert tr["peak_rss_mb"] > 0 and tr["steps"] >= 1
 
     inf = data["inference"]
-    assert isinstance(inf["model"], str) and inf["target_ms"] == 50  # the default model, or an untrained melcnn
-    # the fast preset's own hop (1.5 s), then back-to-back 3-s windows (predict --hop 3)
-    assert [(b["backend"], b["hop_s"]) for b in inf["backends"]] == [("torch", 1.5), ("onnx", 1.5), ("torch", 3.0),
-                                                                     ("onnx", 3.0)]
-    assert inf["backends"][2]["windows_per_file"] < inf["backends"][0]["windows_per_file"]
-    for b in inf["backends"]:
-        _figure(b["latency_ms"], "ms")
-        _figure(b["batch_files_per_s"], "files/s")
-        assert set(b["stages_ms"]) == {"decode", "mel", "model"}
-        for fig in b["stages_ms"].values():
-            _figure(fig, "ms")
-        assert b["windows_per_file"] >= 1 and isinstance(b["meets_target"], bool)
-    assert inf["backends"][0]["model_id"] == inf["backends"][1]["model_id"]
+    default, fast = inf["models"]  # every shipped model, the default first
+    assert (default["model"], default["target_ms"], fast["model"], fast["target_ms"]) == ("musicnn", 150, "melcnn", 50)
+    # each at its own hop (the default's card: 6 s; the fast preset's: 1.5 s), then back-to-back 3-s windows
+    assert [(b["backend"], b["hop_s"]) for b in default["backends"]] == [("torch", 6.0), ("onnx", 6.0),
+                                                                         ("torch", 3.0), ("onnx", 3.0)]
+    assert [(b["backend"], b["hop_s"]) for b in fast["backends"]] == [("torch", 1.5), ("onnx", 1.5), ("torch", 3.0),
+                                                                      ("onnx", 3.0)]
+    for entry in inf["models"]:
+        rows = entry["backends"]
+        assert rows[2]["windows_per_file"] > rows[0]["windows_per_file"] if entry is default \
+            else rows[2]["windows_per_file"] < rows[0]["windows_per_file"]
+        assert rows[0]["model_id"] == rows[1]["model_id"]
+        for b in rows:
+            _figure(b["latency_ms"], "ms")
+            _figure(b["batch_files_per_s"], "files/s")
+            assert set(b["stages_ms"]) == {"decode", "mel", "model"}
+            for fig in b["stages_ms"].values():
+                _figure(fig, "ms")
+            assert b["windows_per_file"] >= 1 and isinstance(b["meets_target"], bool)
 
     mem = data["memory"]
     assert [r["n_tracks"] for r in mem] == [2, 4]

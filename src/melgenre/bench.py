@@ -58,9 +58,10 @@ from melgenre import __version__
 
 SECTIONS = ("preprocessing", "features", "training", "inference", "memory")
 
-#: The issue's targets: prepare vs the naive loop, and one file's end-to-end latency.
+#: The issues' targets: prepare vs the naive loop, and one 30-s file's end-to-end latency per model.
 TARGET_SPEEDUP = 5.0
-TARGET_LATENCY_MS = 50.0
+TARGET_LATENCY_MS = {"melcnn": 50.0, "musicnn": 150.0}
+DEFAULT_TARGET_MS = 50.0
 
 #: Models with more parameters than this skip their larger input sizes in quick mode.
 BIG_MODEL_PARAMS = 5_000_000
@@ -592,63 +593,82 @@ def build_untrained_package(out: str | Path, model: str = "melcnn", preset: str 
     return out.with_suffix(".json")
 
 
-def bench_inference(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], None]) -> dict:
-    """End-to-end latency of one file and files/s over a batch, torch eager vs ONNX Runtime."""
-    from melgenre import audio
-    from melgenre.features import Preset
-    from melgenre.predict import default_model_path, load_model, predict_paths
+def _inference_sources(inputs: _Inputs) -> list[tuple[Path, str]]:
+    """The packages to time: every shipped model (default first), or an untrained melcnn."""
+    from melgenre.predict import shipped_model_path, shipped_models
 
-    if default_model_path().is_file():
-        source, which = default_model_path(), "default model"
-    else:
-        source = build_untrained_package(inputs.tmp / "pkg" / "melcnn-untrained")
-        which = "untrained melcnn package (no default model installed)"
+    names = shipped_models()
+    if names:
+        return [(shipped_model_path(n), f"shipped model {n!r}") for n in names]
+    return [(build_untrained_package(inputs.tmp / "pkg" / "melcnn-untrained"),
+             "untrained melcnn package (no model installed)")]
+
+
+def bench_inference(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], None]) -> dict:
+    """End-to-end latency of one file and files/s over a batch, torch eager vs ONNX Runtime, for
+    every shipped model at its default prediction hop and with back-to-back chunks."""
+    from melgenre.predict import load_model
+
     files = inputs.files(max(settings.infer_files, 1))
-    result: dict[str, Any] = {"model_source": which, "n_batch_files": len(files),
-                              "target_ms": TARGET_LATENCY_MS, "backends": []}
-    preset = Preset.from_dict(json.loads(Path(source).read_text())["preset"])  # the package's card
-    hops: list[float | None] = [None]  # the preset's own hop
-    if preset.chunk_seconds is not None and preset.chunk_seconds != preset.chunk_hop_seconds:
-        hops.append(preset.chunk_seconds)  # back-to-back windows (predict --hop <chunk length>)
-    for hop, backend in itertools.product(hops, ("torch", "onnx")):
-        t0 = time.perf_counter()
-        model = load_model(source, backend=backend, hop=hop)
-        load_s = time.perf_counter() - t0
-        model.predict(files[0])  # warm-up
-        latency = []
-        for i in range(settings.infer_repeats):
-            t0 = time.perf_counter()
-            model.predict(files[i % len(files)], top_k=3)
-            latency.append(1e3 * (time.perf_counter() - t0))
-        stages: dict[str, list[float]] = {"decode": [], "mel": [], "model": []}
-        for i in range(settings.infer_repeats):
-            f = files[i % len(files)]
-            t0 = time.perf_counter()
-            y = audio.load(f, sr=model.preset.sr).samples
-            t1 = time.perf_counter()
-            images, _, _ = model.clip_images(y)
-            t2 = time.perf_counter()
-            model.predict_images(images)
-            t3 = time.perf_counter()
-            for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2)):
-                stages[key].append(1e3 * dt)
-        batch = []
-        for _ in range(max(1, settings.repeats)):
-            t0 = time.perf_counter()
-            list(predict_paths(files, model, 3))
-            batch.append(len(files) / (time.perf_counter() - t0))
-        row = {"backend": backend, "model_id": model.model_id, "preset": model.preset.name,
-               "hop_s": model.window_preset.chunk_hop_seconds, "windows_per_file": len(images),
-               "load_s": round(load_s, 3), "latency_ms": stat(latency, "ms"),
-               "stages_ms": {k: stat(v, "ms") for k, v in stages.items()},
-               "batch_files_per_s": stat(batch, "files/s")}
-        row["meets_target"] = row["latency_ms"]["median"] <= TARGET_LATENCY_MS
-        log(f"inference {backend} (hop {row['hop_s']} s): {row['latency_ms']['median']:.1f} ms/file (decode "
-            f"{row['stages_ms']['decode']['median']:.1f}, mel {row['stages_ms']['mel']['median']:.1f}, model "
-            f"{row['stages_ms']['model']['median']:.1f}); batch {row['batch_files_per_s']['median']:.1f} files/s")
-        result["backends"].append(row)
-    result["model"] = model.card["model"]["name"]
+    result: dict[str, Any] = {"n_batch_files": len(files), "models": []}
+    for source, which in _inference_sources(inputs):
+        card = json.loads(Path(source).read_text())
+        entry = {"source": which, "model": card["model"]["name"],
+                 "target_ms": TARGET_LATENCY_MS.get(card["model"]["name"], DEFAULT_TARGET_MS), "backends": []}
+        hops: list[float | None] = [None]  # the card's (or preset's) own hop
+        probe = load_model(source)
+        chunk = probe.preset.chunk_seconds
+        if chunk is not None and chunk != probe.window_preset.chunk_hop_seconds:
+            hops.append(chunk)  # back-to-back windows (predict --hop <chunk length>)
+        for hop, backend in itertools.product(hops, ("torch", "onnx")):
+            entry["backends"].append(_time_model(source, backend, hop, files, settings, log))
+        result["models"].append(entry)
     return result
+
+
+def _time_model(source: Path, backend: str, hop: float | None, files: list[Path], settings: BenchSettings,
+                log: Callable[[str], None]) -> dict[str, Any]:
+    """One (model, backend, hop) row of :func:`bench_inference`."""
+    from melgenre import audio
+    from melgenre.predict import load_model, predict_paths
+
+    t0 = time.perf_counter()
+    model = load_model(source, backend=backend, hop=hop)
+    load_s = time.perf_counter() - t0
+    model.predict(files[0])  # warm-up
+    latency = []
+    for i in range(settings.infer_repeats):
+        t0 = time.perf_counter()
+        model.predict(files[i % len(files)], top_k=3)
+        latency.append(1e3 * (time.perf_counter() - t0))
+    stages: dict[str, list[float]] = {"decode": [], "mel": [], "model": []}
+    for i in range(settings.infer_repeats):
+        f = files[i % len(files)]
+        t0 = time.perf_counter()
+        y = audio.load(f, sr=model.preset.sr).samples
+        t1 = time.perf_counter()
+        images, _, _ = model.clip_images(y)
+        t2 = time.perf_counter()
+        model.predict_images(images)
+        t3 = time.perf_counter()
+        for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2)):
+            stages[key].append(1e3 * dt)
+    batch = []
+    for _ in range(max(1, settings.repeats)):
+        t0 = time.perf_counter()
+        list(predict_paths(files, model, 3))
+        batch.append(len(files) / (time.perf_counter() - t0))
+    target = TARGET_LATENCY_MS.get(model.card["model"]["name"], DEFAULT_TARGET_MS)
+    row = {"backend": backend, "model_id": model.model_id, "preset": model.preset.name,
+           "hop_s": model.window_preset.chunk_hop_seconds, "windows_per_file": len(images),
+           "load_s": round(load_s, 3), "latency_ms": stat(latency, "ms"),
+           "stages_ms": {k: stat(v, "ms") for k, v in stages.items()},
+           "batch_files_per_s": stat(batch, "files/s")}
+    row["meets_target"] = row["latency_ms"]["median"] <= target
+    log(f"inference {model.model_id} {backend} (hop {row['hop_s']} s): {row['latency_ms']['median']:.1f} ms/file "
+        f"(decode {row['stages_ms']['decode']['median']:.1f}, mel {row['stages_ms']['mel']['median']:.1f}, model "
+        f"{row['stages_ms']['model']['median']:.1f}); batch {row['batch_files_per_s']['median']:.1f} files/s")
+    return row
 
 
 # -- 5. memory ----------------------------------------------------------------------------------
@@ -831,16 +851,17 @@ def results_markdown(results: dict[str, Any]) -> str:
                          f"{r['peak_rss_mb']:.0f} ({r['rss_before_mb']:.0f}) |")
     if results.get("inference"):
         inf = results["inference"]
-        lines += ["", f"## 4. Inference: one 30-s file end to end ({inf['model']}, {inf['model_source']})", "",
-                  ("| backend | preset | hop (s) | windows | ms / file | decode | mel | model | target ≤ "
-                   f"{inf['target_ms']:g} ms | batch of {inf['n_batch_files']} files (files/s) |"),
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for r in inf["backends"]:
-            s = r["stages_ms"]
-            lines.append(f"| {r['backend']} | {r['preset']} | {r.get('hop_s') or '—'} | {r['windows_per_file']} | "
-                         f"**{_m(r['latency_ms'])}** | "
-                         f"{_m(s['decode'])} | {_m(s['mel'])} | {_m(s['model'])} | "
-                         f"{'met' if r['meets_target'] else 'not met'} | {_m(r['batch_files_per_s'])} |")
+        lines += ["", "## 4. Inference: one 30-s file end to end, per model", "",
+                  (f"| model | backend | preset | hop (s) | windows | ms / file | decode | mel | model | target | "
+                   f"batch of {inf['n_batch_files']} files (files/s) |"),
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for entry in inf["models"]:
+            for r in entry["backends"]:
+                s = r["stages_ms"]
+                lines.append(f"| {r['model_id']} | {r['backend']} | {r['preset']} | {r.get('hop_s') or '—'} | "
+                             f"{r['windows_per_file']} | **{_m(r['latency_ms'])}** | {_m(s['decode'])} | "
+                             f"{_m(s['mel'])} | {_m(s['model'])} | ≤ {entry['target_ms']:g} ms "
+                             f"{'met' if r['meets_target'] else 'not met'} | {_m(r['batch_files_per_s'])} |")
     if results.get("memory"):
         lines += ["", "## 5. Memory of `prepare` (peak RSS, MB)", "",
                   ("| tracks | preset | workers | main process | largest child | whole process tree | "
