@@ -51,6 +51,8 @@ def export_onnx(
     try:
         with warnings.catch_warnings():  # torch >= 2.9 flags the TorchScript exporter as legacy
             warnings.simplefilter("ignore", DeprecationWarning)
+            # musicnn's TF-style padding slices: informational, the graph is right (parity is tested)
+            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
             torch.onnx.export(
                 model,
                 (torch.zeros(batch_size, *input_shape),),
