@@ -172,3 +172,20 @@ def test_fusion_of_cross_validations(emb_store, tmp_path):
                                       "--out", str(tmp_path / "f.json")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "f.json").read_text())["pooled"]["n"] == a["pooled"]["n"]
+
+
+def test_finetune_recipe_trains_the_whole_tagger(corpus, tmp_path):
+    """configs/musicnn-finetune.yaml on mel patches: the backbone moves, at its smaller learning rate."""
+    import yaml
+
+    mel = tmp_path / "mel.h5"
+    store.prepare(corpus, "musicnn", mel, workers=1, progress=False)
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "musicnn-finetune.yaml").read_text())
+    cfg = config_from_dict(data, overrides=["train.max_epochs=1", "data.batch_size=16"])
+    run = fit(cfg, tmp_path, data=mel, progress=False)
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    fresh = build("musicnn", pretrained="msd").state_dict()
+    assert not torch.equal(state["state_dict"]["model.frontend.0.conv.weight"], fresh["frontend.0.conv.weight"])
+    lrs = sorted(g["lr"] for g in state["optimizer_states"][0]["param_groups"])
+    assert lrs[0] == pytest.approx(0.1 * lrs[1])  # backbone at a tenth of the head's rate
+    assert json.loads((run / "metrics.json").read_text())["results"]["val"]["track"]["n"] >= 1

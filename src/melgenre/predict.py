@@ -62,6 +62,11 @@ _ONNX_PROVIDERS = ["CPUExecutionProvider"]
 
 # -- predictions -------------------------------------------------------------------------------
 
+def _rounded(x: float) -> float:
+    """A float for JSON: 6 decimals."""
+    return round(float(x), 6)
+
+
 @dataclass(eq=False)  # an array field makes field-wise == ambiguous: compare by identity
 class Prediction:
     """The genre of one clip: track-level probabilities plus the per-window detail behind them."""
@@ -79,17 +84,14 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form: plain lists and floats rounded to 6 decimals."""
-        def r(x: float) -> float:
-            return round(float(x), 6)
-
         return {
             "source": self.source,
             "label": self.label,
-            "probabilities": {k: r(v) for k, v in self.probabilities.items()},
-            "top": [[k, r(v)] for k, v in self.top],
-            "window_probabilities": [[r(v) for v in row] for row in self.window_probabilities],
-            "window_starts": [r(s) for s in self.window_starts],
-            "duration": r(self.duration),
+            "probabilities": {k: _rounded(v) for k, v in self.probabilities.items()},
+            "top": [[k, _rounded(v)] for k, v in self.top],
+            "window_probabilities": [[_rounded(v) for v in row] for row in self.window_probabilities],
+            "window_starts": [_rounded(s) for s in self.window_starts],
+            "duration": _rounded(self.duration),
             "padded": self.padded,
             "silent": self.silent,
             "model_id": self.model_id,
@@ -709,10 +711,6 @@ def predict_paths(paths: Iterable[str | Path], model: GenreModel,
 
 #: Tag sets of :func:`predict_tags`: musicnn trained on the Million Song Dataset or MagnaTagATune.
 TAG_DATASETS = ("msd", "mtt")
-
-
-def _rounded(x: float) -> float:
-    return round(float(x), 6)
 
 
 @dataclass(eq=False)  # an array field makes field-wise == ambiguous: compare by identity
