@@ -189,3 +189,20 @@ def test_finetune_recipe_trains_the_whole_tagger(corpus, tmp_path):
     lrs = sorted(g["lr"] for g in state["optimizer_states"][0]["param_groups"])
     assert lrs[0] == pytest.approx(0.1 * lrs[1])  # backbone at a tenth of the head's rate
     assert json.loads((run / "metrics.json").read_text())["results"]["val"]["track"]["n"] >= 1
+
+
+def test_embed_one_file(corpus, emb_store, tmp_path):
+    """embed FILE: every back-to-back patch of the whole file, the same values as the store's rows."""
+    with MelStore(emb_store) as s:
+        path, rows = corpus / s.tracks()["path"][0], s.images(slice(0, 2))[:, 0]
+    out = tmp_path / "one.npz"
+    result = CliRunner().invoke(app, ["embed", str(path), "--embedding", "penultimate", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = np.load(out)
+    assert data["embeddings"].shape == (2, 200) and data["starts"].tolist() == pytest.approx([0.0, 2.992])
+    np.testing.assert_allclose(data["embeddings"], rows, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(data["mean"], data["embeddings"].mean(0), rtol=1e-6)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    result = CliRunner().invoke(app, ["embed", str(bad), "--out", str(tmp_path / "bad.npz")])
+    assert result.exit_code == 2 and "bad.wav" in result.output and not (tmp_path / "bad.npz").exists()

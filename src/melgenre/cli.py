@@ -133,16 +133,18 @@ def _print_prepare_report(report, out: Path, title: str) -> None:
 
 @app.command()
 def embed(
-    data_dir: Path = typer.Argument(..., help="Corpus folder: GTZAN (genres/ or genres_original/) or <class>/<file> folders."),
+    data_dir: Path = typer.Argument(..., metavar="DIR|FILE", help="Corpus folder (GTZAN genres/ or genres_original/, or <class>/<file> folders) -> an HDF5 store; or one audio file -> an .npz."),
     model: str = typer.Option("musicnn", "--model", "-m", help="Pretrained tagger: musicnn or musicnn_vgg. Default: musicnn."),
     pretrained: str = typer.Option("msd", "--pretrained", help="Tagger weights: msd (Million Song Dataset tags) or mtt (MagnaTagATune). Default: msd."),
     embedding: str = typer.Option(None, "--embedding", "-e", help="Embedding per 3-s patch: musicnn: penultimate (200), mean_pool, max_pool (753), pool (1506) or pool+penultimate (1706); musicnn_vgg: pool5 (256). Default: pool+penultimate (musicnn), pool5 (vgg)."),
-    out: Path = typer.Option(None, "--out", "-o", help="HDF5 file to write. Default: <data_dir name>-<model>-<pretrained>.h5 in the current folder."),
-    workers: int = typer.Option(0, "--workers", "-w", help="Worker processes. Default 0 = one per CPU core; 1 = no pool."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output made from other inputs or settings. Default: refuse."),
+    out: Path = typer.Option(None, "--out", "-o", help="File to write. Default: <DIR or FILE name>-<model>-<pretrained>.h5 (.npz for a FILE) in the current folder."),
+    workers: int = typer.Option(0, "--workers", "-w", help="Worker processes (DIR). Default 0 = one per CPU core; 1 = no pool."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output made from other inputs or settings (DIR). Default: refuse."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar. Default: on."),
 ) -> None:
     """Per-patch embeddings of a pretrained tagger for every track, in one HDF5 file (atomic, resumable).
+
+    For one FILE: an .npz with `embeddings` (patches x D), `starts` (seconds), `mean` (D) and `spec`.
 
     The file is a feature store like `prepare`'s (preset musicnn, one row per 3-s patch, rows of
     shape 1 x D), so `melgenre train` / `cv` train a genre head on it directly (configs/musicnn-linear.yaml).
@@ -150,6 +152,22 @@ def embed(
     from melgenre import store
 
     spec = {"model": model, "pretrained": pretrained, **({"embedding": embedding} if embedding else {})}
+    if data_dir.is_file():
+        import json
+
+        import numpy as np
+
+        from melgenre.models.musicnn import embed_file
+        from melgenre.utils import atomic_path
+
+        result = embed_file(data_dir, spec)
+        out = out or Path(f"{data_dir.stem}-{model}-{pretrained}.npz")
+        with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, embeddings=result["embeddings"], starts=result["starts"], mean=result["mean"],
+                     spec=np.array(json.dumps(result["spec"])))
+        say(f"wrote {out}: {len(result['starts'])} patches × {result['spec']['size']} values "
+            f"({result['spec']['embedding']} of {model}, {pretrained})")
+        return
     out = out or Path(f"{data_dir.resolve().name}-{model}-{pretrained}.h5")
     report = store.prepare(data_dir, "musicnn", out, workers=workers or None, overwrite=overwrite,
                            progress=progress, embed=spec)

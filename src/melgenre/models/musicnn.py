@@ -323,3 +323,22 @@ def embed_images(images: np.ndarray, spec: dict[str, Any], batch: int = 16) -> n
             x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch], dtype=np.float32))[:, None]
             out.append(model.features(x)[spec["embedding"]].numpy())
     return np.concatenate(out)
+
+
+def embed_file(source: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """The tagger's embeddings of one audio file's back-to-back 3-s patches (any length).
+
+    Returns ``{"embeddings": (patches, D) float32, "starts": (patches,) seconds, "mean": (D,),
+    "spec": the completed spec}``. Decoding errors are :class:`melgenre.errors.AudioDecodeError`.
+    """
+    import dataclasses
+
+    from melgenre import audio, features
+
+    spec = embedding_spec(spec)
+    preset = dataclasses.replace(features.get_preset("musicnn"), duration=None)  # the whole file
+    y = features.fit_to_preset(audio.load(source, sr=preset.sr).samples, preset)
+    images = features.mel_images(y, preset)
+    emb = embed_images(images, spec)
+    starts = np.array(features.chunk_starts(preset.n_frames(len(y)), preset)) * preset.hop_length / preset.sr
+    return {"embeddings": emb, "starts": starts.astype(np.float32), "mean": emb.mean(0), "spec": spec}
