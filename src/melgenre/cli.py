@@ -144,10 +144,9 @@ def embed(
 ) -> None:
     """Per-patch embeddings of a pretrained tagger for every track, in one HDF5 file (atomic, resumable).
 
-    For one FILE: an .npz with `embeddings` (patches x D), `starts` (seconds), `mean` (D) and `spec`.
-
     The file is a feature store like `prepare`'s (preset musicnn, one row per 3-s patch, rows of
     shape 1 x D), so `melgenre train` / `cv` train a genre head on it directly (configs/musicnn-linear.yaml).
+    For one FILE: an .npz with `embeddings` (patches x D), `starts` (seconds), `mean` (D) and `spec`.
     """
     from melgenre import store
 
