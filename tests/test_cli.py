@@ -82,6 +82,18 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, monkeypatch, args, messa
     assert len([line for line in r.output.splitlines() if line.strip()]) == 1
 
 
+def test_os_errors_are_one_line_naming_the_path(synth_corpus, tmp_path):
+    """An output path that is a directory (as a read-only or full disk would): one line, exit 2."""
+    taken = tmp_path / "taken.npz"
+    taken.mkdir()
+    wav = next(synth_corpus.rglob("*.wav"))
+    r = runner.invoke(app, ["embed", str(wav), "--out", str(taken)])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "taken.npz" in lines[0] and "Is a directory" in lines[0]
+    assert [p.name for p in tmp_path.iterdir()] == ["taken.npz"]  # no temp file left behind
+
+
 def test_show_rejects_corrupt_audio_in_a_real_process(tmp_path):
     bad = tmp_path / "renamed.wav"
     bad.write_text("just text")

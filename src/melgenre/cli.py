@@ -21,13 +21,17 @@ console = Console()
 
 
 class _Group(typer.core.TyperGroup):
-    """Root command group: melgenre errors become one line on stderr and exit code 2."""
+    """Root command group: melgenre and OS errors become one line on stderr and exit code 2."""
 
     def invoke(self, ctx):  # noqa: D102
         try:
             return super().invoke(ctx)
         except MelgenreError as exc:
             err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OSError as exc:  # read-only or full disk, no permission, a directory where a file belongs
+            where = f"{exc.filename}: " if exc.filename else ""
+            err_console.print(f"[bold red]error:[/] {where}{exc.strerror or exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
 
