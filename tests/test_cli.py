@@ -71,15 +71,22 @@ def test_show_writes_png(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["info", "missing.h5"], "missing.h5: no such file"),
     (["prepare", "nowhere"], "nowhere: no such directory"),
+    (["prepare", "afile.txt"], "afile.txt: is a file, not a corpus folder"),
     (["prepare", ".", "--preset", "v7"], "unknown preset 'v7'"),
     (["show", "nothing.wav"], "nothing.wav: no such file"),
 ])
 def test_errors_are_one_line_with_exit_code_2(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile.txt").write_text("not a folder")
     r = runner.invoke(app, args)
     assert r.exit_code == 2
     assert message in r.output and "Traceback" not in r.output
     assert len([line for line in r.output.splitlines() if line.strip()]) == 1
+
+
+def test_negative_workers_are_refused(synth_corpus, tmp_path):
+    r = runner.invoke(app, ["prepare", str(synth_corpus), "--workers", "-3", "--out", str(tmp_path / "x.h5")])
+    assert r.exit_code == 2 and "Invalid value for '--workers'" in r.output and not (tmp_path / "x.h5").exists()
 
 
 def test_os_errors_are_one_line_naming_the_path(synth_corpus, tmp_path):

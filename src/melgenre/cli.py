@@ -89,7 +89,7 @@ def prepare(
     data_dir: Path = typer.Argument(..., help="Corpus folder: GTZAN (genres/ or genres_original/) or <class>/<file> folders."),
     preset: str = typer.Option("v1", "--preset", "-p", help="Feature preset: v1, v2, fast, or a YAML file."),
     out: Path = typer.Option(None, "--out", "-o", help="HDF5 file to write. Default: <data_dir name>-<preset>.h5 in the current folder."),
-    workers: int = typer.Option(0, "--workers", "-w", help="Worker processes. Default 0 = one per CPU core; 1 = no pool."),
+    workers: int = typer.Option(0, "--workers", "-w", min=0, help="Worker processes. Default 0 = one per CPU core; 1 = no pool."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output made from other inputs or settings. Default: refuse."),
     compression: str = typer.Option("none", "--compression", help="Image compression: none, or gzip (files ~37% smaller, prepare ~1.5x slower; done by the workers). Default: none."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar. Default: on."),
@@ -142,7 +142,7 @@ def embed(
     pretrained: str = typer.Option("msd", "--pretrained", help="Tagger weights: msd (Million Song Dataset tags) or mtt (MagnaTagATune). Default: msd."),
     embedding: str = typer.Option(None, "--embedding", "-e", help="Embedding per 3-s patch: musicnn: penultimate (200), mean_pool, max_pool (753), pool (1506) or pool+penultimate (1706); musicnn_vgg: pool5 (256). Default: pool+penultimate (musicnn), pool5 (vgg)."),
     out: Path = typer.Option(None, "--out", "-o", help="File to write. Default: <DIR or FILE name>-<model>-<pretrained>.h5 (.npz for a FILE) in the current folder."),
-    workers: int = typer.Option(0, "--workers", "-w", help="Worker processes (DIR). Default 0 = one per CPU core; 1 = no pool."),
+    workers: int = typer.Option(0, "--workers", "-w", min=0, help="Worker processes (DIR). Default 0 = one per CPU core; 1 = no pool."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output made from other inputs or settings (DIR). Default: refuse."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar. Default: on."),
 ) -> None:
@@ -636,7 +636,7 @@ def bench(
     n_files: int = typer.Option(None, "--files", "-n", min=1, help="Files of the preprocessing benchmark. Default: 200 (quick: 8)."),
     models: str = typer.Option(None, "--models", help="Comma-separated registered models to train. Default: all."),
     sections: str = typer.Option(None, "--sections", help="Comma-separated: preprocessing,features,training,inference,memory. Default: all."),
-    workers: int = typer.Option(0, "--workers", "-w", help="prepare's worker processes. Default 0 = one per CPU core."),
+    workers: int = typer.Option(0, "--workers", "-w", min=0, help="prepare's worker processes. Default 0 = one per CPU core."),
     note: str = typer.Option("", "--note", help="Free text stored with the results (e.g. 'under load'). Default: none."),
 ) -> None:
     """Benchmark preprocessing, mel features, training, inference and memory on this machine."""

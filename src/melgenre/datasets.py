@@ -73,6 +73,8 @@ def discover(root: str | Path, classes: list[str] | None = None) -> Corpus:
         ``root`` is missing, holds no class folder with audio, or two files map to one track id.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"{root}: is a file, not a corpus folder (<class>/<file> folders or GTZAN's genres/)")
     if not root.is_dir():
         raise DatasetError(f"{root}: no such directory")
     layout, class_root = "folders", root
