@@ -47,9 +47,7 @@ def _history(run_dir: Path) -> list[dict]:
 
 
 def test_tiny_run_learns_synthetic_classes(synth_store, tmp_path):
-    started = time.perf_counter()
-    run = fit(config_from_dict(TINY), tmp_path, data=synth_store, progress=False)
-    assert time.perf_counter() - started < 90  # "within a minute" on a quiet machine; slack for CI load
+    run = fit(config_from_dict(TINY), tmp_path, data=synth_store, progress=False)  # timing: melgenre bench
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["results"]["val"]["track"]["accuracy"] >= 0.9
     assert metrics["results"]["val"]["chunk"]["accuracy"] >= 0.9
@@ -159,10 +157,8 @@ def test_artist_disjoint_cross_validation(gtzan_like_store, tmp_path):
                             "train": {"max_epochs": 1, "patience": 1}})
     with pytest.raises(ConfigError, match="fault_filtered groups make 3 folds, not 5"):
         cross_validate(cfg, folds=5, runs_dir=tmp_path, data=gtzan_like_store, progress=False, groups="fault_filtered")
-    started = time.perf_counter()
     result = cross_validate(cfg, runs_dir=tmp_path, data=gtzan_like_store, progress=False, fixed_epochs=True,
                             groups="fault_filtered")
-    assert time.perf_counter() - started < 120
     assert result["protocol"] == "artist-disjoint (fault-filtered groups)" and result["groups"] == "fault_filtered"
     assert result["folds"] == 3 and result["fold_groups"] == ["train", "val", "test"]
     assert result["fold_tracks"] == [6, 6, 6] and result["untrained_classes"] == [[], [], []]
