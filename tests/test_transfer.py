@@ -172,6 +172,15 @@ def test_fusion_of_cross_validations(emb_store, tmp_path):
                                       "--out", str(tmp_path / "f.json")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "f.json").read_text())["pooled"]["n"] == a["pooled"]["n"]
+    assert a["final_epochs"] is None and not (tmp_path / "head" / "final-last").exists()  # final_retrain=False
+    # a package's card summarises the recipe's CV (export --estimate)
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "head" / "fold0-last"), "--format", "package",
+                                      "--out", str(tmp_path / "pkg"), "--estimate", str(tmp_path / "head" / "cv-last.json")])
+    assert result.exit_code == 0, result.output
+    (estimate,) = json.loads((tmp_path / "pkg.json").read_text())["metrics"]["estimates"]
+    assert estimate["protocol"] == "stratified k-fold (same artists on both sides: optimistic)"
+    assert estimate["track"]["n"] == a["pooled"]["n"] and estimate["folds"] == 3
+    assert estimate["track"]["balanced_accuracy"] == pytest.approx(a["pooled"]["balanced_accuracy"], abs=1e-6)
 
 
 def test_finetune_recipe_trains_the_whole_tagger(corpus, tmp_path):
