@@ -95,3 +95,63 @@ def test_misspelt_keys_are_named(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="dropuot"):
         build_from_config({"name": "melcnn", "dropuot": 0.3})
+
+
+def _numeric_keys(cls, prefix=""):
+    import dataclasses
+    import typing
+
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            out += _numeric_keys(tp, key + ".")
+        elif tp in (int, float) or tp in (float | None, int | None):
+            out.append(key)
+    return out
+
+
+def test_every_numeric_config_value_has_a_range():
+    from melgenre.config import RANGES, ExperimentConfig
+
+    assert sorted(_numeric_keys(ExperimentConfig)) == sorted(RANGES)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.lr=-0.01", "optim.lr: must be a finite number > 0, got -0.01"),
+    ("optim.lr=.nan", "optim.lr: must be a finite number > 0, got nan"),
+    ("optim.weight_decay=-1", "optim.weight_decay: must be a finite number >= 0"),
+    ("train.label_smoothing=1.0", "train.label_smoothing: must be a finite number >= 0 and <= 0.999"),
+    ("data.augment.time_shift=2", "data.augment.time_shift: must be a finite number >= 0 and <= 1"),
+    ("data.num_workers=-1", "data.num_workers: must be a finite number >= 0"),
+    ("train.patience=-5", "train.patience: must be a finite number >= 0"),
+    ("data.batch_size=0", "data.batch_size: must be a finite number >= 1"),
+    ("seed=-1", "seed: must be a finite number >= 0"),
+    ("optim.lr=fast", "optim.lr: expected float, got 'fast'"),  # wrong type at every level
+    ("data.augment.freq_masks=[1]", "data.augment.freq_masks: expected int, got [1]"),
+    ("train=3", "train: expected a mapping, got 3"),
+    ("data.augment=flat", "data.augment: expected a mapping, got 'flat'"),
+])
+def test_bad_values_are_one_line_errors_through_the_cli(tmp_path, override, message):
+    from typer.testing import CliRunner
+
+    from melgenre.cli import app
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "c"}))
+    r = CliRunner().invoke(app, ["train", str(cfg), "--override", override, "--out", str(tmp_path / "runs")])
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+    assert len([line for line in r.output.splitlines() if line.strip()]) == 1
+    assert not (tmp_path / "runs").exists()  # nothing left that could block the corrected rerun
+
+
+def test_a_config_that_is_not_text_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from melgenre.cli import app
+
+    png = tmp_path / "c.yaml"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    r = CliRunner().invoke(app, ["train", str(png)])
+    assert r.exit_code == 2 and "c.yaml: not a UTF-8 text file" in r.output and "Traceback" not in r.output

@@ -128,7 +128,7 @@ def test_backbone_lr_scale_makes_two_optimiser_groups():
 
 @pytest.mark.parametrize("key,value", [("lr", -0.01), ("lr", float("nan")), ("backbone_lr_scale", 0)])
 def test_bad_learning_rates_are_config_errors(key, value):
-    with pytest.raises(ConfigError, match=f"optim.{key}: must be a positive finite number"):
+    with pytest.raises(ConfigError, match=f"optim.{key}: must be a finite number > 0"):
         config_from_dict({**HEAD, "optim": {"name": "adam", key: value}})
 
 

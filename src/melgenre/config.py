@@ -85,6 +85,23 @@ class TrainConfig:
     deterministic: bool = False  # torch deterministic algorithms (slower)
 
 
+#: Allowed range of every numeric config value: (minimum, maximum or None, minimum excluded?).
+RANGES: dict[str, tuple[float, float | None, bool]] = {
+    "seed": (0, None, False),
+    "data.folds": (2, None, False), "data.fold": (0, None, False), "data.batch_size": (1, None, False),
+    "data.num_workers": (0, None, False),
+    "data.augment.time_masks": (0, None, False), "data.augment.time_mask_width": (0, None, False),
+    "data.augment.freq_masks": (0, None, False), "data.augment.freq_mask_width": (0, None, False),
+    "data.augment.time_shift": (0, 1, False), "data.augment.freq_shift": (0, None, False),
+    "data.augment.mixup_alpha": (0, None, False),
+    "optim.lr": (0, None, True), "optim.weight_decay": (0, None, False), "optim.momentum": (0, 1, False),
+    "optim.backbone_lr_scale": (0, None, True),
+    "train.max_epochs": (1, None, False), "train.patience": (0, None, False),
+    "train.label_smoothing": (0, 0.999, False), "train.grad_clip": (0, None, False),
+    "train.num_nodes": (1, None, False), "train.limit_train_batches": (0, None, True),
+}
+
+
 @dataclass
 class ExperimentConfig:
     """One experiment: data, model, optimiser, training loop; see ``configs/`` for examples."""
@@ -116,13 +133,16 @@ class ExperimentConfig:
             raise ConfigError(f"data.fractions: need [train, val, test] >= 0 with train > 0, got {fr}")
         if self.data.split == "kfold" and not (2 <= self.data.folds and 0 <= self.data.fold < self.data.folds):
             raise ConfigError(f"data.fold: need 0 <= fold < folds and folds >= 2, got {self.data.fold}/{self.data.folds}")
-        for key, value in (("optim.lr", self.optim.lr), ("optim.backbone_lr_scale", self.optim.backbone_lr_scale)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"{key}: must be a positive finite number, got {value!r}")
-        for key in ("data.batch_size", "train.max_epochs"):
-            section, name = key.split(".")
-            if getattr(getattr(self, section), name) < 1:
-                raise ConfigError(f"{key}: must be >= 1")
+        for key, (lo, hi, open_lo) in RANGES.items():
+            value = self
+            for part in key.split("."):
+                value = getattr(value, part)
+            if value is None:
+                continue
+            if not math.isfinite(value) or (value <= lo if open_lo else value < lo) or (hi is not None and value > hi):
+                bound = f"> {lo:g}" if open_lo else f">= {lo:g}"
+                raise ConfigError(f"{key}: must be a finite number {bound}" + (f" and <= {hi:g}" if hi is not None else "")
+                                  + f", got {value!r}")
         if not isinstance(self.model.get("name"), str):
             raise ConfigError("model.name: missing (a registered model name, see `melgenre models`)")
         from melgenre.models import get_spec
@@ -239,6 +259,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file (an experiment config is YAML)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     data.setdefault("name", path.stem)
