@@ -204,3 +204,32 @@ def test_write_report(tmp_path, results):
     assert "![confusion_test_track](confusion_test_track.png)" in text
     assert "history.png" not in text  # not written: no history.csv
     assert "```yaml\npreset: fast\nmodel:\n  name: melcnn\n  width: 32\ndata: /data/gtzan.h5\n```" in text
+
+
+def test_pooled_metrics_balanced_against_a_hand_computed_matrix():
+    """'balanced' reweights every true-class row to the same count: per-class recall and the
+    precision those rates give on a class-balanced set, worked out by hand here."""
+    classes = ["a", "b", "c", "d"]  # d has no rows: left out of 'balanced'
+    fold1 = [[5, 1, 0, 0], [1, 1, 0, 0], [2, 3, 6, 1], [0, 0, 0, 0]]
+    fold2 = [[3, 1, 0, 0], [0, 2, 0, 0], [2, 2, 4, 0], [0, 0, 0, 0]]
+    # pooled: a = [8, 2, 0, 0] (10 rows), b = [1, 3, 0, 0] (4), c = [4, 5, 10, 1] (20), d none
+    metrics = evaluate.pooled_metrics([fold1, fold2], classes)
+    assert metrics["confusion"] == [[8, 2, 0, 0], [1, 3, 0, 0], [4, 5, 10, 1], [0, 0, 0, 0]]
+    assert metrics["n"] == 34 and metrics["accuracy"] == pytest.approx(21 / 34)  # unweighted
+    # row rates: a = [.8, .2, 0, 0], b = [.25, .75, 0, 0], c = [.2, .25, .5, .05]
+    recall = [4 / 5, 3 / 4, 1 / 2]
+    # columns over the present rows: a = .8 + .25 + .2 = 1.25, b = .2 + .75 + .25 = 1.2, c = .5
+    precision = [0.8 / 1.25, 0.75 / 1.2, 0.5 / 0.5]  # 16/25, 5/8, 1
+    f1 = [32 / 45, 15 / 22, 2 / 3]  # 2PR / (P + R)
+    for p, r, f in zip(precision, recall, f1):
+        assert 2 * p * r / (p + r) == pytest.approx(f)
+    balanced = metrics["balanced"]
+    assert set(balanced) == {"accuracy", "macro_precision", "macro_f1"}
+    assert balanced["accuracy"] == pytest.approx(sum(recall) / 3)  # 0.68333
+    assert balanced["macro_precision"] == pytest.approx(sum(precision) / 3)  # 0.75500
+    assert balanced["macro_f1"] == pytest.approx(sum(f1) / 3)  # 0.68641
+    # a class-balanced matrix is unchanged by the reweighting
+    even = evaluate.pooled_metrics([[[3, 1], [2, 2]]], ["x", "y"])
+    assert even["balanced"]["accuracy"] == pytest.approx(even["accuracy"]) == pytest.approx(5 / 8)
+    assert even["balanced"]["macro_precision"] == pytest.approx(even["macro_precision"])
+    assert even["balanced"]["macro_f1"] == pytest.approx(even["macro_f1"])
