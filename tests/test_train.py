@@ -1,5 +1,6 @@
 """Training end to end on synthetic clips: accuracy, resume after a kill, CV, CLI."""
 
+import copy
 import csv
 import json
 import os
@@ -65,7 +66,7 @@ def test_tiny_run_learns_synthetic_classes(synth_store, tmp_path):
         fit(config_from_dict(TINY), tmp_path, data=synth_store, progress=False)
 
 
-def test_resume_after_kill_finishes_with_same_epochs(synth_store, tmp_path):
+def test_resume_after_kill_restarts_from_last_ckpt(synth_store, tmp_path, monkeypatch):
     cfg = {**TINY, "name": "killed", "train": {"max_epochs": 6, "patience": 50}}
     config = tmp_path / "killed.yaml"
     config.write_text(yaml.safe_dump(cfg))
@@ -80,12 +81,41 @@ def test_resume_after_kill_finishes_with_same_epochs(synth_store, tmp_path):
     proc.wait()
     run = tmp_path / "runs" / "killed"
     assert last.exists() and not (run / "metrics.json").exists(), "killed too late or too early"
-    done_before = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
-    assert done_before < 6
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    done_before = len(saved["melgenre_history"])  # epochs 0 .. done_before - 1 finished before the kill
+    assert 1 <= done_before < 6, "killed too late: no epoch left to resume into"
+    assert saved["epoch"] == done_before - 1
 
+    # Watch the rerun at the start of its first epoch, after Lightning restored last.ckpt: a restart
+    # from scratch starts at epoch 0 with fresh weights and an empty optimiser state.
+    seen = []
+
+    def first_epoch_start(self):
+        if not seen:
+            opt = copy.deepcopy(self.trainer.optimizers[0].state_dict())  # its tensors change in place
+            seen.append({"epoch": self.current_epoch, "history": list(self.history),
+                         "weights": {k: v.detach().clone() for k, v in self.state_dict().items()},
+                         "opt": opt})
+
+    monkeypatch.setattr(GenreClassifier, "on_train_epoch_start", first_epoch_start)
     fit(config_from_dict(cfg), tmp_path / "runs", data=synth_store, progress=False)
+    assert seen, "the rerun trained no epoch"
+    start = seen[0]
+    assert start["epoch"] == done_before  # restarts at the epoch after the last finished one
+    assert start["history"] == saved["melgenre_history"]  # the finished epochs' rows carried over
+    assert start["weights"].keys() == saved["state_dict"].keys()
+    for name, tensor in saved["state_dict"].items():  # the weights of last.ckpt, bit for bit
+        assert torch.equal(start["weights"][name], tensor), name
+    saved_opt = saved["optimizer_states"][0]["state"]
+    assert saved_opt and start["opt"]["state"].keys() == saved_opt.keys()
+    for key, state in saved_opt.items():  # AdamW's step count and moments, as saved
+        assert int(start["opt"]["state"][key]["step"]) == int(state["step"]) > 0
+        assert torch.equal(start["opt"]["state"][key]["exp_avg"], state["exp_avg"])
+        assert torch.equal(start["opt"]["state"][key]["exp_avg_sq"], state["exp_avg_sq"])
     history = _history(run)
     assert [int(r["epoch"]) for r in history] == list(range(6))
+    for row, kept in zip(history, saved["melgenre_history"]):  # the rows before the kill are unchanged
+        assert float(row["train_loss"]) == pytest.approx(kept["train_loss"])
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 6
 
 
