@@ -130,8 +130,74 @@ def test_prepare_real_clips_v1_v2(tmp_path):
         r = invoke("prepare", corpus, "-p", preset, "-o", out, "-w", 2, "--no-progress")
         assert r.exit_code == 0, r.output
         assert "jazz/jazz.00054.wav: not a decodable audio file" in r.output
-        with MelStore(out) as s:
-            assert s.x.shape == (3, *shape) and s.classes == ["blues", "classical", "jazz", "metal"]
-            assert list(s.y) == [0, 1, 3] and len(s.skipped) == 1
+        assert "dropped class jazz: none of its files could be decoded" in r.output
+        with MelStore(out) as s:  # jazz had only the corrupt file: dropped, labels renumbered
+            assert s.x.shape == (3, *shape) and s.classes == ["blues", "classical", "metal"]
+            assert list(s.y) == [0, 1, 2] and len(s.skipped) == 1
             images = s.images(slice(None))
             assert np.allclose(images.min(axis=(1, 2)), 0) and np.allclose(images.max(axis=(1, 2)), 1, atol=1e-3)
+
+
+def _one_line_error(r, *parts):
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and all(p in lines[0] for p in parts), lines
+
+
+def test_prepare_into_a_directory_is_refused_before_any_work(synth_corpus, tmp_path):
+    (tmp_path / "out.h5").mkdir()
+    for extra in ([], ["--overwrite"]):
+        r = runner.invoke(app, ["prepare", str(synth_corpus), "--out", str(tmp_path / "out.h5"), *extra])
+        _one_line_error(r, "out.h5: is a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]  # no .parts left behind
+
+
+def test_prepare_on_a_full_disk_says_what_is_kept(synth_corpus, tmp_path, monkeypatch):
+    """ENOSPC while assembling: one line naming the file, and the resumable parts are kept."""
+    import errno
+
+    from melgenre import store
+
+    def full(job):
+        raise OSError(errno.ENOSPC, "No space left on device", str(job.out))
+
+    monkeypatch.setattr(store, "_assemble", full)
+    out = tmp_path / "x.h5"
+    r = runner.invoke(app, ["prepare", str(synth_corpus), "--preset", "fast", "--out", str(out), "--workers", "1",
+                           "--no-progress"])
+    _one_line_error(r, "x.h5: No space left on device", "24 finished tracks are kept in", "rerun the same command")
+    assert len(list((tmp_path / "x.h5.parts").glob("*.npz"))) == 24
+
+
+def test_a_class_without_decodable_files_is_dropped(tmp_path):
+    from melgenre import synth
+    from melgenre.store import MelStore
+
+    root = tmp_path / "c"
+    synth.write_corpus(root, n_classes=3, per_class=2, seconds=3.5, seed=2)
+    for f in (root / "class01").iterdir():
+        f.write_bytes(b"broken")
+    r = runner.invoke(app, ["prepare", str(root), "--preset", "fast", "--out", str(tmp_path / "c.h5"), "--workers", "1"])
+    assert r.exit_code == 0 and "dropped class class01: none of its files could be decoded" in r.output
+    with MelStore(tmp_path / "c.h5") as s:
+        assert s.classes == ["class00", "class02"] and sorted(set(s.y.tolist())) == [0, 1]
+        assert [s.classes[i] for i in s.tracks()["label"]] == ["class00", "class00", "class02", "class02"]
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("truncate", "unreadable HDF5 file"),
+    ("newer", "store format 99 is newer than this melgenre reads"),
+])
+def test_damaged_or_newer_stores_are_one_line(synth_corpus, tmp_path, damage, message):
+    import h5py
+
+    path = tmp_path / "s.h5"
+    assert runner.invoke(app, ["prepare", str(synth_corpus), "--preset", "fast", "--out", str(path),
+                               "--workers", "1"]).exit_code == 0
+    if damage == "truncate":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        with h5py.File(path, "a") as f:
+            f.attrs["format_version"] = 99
+    _one_line_error(runner.invoke(app, ["info", str(path)]), "s.h5", message)

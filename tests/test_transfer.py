@@ -215,3 +215,24 @@ def test_embed_one_file(corpus, emb_store, tmp_path):
     bad.write_bytes(b"not audio at all")
     result = CliRunner().invoke(app, ["embed", str(bad), "--out", str(tmp_path / "bad.npz")])
     assert result.exit_code == 2 and "bad.wav" in result.output and not (tmp_path / "bad.npz").exists()
+
+
+def test_a_failed_start_leaves_nothing_and_a_resume_says_so(emb_store, tmp_path, caplog):
+    """Data that does not open: one line, no run directory; a rerun of an unfinished run names its epoch."""
+    import logging
+
+    bad = tmp_path / "not.h5"
+    bad.write_text("not hdf5")
+    cfg = tmp_path / "head.yaml"
+    import yaml
+
+    cfg.write_text(yaml.safe_dump({**HEAD, "train": {"max_epochs": 1, "patience": 1}}))
+    r = CliRunner().invoke(app, ["train", str(cfg), "--data", str(bad), "--out", str(tmp_path / "runs")])
+    assert r.exit_code == 2 and "not.h5: not an HDF5 file" in r.output and not (tmp_path / "runs").exists()
+    short = config_from_dict({**HEAD, "train": {"max_epochs": 1, "patience": 1}})
+    run = fit(short, tmp_path / "runs", data=emb_store, progress=False)  # the corrected start works
+    (run / "metrics.json").unlink()  # as if killed after its last epoch, before the evaluation
+    with caplog.at_level(logging.INFO, logger="melgenre.train"):
+        fit(short, tmp_path / "runs", data=emb_store, progress=False)
+    assert f"head: resuming from epoch 1 of 1 ({run / 'checkpoints' / 'last.ckpt'})" in caplog.text
+    assert (run / "metrics.json").exists()

@@ -106,8 +106,14 @@ def prepare(
         report = prepare_ray(data_dir, preset_obj, out, address=ray, overwrite=overwrite, progress=progress,
                              compression=compression)
     else:
-        report = store.prepare(data_dir, preset_obj, out, workers=workers or None, overwrite=overwrite,
-                               progress=progress, compression=compression)
+        try:
+            report = store.prepare(data_dir, preset_obj, out, workers=workers or None, overwrite=overwrite,
+                                   progress=progress, compression=compression)
+        except OSError as exc:  # full or read-only disk: say what is kept for the rerun
+            parts = out.with_name(out.name + ".parts")
+            kept = (f"; the {sum(1 for _ in parts.glob('*.npz'))} finished tracks are kept in {parts}/: rerun the "
+                    "same command to resume") if parts.is_dir() else ""
+            raise MelgenreError(f"{exc.filename or out}: {exc.strerror or exc}{kept}") from None
     _print_prepare_report(report, out, f"{out} — preset {preset_obj.name}, images "
                                        f"{report.image_shape[0]}×{report.image_shape[1]}")
 
@@ -131,6 +137,8 @@ def _print_prepare_report(report, out: Path, title: str) -> None:
         f"{report.ignored_files} non-audio file(s) ignored")
     for item in report.skipped:
         say(f"  [yellow]skipped[/] {item['path']}: {item['reason']}")
+    for name in report.dropped_classes:
+        say(f"  [yellow]dropped class[/] {name}: none of its files could be decoded")
     for track_id in report.silent:
         say(f"  [yellow]silent[/] {track_id}")
 

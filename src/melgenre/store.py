@@ -37,7 +37,7 @@ import shutil
 import time
 import zlib
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -80,6 +80,7 @@ class PrepareReport:
     computed: int  # tracks computed by this run
     seconds: float
     up_to_date: bool = False  # the output already existed with the same inputs
+    dropped_classes: list[str] = field(default_factory=list)  # class folders without one decodable file
 
     @property
     def tracks_per_second(self) -> float:
@@ -321,6 +322,8 @@ def start_prepare(data: str | Path | Corpus, preset: str | Path | Preset, out: s
     corpus = data if isinstance(data, Corpus) else discover(data)
     preset = features.get_preset(preset)
     out = Path(out)
+    if out.is_dir():
+        raise StoreError(f"{out}: is a directory; --out takes the path of the .h5 file to write")
     if embed is not None:
         from melgenre.models.musicnn import embedding_spec
 
@@ -369,6 +372,7 @@ def _report_from_store(store: MelStore, out: Path, corpus: Corpus, seconds: floa
         n_tracks=len(tracks["id"]), n_rows=len(store), image_shape=store.image_shape,
         skipped=store.skipped, silent=[t for t, s in zip(tracks["id"], tracks["silent"]) if s],
         ignored_files=len(corpus.ignored), resumed=0, computed=0, seconds=seconds, up_to_date=True,
+        dropped_classes=json.loads(store.attrs.get("dropped_classes", "[]")),
     )
 
 
@@ -414,16 +418,26 @@ def _assemble(job: PrepareJob) -> None:
                     track_rows[key].append(info[key])
                 hashes.append((track.track_id, info["sha256"]))
                 n += k
+            # Classes whose every file failed to decode are dropped (labels renumbered), so no model
+            # gets an output for a class without data; the report and the `dropped_classes` attribute say so.
+            counts = np.bincount(np.asarray(track_rows["label"], dtype=np.int64), minlength=len(corpus.classes))
+            classes = [c for c, n in zip(corpus.classes, counts) if n > 0]
+            dropped = [c for c, n in zip(corpus.classes, counts) if n == 0]
+            if dropped and classes:
+                renumber = np.cumsum(counts > 0) - 1
+                track_rows["label"] = renumber[np.asarray(track_rows["label"], dtype=np.int64)].tolist()
+                cols["y"][:] = renumber[cols["y"][:]]
             g = f.create_group("tracks")
             for key, values in track_rows.items():
                 dtype = _STR if key in ("id", "path", "sha256") else None
                 g.create_dataset(key, data=np.array(values, dtype=object if dtype else None), dtype=dtype)
             f.attrs.update({
                 "format_version": FORMAT_VERSION,
-                "classes": json.dumps(corpus.classes),
+                "classes": json.dumps(classes or corpus.classes),
+                "dropped_classes": json.dumps(dropped if classes else []),
                 "preset": json.dumps(preset.to_dict()),
                 "melgenre_version": __version__,
-                "input_hash": _input_hash(preset, corpus.classes, hashes),
+                "input_hash": _input_hash(preset, classes or corpus.classes, hashes),
                 "plan_hash": plan,
                 "root": str(corpus.root),
                 "layout": corpus.layout,
@@ -456,10 +470,17 @@ class MelStore:
             raise StoreError(f"{self.path}: not an HDF5 file")
         self._file: h5py.File | None = None
         self._pid: int | None = None
-        f = self._h5()
+        try:
+            f = self._h5()
+        except OSError as exc:  # e.g. truncated mid-write by something other than melgenre
+            raise StoreError(f"{self.path}: unreadable HDF5 file ({str(exc).splitlines()[0]})") from None
         missing = [k for k in ("x", "y", "track_id", "chunk_index", "path", "tracks") if k not in f]
         if missing or "classes" not in f.attrs:
             raise StoreError(f"{self.path}: not a melgenre store (missing {', '.join(missing) or 'attrs'})")
+        version = int(f.attrs.get("format_version", 0))
+        if version > FORMAT_VERSION:
+            raise StoreError(f"{self.path}: store format {version} is newer than this melgenre reads "
+                             f"({FORMAT_VERSION}); upgrade melgenre or re-run prepare")
         self.attrs: dict[str, Any] = dict(f.attrs)
         self.classes: list[str] = json.loads(self.attrs["classes"])
         self.preset = Preset.from_dict(json.loads(self.attrs["preset"]))

@@ -178,6 +178,10 @@ class GenreClassifier(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:  # noqa: D102
         self.history = list(checkpoint.get("melgenre_history", []))
+        if self.history_path is not None:  # fit() resuming a run (not a later evaluation)
+            log.info("%s: resuming from epoch %d of %d (%s)", self.history_path.parent.name,
+                     checkpoint.get("epoch", -1) + 1, self.hparams.max_epochs,
+                     self.history_path.parent / "checkpoints" / "last.ckpt")
 
 
 def write_history(rows: list[dict[str, float]], path: Path) -> None:
@@ -271,26 +275,31 @@ def fit(cfg: ExperimentConfig, runs_dir: str | Path = "runs", data: str | Path |
     if (run_dir / "metrics.json").exists():
         raise MelgenreError(f"{run_dir}: this run already finished; use another name (--override name=...) "
                             "or --overwrite")
+    from melgenre.store import MelStore
+
+    # Open the data and make the splits before the run directory exists: a start that fails here
+    # leaves nothing that would block the corrected rerun.
+    split_path = run_dir / "splits.json"
+    with MelStore(data_path) as store:
+        if split_path.exists():
+            splits = load_splits(split_path)
+        elif splits is None:
+            splits = make_splits(store, cfg.data, cfg.seed)  # deterministic: the same on every rank
     run_dir.mkdir(parents=True, exist_ok=True)
     if is_zero:
         _load_or_save_config(cfg, run_dir)
+        if not split_path.exists():
+            save_splits(splits, split_path)
 
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning 2.6 vs torch 2.13 deprecation noise
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    split_path = run_dir / "splits.json"
-    if split_path.exists():
-        splits = load_splits(split_path)
-    else:
-        if splits is None:
-            from melgenre.store import MelStore
-
-            with MelStore(data_path) as store:
-                splits = make_splits(store, cfg.data, cfg.seed)  # deterministic: the same on every rank
-        if is_zero:
-            save_splits(splits, split_path)
     dm = MelDataModule(data_path, splits, cfg.data, cfg.seed)
     if len(dm.rows_for("train")) == 0:
         raise ConfigError(f"{cfg.name}: the train split has no tracks")
+    empty = [c for c, n in zip(dm.classes, dm.class_counts("train")) if n == 0]
+    if empty:
+        log.warning("%s: class(es) %s have no training tracks; the model still outputs all %d classes",
+                    cfg.name, ", ".join(empty), len(dm.classes))
 
     module = GenreClassifier(
         model=cfg.model, classes=dm.classes, optim=dataclasses.asdict(cfg.optim),
@@ -541,7 +550,7 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
     if fixed_epochs:
         epochs = cfg.train.max_epochs
     else:
-        epochs = max(1, int(round(float(np.mean([m["best_epoch"] + 1 for m in fold_metrics])))))
+        epochs = cfg.train.max_epochs
     final_cfg = dataclasses.replace(cfg, name=f"{final_name}{suffix}",
                                     train=dataclasses.replace(cfg.train, max_epochs=epochs))
     final_dir = base / final_cfg.name
