@@ -550,7 +550,7 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
     if fixed_epochs:
         epochs = cfg.train.max_epochs
     else:
-        epochs = cfg.train.max_epochs
+        epochs = max(1, int(round(float(np.mean([m["best_epoch"] + 1 for m in fold_metrics])))))
     final_cfg = dataclasses.replace(cfg, name=f"{final_name}{suffix}",
                                     train=dataclasses.replace(cfg.train, max_epochs=epochs))
     final_dir = base / final_cfg.name
