@@ -121,9 +121,26 @@ def test_resume_after_kill_restarts_from_last_ckpt(synth_store, tmp_path, monkey
 
 def test_cross_validation_and_final_retrain(synth_store, tmp_path):
     cfg = config_from_dict({**TINY, "name": "cv", "train": {"max_epochs": 3, "patience": 3}})
+    folds_only = cross_validate(cfg, folds=2, runs_dir=tmp_path, data=synth_store, progress=False,
+                                final_retrain=False)
+    # each fold records its best epoch: the first with the best validation monitor, counted from 0
+    monitor = cfg.train.monitor
+    for k in range(2):
+        values = [float(r[monitor]) for r in _history(tmp_path / "cv" / f"fold{k}")]
+        best = values.index(min(values) if monitor.endswith("loss") else max(values))
+        assert folds_only["best_epochs"][k] == best
+        assert json.loads((tmp_path / "cv" / f"fold{k}" / "metrics.json").read_text())["best_epoch"] == best
+    assert folds_only["final_epochs"] is None and not (tmp_path / "cv" / "final").exists()
+    # The final retrain trains round(mean(best epoch + 1)) epochs. The synthetic folds peak at once, so
+    # record best epochs 0 and 2 in the finished folds (reused on the rerun): (1 + 3) / 2 = 2 epochs,
+    # which is neither max_epochs (3), the mean without the + 1 (1), nor the latest best + 1 (3).
+    for k, best in enumerate((0, 2)):
+        path = tmp_path / "cv" / f"fold{k}" / "metrics.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "best_epoch": best}))
     result = cross_validate(cfg, folds=2, runs_dir=tmp_path, data=synth_store, progress=False)
-    assert len(result["val"]["track"]["accuracy"]["folds"]) == 2 and len(result["best_epochs"]) == 2
-    assert 1 <= result["final_epochs"] <= 3
+    assert len(result["val"]["track"]["accuracy"]["folds"]) == 2 and result["best_epochs"] == [0, 2]
+    assert result["final_epochs"] == 2
+    assert [int(r["epoch"]) for r in _history(tmp_path / "cv" / "final")] == [0, 1]
     final = json.loads((tmp_path / "cv" / "final" / "metrics.json").read_text())
     assert final["epochs"] == result["final_epochs"] and "test" in final["results"]
     assert final["results"]["test"]["track"]["n"] == 8  # 12 per class × 0.2 = 2.4 -> 2
