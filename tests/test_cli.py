@@ -116,6 +116,14 @@ def test_help_shows_defaults():
     assert r.exit_code == 0 and "default: v1" in r.output.replace("[", "").replace("]", "")
 
 
+@pytest.mark.parametrize("command", ["prepare", "predict", "fuse", "cv", "embed", "train", "serve", "bench"])
+def test_help_has_no_stray_metavars(command):
+    r = invoke(command, "--help")
+    assert r.exit_code == 0 and "--help" in r.output
+    assert "<bool>" not in r.output  # flags take no value
+    assert "...}..." not in r.output and "...]..." not in r.output  # one ellipsis per repeated argument
+
+
 def test_prepare_real_clips_v1_v2(tmp_path):
     """A few real GTZAN clips (and the corrupt one) through prepare with both report presets."""
     dev = shared_path("gtzan-dev")

@@ -35,6 +35,15 @@ class _Group(typer.core.TyperGroup):
             raise typer.Exit(2) from None
 
 
+def _no_type_on_flags(display_type_rich):
+    """Typer >= 0.2x prints a value type (`<bool>`) beside on/off flags, which take no value."""
+    def display(self, ctx):
+        return None if self.is_flag else display_type_rich(self, ctx)
+    return display
+
+
+typer.core.TyperOption.display_type_rich = _no_type_on_flags(typer.core.TyperOption.display_type_rich)
+
 app = typer.Typer(
     cls=_Group,
     name="melgenre",
@@ -435,7 +444,7 @@ def cv(
 
 @app.command()
 def fuse(
-    cv_dirs: list[Path] = typer.Argument(..., metavar="CV_DIR...", help="Two or more cross-validation folders (RUNS/<name>) of `melgenre cv` run with the same protocol on the same tracks."),
+    cv_dirs: list[Path] = typer.Argument(..., metavar="CV_DIR", help="Two or more cross-validation folders (RUNS/<name>) of `melgenre cv` run with the same protocol on the same tracks."),
     groups: bool = typer.Option(False, "--groups", help="Fuse the artist-disjoint CVs (cv --groups): cv-groups*.json and group<k> folds. Default: the stratified ones."),
     fixed_epochs: bool = typer.Option(False, "--fixed-epochs", help="Fuse the --fixed-epochs CVs (the *-last folds). Default: the early-stopped ones."),
     weights: str = typer.Option(None, "--weights", help="Comma-separated weight per folder, e.g. 0.7,0.3. Default: equal weights."),
@@ -512,7 +521,7 @@ _HOP_HELP = ("Seconds between prediction windows, for models on a chunked preset
 
 @app.command("predict")
 def predict_cmd(
-    paths: list[Path] = typer.Argument(..., metavar="PATH...", help="Audio files and/or folders (searched recursively for audio files)."),
+    paths: list[Path] = typer.Argument(..., metavar="PATH", help="Audio files and/or folders (searched recursively for audio files)."),
     model: Path = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
     top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="Genres (tags with --tags) to list per file. Default: 3."),
     fmt: str = typer.Option("table", "--format", "-f", help="Output on stdout: table, json or csv. Default: table."),
