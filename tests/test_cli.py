@@ -160,20 +160,23 @@ def test_prepare_into_a_directory_is_refused_before_any_work(synth_corpus, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]  # no .parts left behind
 
 
-def test_prepare_on_a_full_disk_says_what_is_kept(synth_corpus, tmp_path, monkeypatch):
-    """ENOSPC while assembling: one line naming the file, and the resumable parts are kept."""
+@pytest.mark.parametrize("code,text", [("ENOSPC", "No space left on device"), ("EROFS", "Read-only file system"),
+                                       ("EACCES", "Permission denied")])
+def test_prepare_on_a_full_disk_says_what_is_kept(synth_corpus, tmp_path, monkeypatch, code, text):
+    """A full, read-only or forbidden disk while assembling: one line naming the file, parts kept."""
     import errno
+    import os
 
     from melgenre import store
 
     def full(job):
-        raise OSError(errno.ENOSPC, "No space left on device", str(job.out))
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(job.out))
 
     monkeypatch.setattr(store, "_assemble", full)
     out = tmp_path / "x.h5"
     r = runner.invoke(app, ["prepare", str(synth_corpus), "--preset", "fast", "--out", str(out), "--workers", "1",
                            "--no-progress"])
-    _one_line_error(r, "x.h5: No space left on device", "24 finished tracks are kept in", "rerun the same command")
+    _one_line_error(r, f"x.h5: {text}", "24 finished tracks are kept in", "rerun the same command")
     assert len(list((tmp_path / "x.h5.parts").glob("*.npz"))) == 24
 
 
@@ -209,3 +212,18 @@ def test_damaged_or_newer_stores_are_one_line(synth_corpus, tmp_path, damage, me
         with h5py.File(path, "a") as f:
             f.attrs["format_version"] = 99
     _one_line_error(runner.invoke(app, ["info", str(path)]), "s.h5", message)
+
+
+def test_show_figure_has_units_a_legend_and_a_fixed_colour_scale():
+    import matplotlib.pyplot as plt
+
+    from melgenre import features
+    from melgenre.display import mel_figure
+
+    preset = features.get_preset("fast")
+    fig = mel_figure(np.zeros(preset.sr * 6, dtype=np.float32), preset)  # silent: a flat image
+    ax, bar = fig.axes
+    assert ax.get_xlabel() == "time (s)" and "Hz" in ax.get_ylabel()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["start of a 3-s model window"]
+    assert bar.get_ylim() == (0.0, 1.0)  # not 0.9-1.1 around a flat image
+    plt.close(fig)

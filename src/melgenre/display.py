@@ -37,10 +37,19 @@ def mel_figure(y: np.ndarray, preset: Preset, title: str = "") -> plt.Figure:
         x_coords=np.linspace(0, seconds, cols + 1),
         y_coords=librosa.mel_frequencies(rows + 1, fmin=preset.fmin, fmax=fmax), cmap="magma",
     )
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("frequency (Hz, mel scale)")
     if preset.chunk_seconds:
-        for start in features.chunk_starts(features.Preset.n_frames(preset, len(y)), preset)[1:]:
-            ax.axvline(start * preset.hop_length / preset.sr, color="white", lw=0.6, ls="--", alpha=0.6)
-    fig.colorbar(mesh, ax=ax, label=f"image value ({preset.norm} normalised)")
+        starts = features.chunk_starts(features.Preset.n_frames(preset, len(y)), preset)[1:]
+        for i, start in enumerate(starts):
+            ax.axvline(start * preset.hop_length / preset.sr, color="white", lw=0.6, ls="--", alpha=0.6,
+                       label=f"start of a {preset.chunk_seconds:g}-s model window" if i == 0 else None)
+        if starts:
+            ax.legend(loc="upper right", fontsize=8, framealpha=0.6)
+    if preset.norm != "log":  # [0, 1] images: a fixed colour scale, also for a flat (silent) image
+        mesh.set_clim(0.0, 1.0)
+    label = "log10(10000·power + 1)" if preset.norm == "log" else f"image value ({preset.norm} normalised to [0, 1])"
+    fig.colorbar(mesh, ax=ax, label=label)
     size = f"{rows}×{cols}" if preset.image_size else f"{preset.n_mels} mels, chunks of {preset.chunk_frames or cols} frames"
     ax.set_title(title or f"preset {preset.name}: {size}")
     fig.tight_layout()
