@@ -283,3 +283,43 @@ def test_cli_train_evaluate_table(synth_store, tmp_path):
     assert r.exit_code == 2 and "train.patiense: unknown key" in r.output
     r = runner.invoke(app, ["train", str(config), "--data", str(tmp_path / "none.h5")])
     assert r.exit_code == 2 and "none.h5 is not a file" in r.output
+
+
+def _disjoint_parts(splits):
+    train, val, test = (set(splits[part]) for part in ("train", "val", "test"))
+    assert len(train) == len(splits["train"]) and len(val) == len(splits["val"]) and len(test) == len(splits["test"])
+    assert not val & train and not val & test and not train & test
+    return train, val, test
+
+
+def test_fault_filtered_and_kfold_splits_through_make_splits_and_fit(gtzan_like_store, tmp_path):
+    """data.split fault_filtered and kfold, as make_splits and fit use them: the val part never
+    overlaps train or test, kfold's val folds tile the non-test tracks, fault_filtered keeps its parts."""
+    from melgenre.data import make_splits
+    from melgenre.store import MelStore
+
+    base = {**TINY, "model": {"name": "melcnn", "width": 4, "dropout": 0.1}, "train": {"max_epochs": 1, "patience": 1}}
+    ff = config_from_dict({**base, "name": "ff", "data": {**TINY["data"], "split": "fault_filtered"}})
+    kfold = [config_from_dict({**base, "name": f"kf{k}", "data": {**TINY["data"], "split": "kfold", "folds": 2,
+                                                                  "fold": k}}) for k in range(2)]
+    with MelStore(gtzan_like_store) as st:
+        everything = set(st.track_id.tolist())
+        splits = make_splits(st, ff.data, ff.seed)
+        folds = [make_splits(st, c.data, c.seed) for c in kfold]
+    assert everything == set().union(*(_gtzan_like_ids(p) for p in ("train", "val", "test", None)))
+    train, val, test = _disjoint_parts(splits)
+    assert (train, val, test) == tuple(_gtzan_like_ids(p) for p in ("train", "val", "test"))  # outside: dropped
+    parts = [_disjoint_parts(f) for f in folds]
+    assert parts[0][2] == parts[1][2] and len(parts[0][2]) == 4  # one test part for every fold (20 × 0.2)
+    assert not parts[0][1] & parts[1][1] and parts[0][1] | parts[1][1] == everything - parts[0][2]
+    for train, val, test in parts:
+        assert train | val | test == everything and train == everything - test - val
+
+    for cfg, expected in ((ff, splits), (kfold[1], folds[1])):
+        run = fit(cfg, tmp_path, data=gtzan_like_store, progress=False)
+        saved = json.loads((run / "splits.json").read_text())
+        assert {p: set(v) for p, v in saved.items()} == {p: set(v) for p, v in expected.items()}
+        _disjoint_parts(saved)
+        results = json.loads((run / "metrics.json").read_text())["results"]
+        assert results["val"]["track"]["n"] == len(expected["val"])
+        assert results["test"]["track"]["n"] == len(expected["test"])
