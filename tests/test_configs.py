@@ -131,6 +131,8 @@ def test_every_numeric_config_value_has_a_range():
     ("optim.lr=fast", "optim.lr: expected float, got 'fast'"),  # wrong type at every level
     ("data.augment.freq_masks=[1]", "data.augment.freq_masks: expected int, got [1]"),
     ("train=3", "train: expected a mapping, got 3"),
+    ("name=[1]", "name: expected str, got [1]"),
+    ("model=[musicnn]", "model: expected a mapping, got ['musicnn']"),
     ("data.augment=flat", "data.augment: expected a mapping, got 'flat'"),
 ])
 def test_bad_values_are_one_line_errors_through_the_cli(tmp_path, override, message):
