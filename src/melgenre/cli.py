@@ -115,16 +115,22 @@ def prepare(
         report = prepare_ray(data_dir, preset_obj, out, address=ray, overwrite=overwrite, progress=progress,
                              compression=compression)
     else:
-        try:
-            report = store.prepare(data_dir, preset_obj, out, workers=workers or None, overwrite=overwrite,
-                                   progress=progress, compression=compression)
-        except OSError as exc:  # full or read-only disk: say what is kept for the rerun
-            parts = out.with_name(out.name + ".parts")
-            kept = (f"; the {sum(1 for _ in parts.glob('*.npz'))} finished tracks are kept in {parts}/: rerun the "
-                    "same command to resume") if parts.is_dir() else ""
-            raise MelgenreError(f"{exc.filename or out}: {exc.strerror or exc}{kept}") from None
+        report = _resumable(out, store.prepare, data_dir, preset_obj, out, workers=workers or None,
+                            overwrite=overwrite, progress=progress, compression=compression)
     _print_prepare_report(report, out, f"{out} — preset {preset_obj.name}, images "
                                        f"{report.image_shape[0]}×{report.image_shape[1]}")
+
+
+def _resumable(out: Path, run, *args, **kwargs):
+    """``run(*args, **kwargs)`` (prepare or embed into ``out``); an OS error (full or read-only
+    disk, no permission) becomes one line that also says what is kept for the rerun."""
+    try:
+        return run(*args, **kwargs)
+    except OSError as exc:
+        parts = out.with_name(out.name + ".parts")
+        kept = (f"; the {sum(1 for _ in parts.glob('*.npz'))} finished tracks are kept in {parts}/: rerun the "
+                "same command to resume") if parts.is_dir() else ""
+        raise MelgenreError(f"{exc.filename or out}: {exc.strerror or exc}{kept}") from None
 
 
 def _print_prepare_report(report, out: Path, title: str) -> None:
@@ -189,8 +195,8 @@ def embed(
             f"({result['spec']['embedding']} of {model}, {pretrained})")
         return
     out = out or Path(f"{data_dir.resolve().name}-{model}-{pretrained}.h5")
-    report = store.prepare(data_dir, "musicnn", out, workers=workers or None, overwrite=overwrite,
-                           progress=progress, embed=spec)
+    report = _resumable(out, store.prepare, data_dir, "musicnn", out, workers=workers or None, overwrite=overwrite,
+                        progress=progress, embed=spec)
     _print_prepare_report(report, out, f"{out} — {model} ({pretrained}) embeddings of {report.image_shape[1]} values per patch")
 
 
