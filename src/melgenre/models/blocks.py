@@ -227,6 +227,7 @@ def dense_head(
     dropout: float = 0.0,
     norm: str = "none",
     act: str = "relu",
+    dropout_before_output: bool = True,
 ) -> nn.Sequential:
     """Classifier MLP on pooled features: ``[Linear -> norm -> act -> Dropout] * len(dense) -> Linear``.
 
@@ -244,20 +245,23 @@ def dense_head(
         Normalisation after each hidden linear layer.
     act : {"relu", "silu", "mish", "gelu", "leaky"}
         Activation after each hidden layer.
+    dropout_before_output : bool
+        False: no dropout after the last hidden layer, i.e. right before the output layer
+        (the report's rows 5 and 18: "none before output layer", "the first 2 have a dropout").
     """
     check_choice("head_norm", norm, NORMS)
     check_choice("head_act", act, ACTIVATIONS)
     layers: list[nn.Module] = []
-    if not dense and dropout:
+    if not dense and dropout and dropout_before_output:
         layers.append(nn.Dropout(dropout))
-    for width in dense:
+    for i, width in enumerate(dense):
         layers.append(nn.Linear(in_features, width))
         if norm == "batch":
             layers.append(nn.BatchNorm1d(width))
         elif norm == "layer":
             layers.append(nn.LayerNorm(width))
         layers.append(make_act(act))
-        if dropout:
+        if dropout and (dropout_before_output or i < len(dense) - 1):
             layers.append(nn.Dropout(dropout))
         in_features = width
     layers.append(nn.Linear(in_features, num_classes))
@@ -283,8 +287,9 @@ class PoolHead(nn.Module):
     """Global-average-pool (``"gap"``) or flatten (``"flatten"``) a feature map, then :func:`dense_head`.
 
     With ``dropout_before_pool`` the dropout is applied once to the feature map instead of
-    after every hidden dense layer. ``flat_hw`` (the map's height and width) is required for
-    ``"flatten"``.
+    after every hidden dense layer; ``pool_dropout`` is a separate rate for the feature map, in
+    addition to the dense layers' dropout. ``flat_hw`` (the map's height and width) is required
+    for ``"flatten"``.
     """
 
     def __init__(
@@ -298,16 +303,21 @@ class PoolHead(nn.Module):
         dropout_before_pool: bool = False,
         norm: str = "none",
         act: str = "relu",
+        pool_dropout: float = 0.0,
+        dropout_before_output: bool = True,
     ):
         super().__init__()
         check_choice("head", pool, ("gap", "flatten"))
+        if pool_dropout and dropout_before_pool:
+            raise ConfigError("pool_dropout and dropout_before_pool both drop the feature map: set one")
         if pool == "flatten" and flat_hw is None:
             raise ConfigError("head='flatten' needs the option input_size")
         in_features = channels if pool == "gap" else channels * flat_hw[0] * flat_hw[1]
         self.pool = pool
-        self.drop = nn.Dropout(dropout) if dropout and dropout_before_pool else nn.Identity()
+        map_dropout = dropout if dropout_before_pool else pool_dropout
+        self.drop = nn.Dropout(map_dropout) if map_dropout else nn.Identity()
         mlp_dropout = 0.0 if dropout_before_pool else dropout
-        self.mlp = dense_head(in_features, num_classes, dense, mlp_dropout, norm, act)
+        self.mlp = dense_head(in_features, num_classes, dense, mlp_dropout, norm, act, dropout_before_output)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.drop(x)  # (B, C, H, W)

@@ -161,6 +161,9 @@ class YOLOv4Classifier(nn.Module):
         Normalisation after each dense layer.
     head_act : {"relu", "silu", "mish", "gelu", "leaky"}
         Activation after each dense layer.
+    dropout_before_output : bool
+        False: dropout after every dense layer but the last, none right before the output
+        layer (with two dense layers: the report's "a single dropout layer" of rows 2-3).
     """
 
     def __init__(
@@ -175,6 +178,7 @@ class YOLOv4Classifier(nn.Module):
         dropblock_size: int = 7,
         head_norm: str = "none",
         head_act: str = "mish",
+        dropout_before_output: bool = True,
     ):
         super().__init__()
         self.expand = ExpandChannels(in_channels)
@@ -182,7 +186,7 @@ class YOLOv4Classifier(nn.Module):
         self.neck = PANet(self.backbone.out_channels)
         self.dropblock = DropBlock2d(dropblock, dropblock_size)
         pooled = sum(c // 2 for c in self.backbone.out_channels)
-        self.head = dense_head(pooled, num_classes, dense, dropout, head_norm, head_act)
+        self.head = dense_head(pooled, num_classes, dense, dropout, head_norm, head_act, dropout_before_output)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.neck(self.backbone(self.expand(x)))  # strides 8, 16, 32

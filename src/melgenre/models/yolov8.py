@@ -131,6 +131,12 @@ class YOLOv8Classifier(nn.Module):
         Dropout rate (see ``dropout_before_pool``).
     dropout_before_pool : bool
         Apply dropout once to the last feature map instead of after each dense layer.
+    pool_dropout : float
+        Dropout rate on the last feature map before GAP/flatten, in addition to the dense
+        layers' ``dropout`` (the report's row 18: "increased dropout (including before GAP)").
+    dropout_before_output : bool
+        False: no dropout after the last dense layer, right before the output layer (the
+        report's row 5: "none before output layer"; row 18: "the first 2 have a dropout layer").
     head_norm : {"batch", "layer", "none"}
         Normalisation after each dense layer.
     head_act : {"relu", "silu", "mish", "gelu", "leaky"}
@@ -152,6 +158,8 @@ class YOLOv8Classifier(nn.Module):
         dropout_before_pool: bool = False,
         head_norm: str = "none",
         head_act: str = "relu",
+        pool_dropout: float = 0.0,
+        dropout_before_output: bool = True,
     ):
         super().__init__()
         check_choice("scale", scale, tuple(SCALES))
@@ -170,9 +178,11 @@ class YOLOv8Classifier(nn.Module):
             sppf=backbone == "detect",
         )
         if head == "ultralytics":
-            if dense or dropout_before_pool or head_norm != "none" or head_act != "relu":
+            if (dense or dropout_before_pool or head_norm != "none" or head_act != "relu" or pool_dropout
+                    or not dropout_before_output):
                 raise ConfigError(
-                    "head='ultralytics' takes only 'dropout'; drop dense/dropout_before_pool/head_norm/head_act"
+                    "head='ultralytics' takes only 'dropout'; drop dense/dropout_before_pool/head_norm/head_act/"
+                    "pool_dropout/dropout_before_output"
                 )
             self.head = UltralyticsClassify(channels, num_classes, dropout)
         else:
@@ -180,7 +190,8 @@ class YOLOv8Classifier(nn.Module):
             if input_size is not None:
                 flat_hw = tuple(conv_out_size(n, STRIDES) for n in as_hw(input_size))
             self.head = PoolHead(
-                channels, num_classes, head, flat_hw, dense, dropout, dropout_before_pool, head_norm, head_act
+                channels, num_classes, head, flat_hw, dense, dropout, dropout_before_pool, head_norm, head_act,
+                pool_dropout, dropout_before_output,
             )
         for m in self.modules():  # ultralytics' BatchNorm settings, so loaded weights behave alike
             if isinstance(m, nn.BatchNorm2d):
