@@ -259,13 +259,39 @@ def test_cli_train_evaluate_table(synth_store, tmp_path):
     config.write_text(yaml.safe_dump({**TINY, "name": "cli", "train": {"max_epochs": 2, "patience": 2}}))
     runner = CliRunner()
     r = runner.invoke(app, ["train", str(config), "--data", str(synth_store), "--out", str(tmp_path / "runs"),
-                            "--no-progress", "-O", "model.width=4"])
+                            "--no-progress", "-O", "model.width=4", "-O", "optim.lr=0.03"])  # lr: val != test scores
     assert r.exit_code == 0, r.output
     assert "best epoch" in r.output and "macro precision" in r.output
     saved = yaml.safe_load((tmp_path / "runs" / "cli" / "config.yaml").read_text())
     assert saved["model"]["width"] == 4
+    trained = json.loads((tmp_path / "runs" / "cli" / "metrics.json").read_text())
+    val, test = trained["results"]["val"]["track"], trained["results"]["test"]["track"]
+
+    # table: the run's own numbers, in the printed markdown and in the written .md and .csv
+    r = runner.invoke(app, ["table", str(tmp_path / "runs"), "--out", str(tmp_path / "table")])
+    assert r.exit_code == 0, r.output
+    with open(tmp_path / "table.csv", newline="") as fh:
+        rows = {row["run"]: row for row in csv.DictReader(fh)}
+    assert set(rows) == {"cli"}
+    row = rows["cli"]
+    assert row["status"] == "finished" and row["model"] == "melcnn" and row["split"] == "stratified 28/12/8"
+    assert (row["epochs"], row["best_epoch"]) == (str(trained["epochs"]), str(trained["best_epoch"]))
+    cells = [f"{val['accuracy']:.3f}", f"{val['macro_precision']:.3f}", f"{test['accuracy']:.3f}",
+             f"{test['macro_precision']:.3f}"]
+    assert [row[k] for k in ("val_accuracy", "val_macro_precision", "test_accuracy", "test_macro_precision")] == cells
+    md_row = next(line for line in (tmp_path / "table.md").read_text().splitlines() if "| cli |" in line)
+    assert [c.strip() for c in md_row.strip("|").split("|")][9:13] == cells
+    assert md_row in r.output
+
+    # evaluate again from the CLI: the same checkpoint scores the same on test, and says so
     r = runner.invoke(app, ["evaluate", str(tmp_path / "runs" / "cli"), "--split", "test"])
     assert r.exit_code == 0, r.output
+    again = json.loads((tmp_path / "runs" / "cli" / "metrics.json").read_text())["results"]
+    assert again["test"]["track"] == test and list(again) == ["test"]
+    lines = [" ".join(line.replace("│", " ").split()) for line in r.output.splitlines()]
+    assert (f"test track {test['accuracy']:.3f} {test['macro_precision']:.3f} {test['macro_recall']:.3f} "
+            f"{test['macro_f1']:.3f} {test['n']}") in lines
+    assert f"best epoch {trained['best_epoch']} of {trained['epochs']}" in r.output
     r = runner.invoke(app, ["train", str(config), "--data", str(synth_store), "--out", str(tmp_path / "runs"),
                             "--no-progress", "-O", "model.width=4", "-O", "name=all", "-O", "data.fractions=[1,0,0]",
                             "-O", "train.max_epochs=1"])
