@@ -178,3 +178,31 @@ def test_reader_errors(tmp_path):
         f["x"] = np.zeros(3)
     with pytest.raises(StoreError, match="not a melgenre store"):
         MelStore(tmp_path / "other.h5")
+
+
+def test_truncated_part_files_are_recomputed(small_corpus, tmp_path, monkeypatch):
+    """A part file cut short (a full disk, a copy interrupted) is not a finished track: _part_ok says
+    so for every cut, and the rerun computes that track again instead of failing or resuming it."""
+    out = tmp_path / "f.h5"
+    parts = tmp_path / "f.h5.parts"
+
+    def no_assembly(job):
+        raise OSError("stop before assembly")
+
+    monkeypatch.setattr(store, "_assemble", no_assembly)  # keep the parts
+    with pytest.raises(OSError, match="stop before assembly"):
+        store.prepare(small_corpus, "fast", out, workers=1, progress=False)
+    monkeypatch.undo()
+    files = sorted(parts.glob("*.npz"))
+    assert len(files) == 11 and all(store._part_ok(p) for p in files)
+    assert not store._part_ok(parts / "missing.npz")
+    victim = files[3]
+    data = victim.read_bytes()
+    for cut in (0, 1, 4, 30, len(data) // 2, len(data) - 22, len(data) - 1):
+        victim.write_bytes(data[:cut])
+        assert not store._part_ok(victim), cut
+    victim.write_bytes(data[:len(data) // 2])
+    report = store.prepare(small_corpus, "fast", out, workers=1, progress=False)
+    assert report.resumed == 10 and report.computed == 1
+    _assert_same(_contents(out), _contents(store.prepare(small_corpus, "fast", tmp_path / "clean.h5", workers=1,
+                                                         progress=False).out))

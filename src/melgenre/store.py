@@ -35,6 +35,7 @@ import multiprocessing
 import os
 import shutil
 import time
+import zipfile
 import zlib
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -193,7 +194,7 @@ def _part_ok(path: Path) -> bool:
     try:
         _read_part(path)
         return True
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # BadZipFile: cut short
         return False
 
 
