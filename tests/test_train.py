@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from melgenre import store, synth
 from melgenre.cli import app
 from melgenre.config import config_from_dict
-from melgenre.errors import ConfigError
+from melgenre.errors import ConfigError, MelgenreError
 from melgenre.train import GenreClassifier, TrainingError, cross_validate, evaluate_run, fit
 
 TINY = {
@@ -62,8 +62,10 @@ def test_tiny_run_learns_synthetic_classes(synth_store, tmp_path):
     assert list((run / "tb").glob("events.out.tfevents.*"))
     splits = json.loads((run / "splits.json").read_text())
     assert not set(splits["train"]) & set(splits["test"]) and len(splits["val"]) == 12  # 12 per class × 0.2 = 2.4 -> 3 (largest remainder)
-    with pytest.raises(Exception, match="already finished"):
+    with pytest.raises(MelgenreError) as finished:
         fit(config_from_dict(TINY), tmp_path, data=synth_store, progress=False)
+    assert str(finished.value) == (f"{run}: this run already finished; use another name (--override name=...) "
+                                   "or --overwrite")
 
 
 def test_resume_after_kill_restarts_from_last_ckpt(synth_store, tmp_path, monkeypatch):
