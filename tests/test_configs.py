@@ -22,8 +22,8 @@ SEED = CONFIGS / "seed"
 EXPERIMENTS = sorted(p for p in CONFIGS.rglob("*.yaml") if MODELS not in p.parents)
 MODEL_SECTIONS = sorted(MODELS.glob("*.yaml"))
 SECTIONS = ("data", "model", "optim", "train")
-REFERENCE_KEYS = {"row", "dataset", "test_macro_precision", "test_accuracy"}
-PUBLISHED = {18: {"test_macro_precision": 0.803, "test_accuracy": 0.80}}  # all the report's numbers we know
+REFERENCE_KEYS = {"row", "dataset", "val_macro_precision", "test_macro_precision", "test_accuracy"}
+FIGURES = ("val_macro_precision", "test_macro_precision", "test_accuracy")
 
 
 def _id(path: Path) -> str:
@@ -62,30 +62,55 @@ def test_model_section_builds(path):
 
 
 def test_seed_holds_table2_rows_1_to_20():
+    from melgenre.evaluate import report_numbers
+
+    published = report_numbers()["rows"]
     configs = {p: load_config(p) for p in sorted(SEED.glob("*.yaml"))}
     rows = sorted(c.reference["row"] for c in configs.values())
     assert rows == list(range(1, 21))
     for path, cfg in configs.items():
         ref, row = cfg.reference, cfg.reference["row"]
         assert set(ref) == REFERENCE_KEYS, path
+        assert {k: ref[k] for k in FIGURES} == {k: published[row][k] for k in FIGURES}, path  # all three figures
         assert ref["dataset"] in ("v1", "v2") and path.stem.endswith(f"-{ref['dataset']}"), path
         assert path.name.startswith(f"m{row:02d}-") and cfg.name == path.stem, path
-        published = PUBLISHED.get(row, {"test_macro_precision": None, "test_accuracy": None})
-        assert {k: ref[k] for k in published} == published, path
         header = path.read_text().split("\nname:")[0]
-        assert header.startswith(f"# Report Table 2, row {row}:"), path
+        assert header.startswith(f'# Report Table 2, row {row}: "{published[row]["text"]}"'), path  # quotes the row
         assert f"--preset {ref['dataset']}" in header and f"configs/seed/{path.name}" in header, path
-        assert (cfg.data.batch_size, cfg.train.patience, cfg.train.monitor) == (8, 100, "val_macro_precision"), path
+        assert (cfg.data.batch_size, cfg.train.monitor) == (8, "val_macro_precision"), path
         assert cfg.train.max_epochs > cfg.train.patience, path
         assert (cfg.data.split == "kfold") == (row >= 19), path
-    # every row is its own experiment, except 19-20: two outputs of one `melgenre cv` run
-    setups = {}
-    for cfg in configs.values():
-        setup = {k: v for k, v in cfg.to_dict().items() if k in SECTIONS}
-        key = json.dumps([setup, cfg.reference["dataset"]], sort_keys=True)
-        setups.setdefault(key, []).append(cfg.reference["row"])
-    assert sorted(rows for rows in setups.values() if len(rows) > 1) == [[19, 20]]
-    assert len(setups) == 19
+    # every row is its own experiment
+    setups = {json.dumps([{k: v for k, v in c.to_dict().items() if k in SECTIONS}, c.reference["dataset"]],
+                         sort_keys=True) for c in configs.values()}
+    assert len(setups) == 20
+
+
+def test_seed_rows_fixed_by_tables_3_to_5():
+    """Rows 1, 7 and 18: optimiser, lr, batch, patience, split and dataset as Tables 3, 4 and 5."""
+    by_row = {load_config(p).reference["row"]: load_config(p) for p in SEED.glob("*.yaml")}
+    tables = {1: ("adam", 1e-4, 0.0, 100, [0.7, 0.1, 0.2], "v1", False),
+              7: ("adamw", 1e-4, 1e-4, 30, [0.8, 0.1, 0.1], "v1", False),
+              18: ("adamw", 1e-5, 1e-4, 100, [0.8, 0.1, 0.1], "v2", True)}
+    for row, (opt, lr, wd, patience, fractions, dataset, weights) in tables.items():
+        cfg = by_row[row]
+        assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.train.patience, cfg.data.fractions,
+                cfg.reference["dataset"], cfg.train.class_weights, cfg.data.batch_size, cfg.train.max_epochs) == (
+            opt, lr, wd, patience, fractions, dataset, weights, 8, 2000), row
+    # the chain of changes the report states
+    m = {row: cfg.model for row, cfg in by_row.items()}
+    assert m[5] == {**m[4], "dropout": m[5]["dropout"], "dropout_before_output": False} and m[5]["dropout"] < m[4]["dropout"]
+    assert m[6] == {**m[4], "dense": [256, 128, 64]} and m[7] == m[6] and by_row[7].data.fractions == [0.8, 0.1, 0.1]
+    assert m[8]["head"] == "flatten" and m[8]["head_norm"] == "batch" and m[8]["dense"] == [256, 128, 64]
+    assert m[9] == {**m[8], "dense": [128, 64]} and m[10] == {**m[8], "dense": [256, 128, 128, 64]}
+    assert m[11] == {**m[7], "dropout": m[11]["dropout"]} and m[11]["dropout"] < m[7]["dropout"]
+    assert by_row[11].train.patience > by_row[7].train.patience
+    assert m[14] == {**m[11], "head_norm": "batch"} and m[15] == {**m[11], "head_norm": "layer"} and m[16] == m[15]
+    assert (by_row[15].reference["dataset"], by_row[16].reference["dataset"]) == ("v1", "v2")
+    assert m[18]["dropout"] > m[16]["dropout"] and m[18]["pool_dropout"] > 0 and not m[18]["dropout_before_output"]
+    assert by_row[18].optim.lr < by_row[16].optim.lr and by_row[18].train.class_weights
+    for row, patience in ((19, 0), (20, 30)):
+        assert m[row] == m[18] and by_row[row].train.patience == patience and by_row[row].data.split == "kfold"
 
 
 def test_misspelt_keys_are_named(tmp_path):

@@ -58,16 +58,24 @@ def test_runs_table_lists_runs_with_metrics_and_published_numbers(runs):
         "row": 18, "run": "best", "status": "finished", "model": "yolov8_cls (n, gap)", "dataset": "v2",
         "split": "stratified 800/100/100", "epochs": 212, "best_epoch": 111, "train_seconds": 3600,
         "val_accuracy": 0.75, "val_macro_precision": 0.765, "test_accuracy": 0.812, "test_macro_precision": 0.79,
-        "ref_test_macro_precision": 0.803, "ref_test_accuracy": 0.8,
+        "ref_val_macro_precision": 0.864, "ref_test_macro_precision": 0.803, "ref_test_accuracy": 0.8,
     }
     assert (base["model"], base["split"], base["test_macro_precision"]) == ("yolov8_cls", "stratified 0.8/0.1/0.1", 0.457)
-    assert base["ref_test_macro_precision"] is None
+    # the published figures come from resources/report_table2.yaml by row, not from the run's config
+    assert (base["ref_val_macro_precision"], base["ref_test_macro_precision"], base["ref_test_accuracy"]) == (
+        0.651, 0.568, 0.51)
+    assert (cnn["ref_val_macro_precision"], cnn["ref_test_macro_precision"], cnn["ref_test_accuracy"]) == (
+        0.544, 0.554, 0.535)
     lines = markdown.splitlines()
-    assert "report test macro P" in lines[0] and "test acc (track)" in lines[0] and len(lines) == 5
+    assert "report val macro P" in lines[0] and "report test macro P" in lines[0] and "test acc (track)" in lines[0]
     assert lines[2].startswith("| 1 | cnn | unfinished | vanilla_cnn | v1 | stratified 0.8/0.1/0.1 |  |")
+    assert lines[2].endswith("| 0.544 | 0.554 | 0.535 |")
     assert lines[4] == ("| 18 | best | finished | yolov8_cls (n, gap) | v2 | stratified 800/100/100 | 212 | 111 | 3600 "
-                        "| 0.750 | 0.765 | 0.812 | 0.790 | 0.803 | 0.800 |")
-    assert lines[3].endswith("| 0.450 | 0.457 |  |  |")  # base: no published numbers
+                        "| 0.750 | 0.765 | 0.812 | 0.790 | 0.864 | 0.803 | 0.800 |")
+    assert lines[3].endswith("| 0.450 | 0.457 | 0.651 | 0.568 | 0.510 |")
+    assert lines[5] == ""  # row 18 finished: Table 6 and Figure 4 follow, ours empty (no per_class here)
+    assert "| blues |  | 0.692 |" in lines and "| pop |  | 0.250 |" in lines
+    assert any(line.startswith("| blues |  / 9 |  / 0 |  / 1 |") for line in lines)
 
 
 def test_runs_table_chunk_level_and_cv_runs(runs):
@@ -100,3 +108,37 @@ def test_write_runs_table_csv_parses_back(runs, tmp_path):
             if isinstance(value, float):
                 assert float(back[key]) == value
     assert parsed[2]["ref_test_macro_precision"] == "0.803" and parsed[2]["test_accuracy"] == "0.812"
+    assert parsed[2]["ref_val_macro_precision"] == "0.864" and parsed[0]["ref_test_accuracy"] == "0.535"
+
+
+def test_row18_per_class_and_confusion_beside_the_report(tmp_path):
+    from melgenre.evaluate import report_numbers
+
+    published = report_numbers()
+    classes = published["classes"]
+    ours_order = sorted(classes, reverse=True)  # metrics.json in another class order: mapped by name
+    confusion = [[10 if t == p else 0 for p in range(10)] for t in range(10)]
+    confusion[ours_order.index("pop")][ours_order.index("rock")] = 3  # 3 pop tracks predicted rock
+    per_class = [{"class": c, "precision": 10 / 13 if c == "rock" else 1.0, "recall": 1.0, "f1": 1.0, "support": 10}
+                 for c in ours_order]
+    test = {"track": {**scores(0.97, 0.977), "per_class": per_class, "confusion": confusion}}
+    runs = tmp_path / "runs"
+    make_run(runs, "m18", 18, "v2", {"name": "yolov8_cls"}, results={"test": test}, classes=ours_order)
+    markdown, rows = runs_table(runs)
+    lines = markdown.splitlines()
+    assert "| rock | 0.769 | 0.889 |" in lines and "| blues | 1.000 | 0.692 |" in lines
+    header = next(line for line in lines if line.startswith("| true"))
+    assert header.split("|")[2:-1] == [f" {c} " for c in classes]
+    pop = [line for line in lines if line.startswith("| pop |")][-1].split("|")[2:-1]  # the matrix's pop row
+    assert pop[classes.index("rock")].strip() == "3 / 1" and pop[classes.index("pop")].strip() == "10 / 2"
+    assert "Table 6" in markdown and "Figure 4" in markdown
+    # a cv final run takes its val figures from the fold means in cv.json
+    cv = runs / "m20-cv"
+    cv.mkdir()
+    (cv / "cv.json").write_text(json.dumps({"val": {"track": {"accuracy": {"mean": 0.71},
+                                                              "macro_precision": {"mean": 0.7249}}}}))
+    make_run(cv, "final", 20, "v2", {"name": "yolov8_cls"}, results={"test": {"track": scores(0.8, 0.81)}})
+    final = runs_table(runs)[1][-1]
+    assert (final["run"], final["val_macro_precision"], final["val_accuracy"], final["ref_val_macro_precision"]) == (
+        "m20-cv/final", 0.725, 0.71, 0.748)
+

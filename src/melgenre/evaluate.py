@@ -560,9 +560,30 @@ RUNS_TABLE_COLUMNS: dict[str, str] = {  # row-dict key (and CSV column) -> markd
     "val_macro_precision": "val macro P",
     "test_accuracy": "test acc",
     "test_macro_precision": "test macro P",
+    "ref_val_macro_precision": "report val macro P",
     "ref_test_macro_precision": "report test macro P",
     "ref_test_accuracy": "report test acc",
 }
+
+#: Table 2 row whose per-class precision (Table 6) and confusion matrix (Figure 4) are published.
+REPORT_DETAIL_ROW = 18
+
+
+def report_numbers() -> dict[str, Any]:
+    """The reproduced report's published numbers, from ``resources/report_table2.yaml``.
+
+    Returns
+    -------
+    dict
+        ``classes`` (the 10 genres in Figure 4's order), ``rows`` (Table 2: ``{row: {text,
+        val_macro_precision, test_macro_precision, test_accuracy}}``, row an int 1-20) and
+        ``row18`` (``per_class_precision`` {class: value}, Table 6; ``confusion``, Figure 4,
+        rows = true, columns = predicted). See the file's header for how they were transcribed.
+    """
+    from importlib import resources
+
+    text = resources.files("melgenre.resources").joinpath("report_table2.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
 
 
 def runs_table(runs_dir: str | Path, level: str = "track") -> tuple[str, list[dict[str, Any]]]:
@@ -591,9 +612,16 @@ def runs_table(runs_dir: str | Path, level: str = "track") -> tuple[str, list[di
         (``reference.dataset``, else ``"?"``), ``split`` (kind and train/val/test track counts
         from ``splits.json``, else the fractions), ``epochs``, ``best_epoch`` (0-based, as in
         ``metrics.json``), ``train_seconds`` (whole seconds), ``{val,test}_{accuracy,
-        macro_precision}`` (rounded to 3 decimals) and the published ``ref_test_macro_precision``
-        / ``ref_test_accuracy`` from ``reference``; missing values are ``None``. Sorted by
-        reference row (runs without one last), then run.
+        macro_precision}`` (rounded to 3 decimals; for ``melgenre cv``'s ``<name>/final`` run,
+        which has no validation part, the val scores are the fold means from ``<name>/cv.json``)
+        and the report's three figures for the row, ``ref_val_macro_precision``,
+        ``ref_test_macro_precision``, ``ref_test_accuracy``, from :func:`report_numbers` (by
+        ``reference.row``); missing values are ``None``. Sorted by reference row (runs without
+        one last), then run.
+
+        When a run of row 18 has finished, the markdown continues with, per such run, its
+        per-class test precision beside the report's Table 6 and its test confusion matrix
+        beside the report's Figure 4.
 
     Raises
     ------
@@ -610,7 +638,42 @@ def runs_table(runs_dir: str | Path, level: str = "track") -> tuple[str, list[di
     header = [label + (f" ({level})" if key.startswith(("val_", "test_")) else "")
               for key, label in RUNS_TABLE_COLUMNS.items()]
     cells = ([_table_cell(row[key]).replace("|", "\\|") for key in RUNS_TABLE_COLUMNS] for row in rows)
-    return _markdown_table(header, cells), rows
+    markdown = _markdown_table(header, cells)
+    details = [_detail_section(runs_dir / row["run"], row["run"], level) for row in rows
+               if row["row"] == REPORT_DETAIL_ROW and row["status"] == "finished"]
+    return "\n\n".join([markdown, *details]), rows
+
+
+def _detail_section(run_dir: Path, run: str, level: str) -> str:
+    """Row 18: our per-class test precision beside Table 6, our confusion matrix beside Figure 4."""
+    import json
+
+    published = report_numbers()
+    classes, ref = published["classes"], published["row18"]
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        test = metrics["results"]["test"][level]
+    except (OSError, ValueError, KeyError, TypeError):
+        metrics, test = {}, {}
+    ours = {str(c.get("class")).lower(): c.get("precision") for c in test.get("per_class") or []
+            if isinstance(c, Mapping)}
+    rows = [[name, _table_cell(_round3(ours.get(name))), f"{ref['per_class_precision'][name]:.3f}"]
+            for name in classes]
+    lines = [f"### {run}: per-class test precision ({level}) beside the report's Table 6", "",
+             _markdown_table(["class", "ours", "report (Table 6)"], rows), ""]
+    confusion = test.get("confusion")
+    our_classes = [str(c).lower() for c in metrics.get("classes") or []]
+    lines += [f"### {run}: test confusion matrix ({level}), rows = true, columns = predicted; "
+              "ours / report (Figure 4)", ""]
+    if confusion and sorted(our_classes) == sorted(classes):
+        index = [our_classes.index(name) for name in classes]  # ours in the report's class order
+        cell = lambda t, p: f"{confusion[index[t]][index[p]]} / {ref['confusion'][t][p]}"  # noqa: E731
+    else:  # no matrix of ours (or other classes): the report's alone
+        cell = lambda t, p: f" / {ref['confusion'][t][p]}"  # noqa: E731
+    lines.append(_markdown_table(["true \\ predicted", *classes],
+                                 ([name, *(cell(t, p) for p in range(len(classes)))]
+                                  for t, name in enumerate(classes))))
+    return "\n".join(lines)
 
 
 def write_runs_table(runs_dir: str | Path, out_md: str | Path, out_csv: str | Path,
@@ -678,13 +741,31 @@ def _run_row(run_dir: Path, runs_dir: Path, level: str) -> dict[str, Any]:
         "best_epoch": metrics.get("best_epoch"),
         "train_seconds": None if train_seconds is None else int(round(train_seconds)),
     }
+    cv_val = _cv_fold_means(run_dir, runs_dir, level) if "val" not in results else {}
     for split in ("val", "test"):
         scores = (results.get(split) or {}).get(level) or {}
         for key in ("accuracy", "macro_precision"):
-            row[f"{split}_{key}"] = _round3(scores.get(key))
-    row["ref_test_macro_precision"] = _round3(ref.get("test_macro_precision"))
-    row["ref_test_accuracy"] = _round3(ref.get("test_accuracy"))
+            value = scores.get(key) if split == "test" or "val" in results else cv_val.get(key)
+            row[f"{split}_{key}"] = _round3(value)
+    published = report_numbers()["rows"].get(row["row"]) or {} if isinstance(row["row"], int) else {}
+    for key in ("val_macro_precision", "test_macro_precision", "test_accuracy"):
+        row[f"ref_{key}"] = _round3(published.get(key))
     return row
+
+
+def _cv_fold_means(run_dir: Path, runs_dir: Path, level: str) -> dict[str, Any]:
+    """``{accuracy, macro_precision}``: fold means of ``melgenre cv``'s ``cv.json`` beside a
+    ``<name>/final`` run (which has no validation part); empty for any other run."""
+    import json
+
+    cv_json = run_dir.parent / "cv.json"
+    if run_dir.parent == runs_dir or not cv_json.is_file():
+        return {}
+    try:
+        val = json.loads(cv_json.read_text())["val"][level]
+        return {key: val[key]["mean"] for key in ("accuracy", "macro_precision")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def _model_label(model: Mapping[str, Any]) -> str:
