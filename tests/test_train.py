@@ -351,3 +351,29 @@ def test_fault_filtered_and_kfold_splits_through_make_splits_and_fit(gtzan_like_
         results = json.loads((run / "metrics.json").read_text())["results"]
         assert results["val"]["track"]["n"] == len(expected["val"])
         assert results["test"]["track"]["n"] == len(expected["test"])
+
+
+def test_failed_checkpoint_save_leaves_no_partial_file(synth_store, tmp_path, monkeypatch):
+    """AtomicCheckpoint: a save that fails half-way (a full disk) leaves the previous last.ckpt whole
+    and no half-written file beside it."""
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    real, calls = TorchCheckpointIO.save_checkpoint, []
+
+    def disk_full_on_second_last(self, checkpoint, path, storage_options=None):
+        if Path(path).name in ("last.ckpt", "last.ckpt.tmp"):  # a save of last.ckpt, however it is written
+            calls.append(path)
+            if len(calls) == 2:
+                Path(path).write_bytes(b"PK\x03\x04 half a checkpoint")
+                raise OSError(28, "No space left on device")
+        return real(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", disk_full_on_second_last)
+    cfg = {**TINY, "name": "full", "model": {"name": "melcnn", "width": 4, "dropout": 0.1},
+           "train": {"max_epochs": 3, "patience": 3}}
+    with pytest.raises(OSError, match="No space left on device"):
+        fit(config_from_dict(cfg), tmp_path, data=synth_store, progress=False)
+    assert len(calls) == 2
+    ckpts = tmp_path / "full" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 0  # epoch 0's, whole

@@ -197,9 +197,14 @@ class AtomicCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         tmp = f"{filepath}.tmp"
-        super()._save_checkpoint(trainer, tmp)
-        if trainer.is_global_zero:
-            os.replace(tmp, filepath)
+        try:
+            super()._save_checkpoint(trainer, tmp)
+            if trainer.is_global_zero:
+                os.replace(tmp, filepath)
+        except BaseException:  # a failed save (a full disk) leaves no half-written file behind
+            if trainer.is_global_zero:
+                Path(tmp).unlink(missing_ok=True)
+            raise
         self._last_checkpoint_saved = filepath
 
 
