@@ -36,6 +36,7 @@ TINY = {
 
 # -- DDP -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # ~30 s: two processes each start torch and Lightning; CI runs it (`pytest -m slow`)
 def test_ddp_two_processes_cpu(tmp_path):
     # 4 classes × 8 clips of 6 s (2 chunks each, preset fast): 32 training rows = 2 batches of 8 per rank.
     synth.write_corpus(tmp_path / "clips", n_classes=4, per_class=8, seconds=6.0, seed=1)
@@ -157,6 +158,7 @@ def package(tmp_path_factory) -> Path:
                                    width=8, seed=3)
 
 
+@pytest.mark.slow  # ~70 s on 2 cores: Ray actors load the model; CI runs it (`pytest -m slow`)
 @needs_ray
 def test_predict_ray_csv_equals_local(ray_local, corpus, package, tmp_path):
     from melgenre.scale import predict_ray

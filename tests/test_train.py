@@ -256,6 +256,7 @@ def test_nan_loss_is_a_clear_error():
         module.training_step((x, torch.tensor([0, 1])), 3)
 
 
+@pytest.mark.slow  # ~1 min on 2 cores: four CLI trainings and a CV; CI runs it (`pytest -m slow`)
 def test_cli_train_evaluate_table(synth_store, tmp_path):
     config = tmp_path / "cli.yaml"
     config.write_text(yaml.safe_dump({**TINY, "name": "cli", "train": {"max_epochs": 2, "patience": 2}}))
