@@ -607,7 +607,7 @@ def _inference_sources(inputs: _Inputs) -> list[tuple[Path, str]]:
 def bench_inference(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], None]) -> dict:
     """End-to-end latency of one file and files/s over a batch, torch eager vs ONNX Runtime, for
     every shipped model at its default prediction hop and with back-to-back chunks."""
-    from melgenre.predict import load_model
+    from melgenre.features import Preset
 
     files = inputs.files(max(settings.infer_files, 1))
     result: dict[str, Any] = {"n_batch_files": len(files), "models": []}
@@ -616,9 +616,9 @@ def bench_inference(settings: BenchSettings, inputs: _Inputs, log: Callable[[str
         entry = {"source": which, "model": card["model"]["name"],
                  "target_ms": TARGET_LATENCY_MS.get(card["model"]["name"], DEFAULT_TARGET_MS), "backends": []}
         hops: list[float | None] = [None]  # the card's (or preset's) own hop
-        probe = load_model(source)
-        chunk = probe.preset.chunk_seconds
-        if chunk is not None and chunk != probe.window_preset.chunk_hop_seconds:
+        preset = Preset.from_dict(card["preset"])  # read from the card: no model load just for this
+        chunk = preset.chunk_seconds
+        if chunk is not None and chunk != card.get("predict_hop", preset.chunk_hop_seconds or chunk):
             hops.append(chunk)  # back-to-back windows (predict --hop <chunk length>)
         for hop, backend in itertools.product(hops, ("torch", "onnx")):
             entry["backends"].append(_time_model(source, backend, hop, files, settings, log))

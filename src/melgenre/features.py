@@ -428,6 +428,19 @@ def fit_to_preset(y: np.ndarray, preset: Preset) -> np.ndarray:
     return audio.fix_length(y, int(round(preset.duration * preset.sr)))
 
 
+def whole_clip_chunks(y: np.ndarray, preset: Preset) -> tuple[np.ndarray, list[float], bool]:
+    """Every chunk of a whole clip of any length for a chunked preset (``duration`` ignored).
+
+    ``y`` is mono at ``preset.sr``. Returns the images ``(n_chunks, H, W)`` of :func:`mel_images`,
+    each chunk's start in seconds, and whether the clip was shorter than one chunk (zero-padded).
+    """
+    whole = dataclasses.replace(preset, duration=None)
+    padded = len(y) < round(whole.chunk_seconds * whole.sr)
+    y = fit_to_preset(y, whole)
+    starts = chunk_starts(whole.n_frames(len(y)), whole)
+    return mel_images(y, whole), [s * whole.hop_length / whole.sr for s in starts], padded
+
+
 def mel_images(y: np.ndarray, preset: Preset) -> np.ndarray:
     """All images of one clip: ``(n_chunks, H, W)`` float32 in [0, 1] (``n_chunks`` = 1 unchunked).
 

@@ -123,11 +123,7 @@ def window_images(y: np.ndarray, preset: Preset) -> tuple[np.ndarray, list[float
     """
     sr = preset.sr
     if preset.chunk_seconds is not None:
-        whole = dataclasses.replace(preset, duration=None)
-        padded = len(y) < round(preset.chunk_seconds * sr)
-        y = features.fit_to_preset(y, whole)
-        images = features.mel_images(y, whole)
-        starts = [f * preset.hop_length / sr for f in features.chunk_starts(preset.n_frames(len(y)), whole)]
+        images, starts, padded = features.whole_clip_chunks(y, preset)
     elif preset.duration is None:  # one image of the whole clip
         images, starts, padded = features.mel_images(y, preset), [0.0], False
     else:
@@ -781,13 +777,8 @@ class MusicnnTagger:
     def clip_patches(self, y: np.ndarray) -> tuple[np.ndarray, list[float], bool]:
         """Back-to-back 3-s patches ``(W, 96, 187)`` of a whole clip (no 30-s limit), their starts
         in seconds, and whether the clip was zero-padded (shorter than one patch)."""
-        whole = dataclasses.replace(self.preset, duration=None)
-        padded = len(y) < round(whole.chunk_seconds * whole.sr)
-        y = features.fit_to_preset(y, whole)
         with _blas_controller().limit(limits=1, user_api="blas"):
-            patches = features.mel_images(y, whole)
-        starts = features.chunk_starts(whole.n_frames(len(y)), whole)
-        return patches, [s * whole.hop_length / whole.sr for s in starts], padded
+            return features.whole_clip_chunks(y, self.preset)
 
     def taggram(self, patches: np.ndarray) -> np.ndarray:
         """Tag probabilities ``(N, 50)`` of patches ``(N, 96, 187)``, in batches of :data:`BATCH_SIZE`."""

@@ -331,14 +331,10 @@ def embed_file(source: Any, spec: dict[str, Any]) -> dict[str, Any]:
     Returns ``{"embeddings": (patches, D) float32, "starts": (patches,) seconds, "mean": (D,),
     "spec": the completed spec}``. Decoding errors are :class:`melgenre.errors.AudioDecodeError`.
     """
-    import dataclasses
-
     from melgenre import audio, features
 
     spec = embedding_spec(spec)
-    preset = dataclasses.replace(features.get_preset("musicnn"), duration=None)  # the whole file
-    y = features.fit_to_preset(audio.load(source, sr=preset.sr).samples, preset)
-    images = features.mel_images(y, preset)
+    preset = features.get_preset("musicnn")
+    images, starts, _ = features.whole_clip_chunks(audio.load(source, sr=preset.sr).samples, preset)
     emb = embed_images(images, spec)
-    starts = np.array(features.chunk_starts(preset.n_frames(len(y)), preset)) * preset.hop_length / preset.sr
-    return {"embeddings": emb, "starts": starts.astype(np.float32), "mean": emb.mean(0), "spec": spec}
+    return {"embeddings": emb, "starts": np.array(starts, dtype=np.float32), "mean": emb.mean(0), "spec": spec}
