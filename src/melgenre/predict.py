@@ -62,13 +62,30 @@ _ONNX_PROVIDERS = ["CPUExecutionProvider"]
 
 # -- predictions -------------------------------------------------------------------------------
 
-def _rounded(x: float) -> float:
-    """A float for JSON: 6 decimals."""
-    return round(float(x), 6)
+def _json_safe(value: Any) -> Any:
+    """``value`` as plain JSON data: arrays and tuples become lists, floats are rounded to 6 decimals
+    (bools, ints and strings are kept)."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return round(float(value), 6)
+    return value
+
+
+class _JsonDict:
+    """``to_dict()`` for the prediction dataclasses: every field, in order, made JSON-safe."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form: plain lists and floats rounded to 6 decimals."""
+        return {f.name: _json_safe(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 @dataclass(eq=False)  # an array field makes field-wise == ambiguous: compare by identity
-class Prediction:
+class Prediction(_JsonDict):
     """The genre of one clip: track-level probabilities plus the per-window detail behind them."""
 
     source: str  # file path, or the name given for bytes / arrays
@@ -81,21 +98,6 @@ class Prediction:
     padded: bool  # some window was zero-padded (e.g. the clip is shorter than one window)
     silent: bool  # the clip's peak is below melgenre.audio.SILENCE_PEAK
     model_id: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form: plain lists and floats rounded to 6 decimals."""
-        return {
-            "source": self.source,
-            "label": self.label,
-            "probabilities": {k: _rounded(v) for k, v in self.probabilities.items()},
-            "top": [[k, _rounded(v)] for k, v in self.top],
-            "window_probabilities": [[_rounded(v) for v in row] for row in self.window_probabilities],
-            "window_starts": [_rounded(s) for s in self.window_starts],
-            "duration": _rounded(self.duration),
-            "padded": self.padded,
-            "silent": self.silent,
-            "model_id": self.model_id,
-        }
 
 
 def window_images(y: np.ndarray, preset: Preset) -> tuple[np.ndarray, list[float], bool]:
@@ -710,7 +712,7 @@ TAG_DATASETS = ("msd", "mtt")
 
 
 @dataclass(eq=False)  # an array field makes field-wise == ambiguous: compare by identity
-class TagPrediction:
+class TagPrediction(_JsonDict):
     """musicnn's own 50 tags of one clip: clip-level probabilities plus the per-window taggram.
 
     Tags are independent (sigmoid outputs, not a softmax): probabilities do not sum to 1.
@@ -727,22 +729,6 @@ class TagPrediction:
     padded: bool  # the clip is shorter than one window and was zero-padded to it
     silent: bool  # the clip's peak is below melgenre.audio.SILENCE_PEAK
     model_id: str  # e.g. musicnn_msd-<sha256 of the shipped weights, 12 hex digits>
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form: plain lists and floats rounded to 6 decimals."""
-        return {
-            "source": self.source,
-            "dataset": self.dataset,
-            "label": self.label,
-            "probabilities": {k: _rounded(v) for k, v in self.probabilities.items()},
-            "top": [[k, _rounded(v)] for k, v in self.top],
-            "window_taggram": [[_rounded(v) for v in row] for row in self.window_taggram],
-            "window_starts": [_rounded(s) for s in self.window_starts],
-            "duration": _rounded(self.duration),
-            "padded": self.padded,
-            "silent": self.silent,
-            "model_id": self.model_id,
-        }
 
 
 class MusicnnTagger:
