@@ -76,6 +76,15 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _ranked(classes: list[str], window_scores: np.ndarray, top_k: int) -> dict[str, Any]:
+    """Clip-level ``label``, ``probabilities`` and ``top`` (top-k, best first, stable on ties)
+    from per-window scores ``(W, C)``: their mean over the windows."""
+    probs = window_scores.mean(axis=0, dtype=np.float64)
+    order = np.argsort(-probs, kind="stable")
+    return {"label": classes[order[0]], "probabilities": {c: float(p) for c, p in zip(classes, probs)},
+            "top": [(classes[i], float(probs[i])) for i in order[:top_k]]}
+
+
 class _JsonDict:
     """``to_dict()`` for the prediction dataclasses: every field, in order, made JSON-safe."""
 
@@ -258,13 +267,9 @@ class GenreModel:
         y, label = self._samples(source, sr, name)
         images, starts, padded = self.clip_images(y)
         window_probs = self.predict_images(images)
-        probs = window_probs.mean(axis=0, dtype=np.float64)
-        order = np.argsort(-probs, kind="stable")
         return Prediction(
             source=label,
-            label=self.classes[order[0]],
-            probabilities={c: float(p) for c, p in zip(self.classes, probs)},
-            top=[(self.classes[i], float(probs[i])) for i in order[:top_k]],
+            **_ranked(self.classes, window_probs, top_k),
             window_probabilities=window_probs,
             window_starts=starts,
             duration=len(y) / self.preset.sr,
@@ -781,14 +786,10 @@ class MusicnnTagger:
         y, label = self._samples(source, sr, name)
         patches, starts, padded = self.clip_patches(y)
         window_taggram = self.taggram(patches)
-        probs = window_taggram.mean(axis=0, dtype=np.float64)
-        order = np.argsort(-probs, kind="stable")
         return TagPrediction(
             source=label,
             dataset=self.dataset,
-            label=self.classes[order[0]],
-            probabilities={t: float(p) for t, p in zip(self.classes, probs)},
-            top=[(self.classes[i], float(probs[i])) for i in order[:top_k]],
+            **_ranked(self.classes, window_taggram, top_k),
             window_taggram=window_taggram,
             window_starts=starts,
             duration=len(y) / self.preset.sr,
