@@ -98,6 +98,7 @@ def test_short_long_and_silent_clips(model):
     short = model.predict(0.1 * rng.standard_normal(SR // 2).astype(np.float32), sr=SR)
     _check(short, model)
     assert short.padded and short.window_starts == [0.0] and short.duration == pytest.approx(0.5)
+    assert short.flags == ["padded"]
 
     long = model.predict(0.1 * rng.standard_normal(40 * SR).astype(np.float32), sr=SR)  # no 30-s limit
     _check(long, model)
@@ -109,7 +110,8 @@ def test_short_long_and_silent_clips(model):
     assert np.diff(long.window_starts)[0] == pytest.approx(1.5, abs=0.01)
 
     silent = model.predict(np.zeros(3 * SR, dtype=np.float32), sr=SR)
-    assert silent.silent and len(silent.window_starts) == 1
+    assert silent.silent and len(silent.window_starts) == 1 and silent.flags == ["silent"]
+    assert long.flags == [] and silent.to_dict()["flags"] == ["silent"]
 
 
 def test_hop_sets_the_step_between_windows(trained, model):
@@ -240,6 +242,12 @@ def test_cli_predict_formats_and_failures(trained, tmp_path):
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     assert [Path(row["file"]).name for row in rows] == ["a.wav", "b.wav"]
     assert rows[0]["label"] == rows[0]["top1"] and rows[0]["error"] == "" and float(rows[0]["prob3"]) > 0
+    assert rows[0]["flags"] == ""
+
+    sf.write(folder / "silent.wav", np.zeros(SR, dtype=np.float32), SR)
+    r = runner.invoke(app, ["predict", str(folder / "silent.wav"), "--model", model, "-f", "csv"])
+    assert r.exit_code == 0, r.output
+    assert list(csv.DictReader(io.StringIO(r.stdout)))[0]["flags"] == "silent;padded"
 
     r = runner.invoke(app, ["predict", str(tmp_path / "missing.wav"), "--model", model])
     assert r.exit_code == 1 and "no such file" in r.stderr

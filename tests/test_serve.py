@@ -123,7 +123,7 @@ def test_predict(client, tiny_model, clips):
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == {"filename", "label", "top", "probabilities", "windows", "duration", "padded",
-                         "silent", "model_id"}
+                         "silent", "flags", "model_id"}
     assert body["filename"] == path.name and body["model_id"] == tiny_model.model_id
     assert list(body["probabilities"]) == tiny_model.classes
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -161,7 +161,7 @@ def test_predict_other_formats_and_silence(client, tmp_path, tiny_model):
     assert body["label"] in tiny_model.classes and body["duration"] == pytest.approx(4.0, abs=1e-3)
     sf.write(tmp_path / "quiet.wav", np.zeros(22_050, dtype=np.float32), 22_050)
     body = _post(client, tmp_path / "quiet.wav", query="?spectrogram=true").json()
-    assert body["silent"] is True and body["padded"] is True and body["spectrogram"].startswith("data:image/png")
+    assert body["silent"] is True and body["padded"] is True and body["flags"] == ["silent", "padded"] and body["spectrogram"].startswith("data:image/png")
 
 
 def test_client_filename_is_only_a_label(tiny_model, clips, tmp_path):

@@ -121,10 +121,11 @@ def test_cli_tags_csv_reports_a_broken_file_and_goes_on(clips):
     errors = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "garbage.wav" in errors[0] and "not a decodable audio file" in errors[0]
     rows = list(csv.reader(io.StringIO(r.stdout)))
-    assert rows[0] == ["file", "label", "prob", "top1", "prob1", "top2", "prob2", "top3", "prob3", "error"]
+    assert rows[0] == ["file", "label", "prob", "top1", "prob1", "top2", "prob2", "top3", "prob3", "flags", "error"]
     by_file = {row[0]: row for row in rows[1:]}
     assert set(by_file) == {str(clips / n) for n in ("garbage.wav", "long.wav", "short.wav")}
-    assert by_file[str(clips / "garbage.wav")][1:-1] == [""] * 8
+    assert by_file[str(clips / "garbage.wav")][1:-1] == [""] * 9
+    assert by_file[str(clips / "short.wav")][-2] == "padded" and by_file[str(clips / "long.wav")][-2] == ""
     assert "not a decodable audio file" in by_file[str(clips / "garbage.wav")][-1]
     want = predict_tags(clips / "long.wav", "msd", top_k=3)
     row = by_file[str(clips / "long.wav")]

@@ -510,14 +510,14 @@ def _predict_csv(results: list[tuple[Path, object, str | None]], top_k: int) -> 
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["file", "label", "prob", *[f"{kind}{i}" for i in range(1, top_k + 1) for kind in ("top", "prob")],
-                     "error"])
+                     "flags", "error"])
     for path, pred, error in results:
         if pred is None:
-            writer.writerow([str(path), "", "", *[""] * (2 * top_k), error])
+            writer.writerow([str(path), "", "", *[""] * (2 * top_k), "", error])
             continue
         top = [*pred.top, *[("", None)] * (top_k - len(pred.top))]
         cells = [x for genre, p in top for x in (genre, "" if p is None else f"{p:.6f}")]
-        writer.writerow([str(path), pred.label, f"{pred.probabilities[pred.label]:.6f}", *cells, ""])
+        writer.writerow([str(path), pred.label, f"{pred.probabilities[pred.label]:.6f}", *cells, ";".join(pred.flags), ""])
     return buf.getvalue()
 
 
@@ -594,7 +594,7 @@ def predict_cmd(
             if pred is None:
                 out.add_row(escape(str(path)), f"[red]error: {escape(error)}", "", "")
                 continue
-            flags = ", ".join(f for f, on in (("padded", pred.padded), ("silent", pred.silent)) if on)
+            flags = ", ".join(pred.flags)
             out.add_row(escape(str(path)), ", ".join(f"{escape(genre)} {p:.3f}" for genre, p in pred.top),
                         str(len(pred.window_starts)), flags)
         console.print(out)

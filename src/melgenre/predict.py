@@ -29,7 +29,7 @@ import hashlib
 import json
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -86,7 +86,12 @@ def _ranked(classes: list[str], window_scores: np.ndarray, top_k: int) -> dict[s
 
 
 class _JsonDict:
-    """``to_dict()`` for the prediction dataclasses: every field, in order, made JSON-safe."""
+    """Base of the prediction dataclasses: JSON export, and ``flags`` kept in step with ``silent``/``padded``."""
+
+    def __post_init__(self) -> None:
+        for flag in ("silent", "padded"):
+            if getattr(self, flag) and flag not in self.flags:
+                self.flags.append(flag)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form: plain lists and floats rounded to 6 decimals."""
@@ -107,6 +112,14 @@ class Prediction(_JsonDict):
     padded: bool  # some window was zero-padded (e.g. the clip is shorter than one window)
     silent: bool  # the clip's peak is below melgenre.audio.SILENCE_PEAK
     model_id: str
+    flags: list[str] = field(default_factory=list)  # warnings, see FLAGS ("silent"/"padded" added from those fields)
+
+
+#: Warnings a :class:`Prediction` may carry in ``flags``, with their meaning in plain words.
+FLAGS = {
+    "silent": "the clip is silent, so the genre means little",
+    "padded": "the clip is shorter than the model's input and was padded with silence",
+}
 
 
 def window_images(y: np.ndarray, preset: Preset) -> tuple[np.ndarray, list[float], bool]:
@@ -266,15 +279,24 @@ class GenreModel:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         y, label = self._samples(source, sr, name)
         images, starts, padded = self.clip_images(y)
-        window_probs = self.predict_images(images)
+        return self.prediction(label, self.predict_images(images), starts, duration=len(y) / self.preset.sr,
+                               padded=padded, silent=audio.is_silent(y), top_k=top_k)
+
+    def prediction(self, source: str, window_probs: np.ndarray, window_starts: list[float], duration: float,
+                   padded: bool, silent: bool, top_k: int = 3) -> Prediction:
+        """The :class:`Prediction` of one clip from its windows' probabilities (from :meth:`predict_images`).
+
+        :meth:`predict` and batch paths that run the windows of many files through the model
+        together both end here, so a result never depends on how it was batched.
+        """
         return Prediction(
-            source=label,
+            source=source,
             **_ranked(self.classes, window_probs, top_k),
             window_probabilities=window_probs,
-            window_starts=starts,
-            duration=len(y) / self.preset.sr,
+            window_starts=window_starts,
+            duration=duration,
             padded=padded,
-            silent=audio.is_silent(y),
+            silent=silent,
             model_id=self.model_id,
         )
 
@@ -734,6 +756,7 @@ class TagPrediction(_JsonDict):
     padded: bool  # the clip is shorter than one window and was zero-padded to it
     silent: bool  # the clip's peak is below melgenre.audio.SILENCE_PEAK
     model_id: str  # e.g. musicnn_msd-<sha256 of the shipped weights, 12 hex digits>
+    flags: list[str] = field(default_factory=list)  # warnings, see FLAGS
 
 
 class MusicnnTagger:

@@ -4,7 +4,7 @@
 that is loaded once and shared by all requests:
 
 ``POST /predict``  multipart field ``file`` -> label, top-k, all class probabilities, per-window
-                   probabilities, duration/padded/silent flags, model id; with
+                   probabilities, duration, padded/silent and the ``flags`` list, model id; with
                    ``?spectrogram=true`` also the clip's mel image as a ``data:image/png`` URL.
 ``GET /health``    ``{"status": "ok", "model_id": ...}``
 ``GET /model``     the model card (classes, preset, metrics ...)
@@ -268,6 +268,7 @@ def prediction_json(pred, filename: str) -> dict[str, Any]:
         "duration": float(pred.duration),
         "padded": bool(pred.padded),
         "silent": bool(pred.silent),
+        "flags": list(pred.flags),
         "model_id": pred.model_id,
     }
 
