@@ -11,6 +11,7 @@ import onnx
 import pytest
 import soundfile as sf
 import soxr
+import torch
 from typer.testing import CliRunner
 
 from melgenre import predict, store, synth
@@ -91,6 +92,18 @@ def test_file_bytes_and_resampled_stereo_array_agree(trained, model):
         model.predict(stereo.T, sr=44_100)
     with pytest.raises(AudioDecodeError, match="junk.wav: not a decodable"):
         model.predict(b"not audio", name="junk.wav")
+
+
+def test_embed_images_is_the_last_linear_layers_input(model):
+    rng = np.random.default_rng(1)
+    images, _, _ = model.clip_images(0.1 * rng.standard_normal(6 * SR).astype(np.float32))
+    emb = model.embed_images(images)
+    fc = [m for m in model._module.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert emb.shape == (len(images), fc.in_features) and emb.dtype == np.float32
+    with torch.no_grad():
+        logits = fc(torch.from_numpy(emb)).numpy()
+    np.testing.assert_allclose(predict._softmax(logits), model.predict_images(images), atol=1e-5)
+    assert model.embed_images(images[:0]).shape == (0, fc.in_features)
 
 
 def test_short_long_and_silent_clips(model):

@@ -227,6 +227,41 @@ class GenreModel:
         out = [_softmax(self._logits(x[i:i + BATCH_SIZE])) for i in range(0, len(x), BATCH_SIZE)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
 
+    def embed_images(self, images: np.ndarray) -> np.ndarray:
+        """Embeddings of mel images: the input of the model's last linear layer (its penultimate features).
+
+        Parameters
+        ----------
+        images : np.ndarray
+            ``(N, H, W)`` float32 images made with this model's preset.
+
+        Returns
+        -------
+        np.ndarray
+            ``(N, D)`` float32, computed in batches of :data:`BATCH_SIZE` (for the shipped
+            musicnn model: its pooled embedding after the head's standardisation).
+
+        Raises
+        ------
+        MelgenreError
+            The model was loaded with the ONNX backend (embeddings need the torch module).
+        """
+        if self._module is None:
+            raise MelgenreError(f"model {self.model_id}: embeddings need the torch backend, not {self.backend}")
+        last = [m for m in self._module.modules() if isinstance(m, nn.Linear)][-1]
+        captured: list[torch.Tensor] = []
+        handle = last.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].flatten(1)))
+        x = np.ascontiguousarray(np.asarray(images, dtype=np.float32)[:, None])
+        try:
+            with torch.inference_mode():
+                for i in range(0, len(x), BATCH_SIZE):
+                    self._module(torch.from_numpy(x[i:i + BATCH_SIZE]))
+        finally:
+            handle.remove()
+        if not captured:
+            return np.zeros((0, last.in_features), dtype=np.float32)
+        return torch.cat(captured).numpy().astype(np.float32, copy=False)
+
     def _samples(self, source: str | Path | bytes | np.ndarray, sr: int | None, name: str | None) -> tuple[np.ndarray, str]:
         """Mono float32 audio at the preset's rate, and the name to report."""
         if not isinstance(source, np.ndarray):
