@@ -2,13 +2,17 @@
 
 Pure functions over arrays (librosa style). Decoding goes through libsndfile (``soundfile``),
 which reads WAV, FLAC, OGG/Vorbis, Opus, MP3 and the Sun/NeXT ``.au`` files GTZAN ships;
-resampling uses soxr's high-quality mode. Every failure is an
+formats libsndfile lacks (M4A/AAC/ALAC in MP4 containers) go through the ``ffmpeg`` program when it
+is installed. Resampling uses soxr's high-quality mode. Every failure is an
 :class:`~melgenre.errors.AudioDecodeError` naming the file and the reason.
 """
 
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +23,10 @@ import soxr
 from melgenre.errors import AudioDecodeError
 
 #: File suffixes melgenre looks for when it scans folders (lower case).
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".au", ".snd", ".aif", ".aiff")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".au", ".snd", ".aif", ".aiff", ".m4a")
+
+#: Suffixes libsndfile does not read, decoded by the ``ffmpeg`` program instead (lower case).
+FFMPEG_EXTENSIONS = (".m4a", ".mp4", ".m4b")
 
 #: Peak amplitude under which a clip counts as silent (about -80 dBFS).
 SILENCE_PEAK = 1e-4
@@ -65,7 +72,8 @@ def decode(source: str | Path | bytes, name: str | None = None) -> tuple[np.ndar
     ------
     AudioDecodeError
         Missing or empty file, a header libsndfile does not recognise (corrupt, truncated, or
-        not audio at all, e.g. a text file renamed ``.wav``), no samples, or non-finite samples.
+        not audio at all, e.g. a text file renamed ``.wav``), no samples, or non-finite samples;
+        an ``.m4a`` that ffmpeg cannot decode, or ffmpeg not installed.
     """
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     if isinstance(source, bytes):
@@ -77,16 +85,46 @@ def decode(source: str | Path | bytes, name: str | None = None) -> tuple[np.ndar
         data = path.read_bytes()
     if len(data) == 0:
         raise AudioDecodeError(label, "empty file (0 bytes)")
-    try:
-        samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        reason = str(exc).split(": ", 1)[-1].rstrip(".") if str(exc) else type(exc).__name__
-        raise AudioDecodeError(label, f"not a decodable audio file ({reason})") from None
+    if Path(label).suffix.lower() in FFMPEG_EXTENSIONS:
+        samples, sr = _decode_ffmpeg(data, label)
+    else:
+        samples, sr = _read_sndfile(data, label)
     if samples.shape[0] == 0:
         raise AudioDecodeError(label, "zero-length audio (no samples)")
     if not np.all(np.isfinite(samples)):
         raise AudioDecodeError(label, "audio contains NaN or infinite samples")
     return samples, int(sr)
+
+
+def _read_sndfile(data: bytes, label: str) -> tuple[np.ndarray, int]:
+    """Decode a whole file held in memory with libsndfile into ``(samples (T, C) float32, rate)``."""
+    try:
+        samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        reason = str(exc).split(": ", 1)[-1].rstrip(".") if str(exc) else type(exc).__name__
+        raise AudioDecodeError(label, f"not a decodable audio file ({reason})") from None
+    return samples, int(sr)
+
+
+def _decode_ffmpeg(data: bytes, label: str) -> tuple[np.ndarray, int]:
+    """Decode an MP4-family file (M4A: AAC or ALAC) with ``ffmpeg`` at its own rate and channels.
+
+    ffmpeg reads a temp copy (an MP4 whose index sits at the end cannot be read from a pipe) and
+    writes 32-bit float Sun ``.au`` to stdout, a header libsndfile reads without a known length.
+    """
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        raise AudioDecodeError(label, "decoding this format needs the ffmpeg program, which is not installed "
+                                      "(e.g. apt-get install ffmpeg)")
+    with tempfile.NamedTemporaryFile(suffix=Path(label).suffix) as src:
+        src.write(data)
+        src.flush()
+        done = subprocess.run([exe, "-nostdin", "-v", "error", "-i", src.name, "-map", "0:a:0", "-f", "au",
+                               "-c:a", "pcm_f32be", "-"], capture_output=True, timeout=600)
+    if done.returncode != 0 or not done.stdout:
+        reason = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no audio stream"]
+        raise AudioDecodeError(label, f"not a decodable audio file (ffmpeg: {reason[0].replace(src.name + ': ', '')})")
+    return _read_sndfile(done.stdout, label)
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
@@ -121,7 +159,8 @@ def load(
     Parameters
     ----------
     source : path or bytes
-        Any file libsndfile reads (wav, flac, ogg, mp3, au, aiff ...), any rate or channel count.
+        Any file libsndfile reads (wav, flac, ogg, mp3, au, aiff ...), or m4a with ffmpeg installed;
+        any rate or channel count.
     sr : int
         Target sample rate (default 22 050 Hz, GTZAN's).
     duration : float, optional
