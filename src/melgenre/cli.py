@@ -685,6 +685,75 @@ def bench(
     say(f"wrote {out / 'results.json'} and {out / 'results.md'}")
 
 
+@app.command("tag")
+def tag_cmd(
+    folder: Path = typer.Argument(None, metavar="[DIR]", help="Folder of audio files to tag (searched recursively). Not with --undo."),
+    results: Path = typer.Option(None, "--from", help="Results database from `melgenre predict DIR --out results.sqlite`. Required unless --undo."),
+    write: bool = typer.Option(False, "--write", help="Write the tags. Default: dry run, print what would change and write nothing."),
+    min_confidence: float = typer.Option(0.5, "--min-confidence", min=0.0, max=1.0, help="Tag only files whose predicted genre has at least this probability. Default: 0.5 (more likely than all other genres together)."),
+    keep_existing: bool = typer.Option(True, "--keep-existing/--replace", help="Leave files that already have a genre tag alone, or replace their genre. Default: --keep-existing."),
+    log: Path = typer.Option(None, "--log", help="JSON-lines change log for --undo (appended to if it exists). Default: melgenre-tag-<date>-<time>.jsonl in the current folder."),
+    undo_log: Path = typer.Option(None, "--undo", metavar="LOG", help="Restore the genre tags a --write run replaced, from its LOG; files changed since are refused and left alone. Default: off."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Decode each file before and after and keep the new one only if the samples are identical. Default: on."),
+    keep_mtime: bool = typer.Option(False, "--keep-mtime", help="Keep each file's modification time. Default: off (the time of tagging, so library managers notice)."),
+) -> None:
+    """Write predicted genres into the files' own tags (ID3 TCON, Vorbis GENRE, MP4 ©gen), safely and reversibly.
+
+    Never tags error rows, files flagged unsure, not_music or silent, files below --min-confidence, or files changed since the prediction. Exit code 1 when a file could not be written or restored.
+    """
+    import time
+
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from melgenre import tagging
+
+    if undo_log is not None:
+        if folder is not None or results is not None or write:
+            raise typer.BadParameter("--undo LOG takes no DIR, --from or --write")
+        undone = tagging.undo(undo_log, verify=verify, keep_mtime=keep_mtime)
+        out = Table(title=f"undo {undo_log}")
+        for column in ("file", "result"):
+            out.add_column(column, overflow="fold")
+        for u in undone:
+            out.add_row(escape(str(u.path)), u.action if u.action != "refused" else f"[red]refused: {escape(u.reason)}")
+        console.print(out)
+        counts = {a: sum(u.action == a for u in undone) for a in ("restored", "already", "refused")}
+        say(f"{counts['restored']} restored, {counts['already']} already as before, {counts['refused']} refused")
+        if counts["refused"]:
+            raise typer.Exit(1)
+        return
+    if folder is None or results is None:
+        raise typer.BadParameter("give DIR and --from results.sqlite (or --undo LOG)")
+    changes = tagging.plan(folder, results, min_confidence=min_confidence, replace=not keep_existing)
+    planned = sum(c.action == "write" for c in changes)
+    if write and planned:
+        log = log or Path(f"melgenre-tag-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+        _, model_id = tagging.read_results(results, folder)
+        bar = Progress(TextColumn("tag"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       console=err_console, transient=True, disable=planned < 2)
+        with bar:
+            task = bar.add_task("tag", total=len(changes))
+            tagging.apply(changes, log, model_id=model_id, verify=verify, keep_mtime=keep_mtime,
+                          on_done=lambda _: bar.advance(task))
+    out = Table(title=f"tag {folder}" + ("" if write else " (dry run: nothing written)"))
+    for column in ("file", "genre now", "new genre", "action"):
+        out.add_column(column, overflow="fold")
+    for c in changes:
+        action = {"write": "written" if write else "would write", "skip": f"skip: {escape(c.reason)}",
+                  "failed": f"[red]not written: {escape(c.reason)}"}[c.action]
+        out.add_row(escape(str(c.path.relative_to(folder.resolve()))), escape(c.old), escape(c.new), action)
+    console.print(out)
+    written, failed = (sum(c.action == a for c in changes) for a in ("write", "failed"))
+    if write:
+        say(f"{written} written, {len(changes) - written - failed} skipped, {failed} failed"
+            + (f"; undo with: melgenre tag --undo {log}" if written else ""))
+    else:
+        say(f"dry run: {planned} of {len(changes)} files would be tagged; add --write to tag them")
+    if failed:
+        raise typer.Exit(1)
+
+
 # -- `--ray [ADDRESS]`: an option whose value may be omitted ------------------------------------------
 
 class _OptionalRayValueCommand(typer.core.TyperCommand):

@@ -271,7 +271,8 @@ def read_results(db: str | Path, root: str | Path) -> tuple[dict[Path, Result], 
 
 @dataclass
 class Change:
-    """What tagging does (or would do) to one file: ``action`` is ``write`` or ``skip``."""
+    """What tagging does (or would do) to one file: ``action`` is ``write``, ``skip`` (with the
+    rule's reason) or, after :func:`apply`, ``failed`` (with the reason; the file is unchanged)."""
 
     path: Path
     old: str
@@ -464,8 +465,8 @@ def apply(changes: list[Change], log: str | Path, model_id: str | None = None, v
           keep_mtime: bool = False, on_done: Callable[[Change], None] | None = None) -> list[Change]:
     """Write the genre of every ``write`` change; log each one to ``log`` before its rename.
 
-    A file that fails (it changed meanwhile, cannot be saved, decodes differently) becomes a
-    ``skip`` with the reason and is left as it was; the others go on. Returns ``changes``.
+    A file that fails (it changed meanwhile, cannot be saved, decodes differently) becomes
+    ``failed`` with the reason and is left as it was; the others go on. Returns ``changes``.
     """
     tag_log = TagLog(log)
     for change in changes:
@@ -485,7 +486,7 @@ def apply(changes: list[Change], log: str | Path, model_id: str | None = None, v
 
                 _rewrite(change.path, edit, log_entry, verify, keep_mtime)
             except (MelgenreError, OSError) as exc:
-                change.action, change.reason = "skip", f"not written: {str(exc).split(': ', 1)[-1]}"
+                change.action, change.reason = "failed", str(exc).split(": ", 1)[-1]
         if on_done is not None:
             on_done(change)
     return changes
