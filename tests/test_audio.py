@@ -107,3 +107,45 @@ def test_real_gtzan_au_and_corrupt_clip():
     assert clip.source_sr == 22_050 and 29.9 < clip.duration < 30.7
     with pytest.raises(AudioDecodeError, match="jazz.00054.wav: not a decodable audio file"):
         audio.load(shared_path("bad", "jazz.00054.wav"))
+
+
+def test_reads_opus(tmp_path):
+    path = tmp_path / "clip.opus"
+    sf.write(path, tone(1.0, 48_000), 48_000, format="OGG", subtype="OPUS")
+    clip = audio.load(path, sr=22_050)
+    assert clip.source_sr == 48_000 and abs(len(clip.samples) - 22_050) <= 1000
+    assert 0.4 < np.max(np.abs(clip.samples)) < 0.6
+
+
+def _ffmpeg_m4a(tmp_path, seconds=1.0, sr=22_050):
+    import shutil
+    import subprocess
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed (apt-get install ffmpeg)")
+    wav, m4a = tmp_path / "src.wav", tmp_path / "clip.m4a"
+    sf.write(wav, tone(seconds, sr, channels=2), sr)
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(wav), "-c:a", "aac", str(m4a)], check=True)
+    return m4a
+
+
+def test_reads_m4a_through_ffmpeg(tmp_path):
+    m4a = _ffmpeg_m4a(tmp_path)
+    clip = audio.load(m4a, sr=16_000)
+    assert clip.source_sr == 22_050 and clip.source_channels == 2
+    assert abs(len(clip.samples) - 16_000) <= 1500  # AAC priming and padding
+    assert 0.3 < np.max(np.abs(clip.samples)) < 0.45  # mean of the 0.25 and 0.5 channels
+    assert np.array_equal(audio.load(m4a.read_bytes(), sr=16_000, name=str(m4a)).samples, clip.samples)
+    assert ".m4a" in audio.AUDIO_EXTENSIONS
+
+
+def test_m4a_errors_name_the_file(tmp_path, monkeypatch):
+    m4a = _ffmpeg_m4a(tmp_path)
+    bad = tmp_path / "bad.m4a"
+    bad.write_bytes(b"not an mp4 at all" * 20)
+    with pytest.raises(AudioDecodeError, match=r"^bad\.m4a: not a decodable audio file \(ffmpeg: ") as err:
+        audio.load(bad)
+    assert "tmp" not in str(err.value).split("ffmpeg:")[1].split("/")[0]  # the temp copy's name is not shown
+    monkeypatch.setattr(audio.shutil, "which", lambda name: None)
+    with pytest.raises(AudioDecodeError, match=r"^clip\.m4a: decoding this format needs the ffmpeg program"):
+        audio.load(m4a)
