@@ -5,8 +5,7 @@ file by file, whether its genre tag would change and why not; :func:`apply` writ
 tags; :func:`undo` puts the previous tags back from the change log.
 
 Tags: ID3 ``TCON`` for MP3, WAV and AIFF; the Vorbis comment ``GENRE`` for FLAC, Ogg Vorbis and
-Opus; ``©gen`` for M4A (whose older ``gnre`` atom counts as an existing genre too, and is removed
-when a genre is replaced). Other files are skipped with a reason.
+Opus; ``©gen`` for M4A. Other files are skipped with a reason.
 
 Safety:
 
@@ -67,22 +66,22 @@ class _Id3:
     """ID3v2 ``TCON`` (MP3, WAV, AIFF); values are ``{"encoding": int, "text": [str]}``."""
 
     name = "id3"
-    keys = ("TCON",)
+    key = "TCON"
 
     @staticmethod
-    def read(tags, key):
-        frames = tags.getall(key) if tags is not None else []
+    def read(tags):
+        frames = tags.getall("TCON") if tags is not None else []
         if not frames:
             return ABSENT
         return {"encoding": int(frames[0].encoding), "text": [str(t) for t in frames[0].text]}
 
     @staticmethod
-    def write(tags, key, value) -> None:
-        from mutagen.id3 import Frames
+    def write(tags, value) -> None:
+        from mutagen.id3 import TCON
 
-        tags.delall(key)
+        tags.delall("TCON")
         if value != ABSENT:
-            tags.add(Frames[key](encoding=value["encoding"], text=list(value["text"])))
+            tags.add(TCON(encoding=value["encoding"], text=list(value["text"])))
 
     @staticmethod
     def new(tags, genre: str):
@@ -96,7 +95,7 @@ class _Id3:
         return {"v2_version": 3 if tags.version[:2] == (2, 3) else 4}  # keep an ID3v2.3 tag v2.3
 
     @staticmethod
-    def text(key, value) -> str:
+    def text(value) -> str:
         return "; ".join(value["text"])
 
 
@@ -105,17 +104,17 @@ class _Vorbis:
     ``[index, key, text]`` entries of the comment list, so that undo restores order and case."""
 
     name = "vorbis"
-    keys = ("GENRE",)
+    key = "GENRE"
 
     @staticmethod
-    def read(tags, key):
-        found = [[i, k, v] for i, (k, v) in enumerate(tags or []) if k.lower() == key.lower()]
+    def read(tags):
+        found = [[i, k, v] for i, (k, v) in enumerate(tags or []) if k.lower() == "genre"]
         return found or ABSENT
 
     @staticmethod
-    def write(tags, key, value) -> None:
+    def write(tags, value) -> None:
         # list methods: VCommentDict's own item access takes keys, not positions
-        for i in reversed([i for i, (k, _) in enumerate(tags) if k.lower() == key.lower()]):
+        for i in reversed([i for i, (k, _) in enumerate(tags) if k.lower() == "genre"]):
             list.__delitem__(tags, i)
         for i, k, v in sorted(value) if value != ABSENT else []:
             list.insert(tags, i, (k, v))
@@ -130,27 +129,28 @@ class _Vorbis:
         return {}
 
     @staticmethod
-    def text(key, value) -> str:
+    def text(value) -> str:
         return "; ".join(v for _, _, v in value)
 
 
 class _Mp4:
-    """MP4 ``©gen`` (free text) and the older ``gnre`` (ID3v1 genre numbers); values are lists."""
+    """MP4 ``©gen``; values are lists of text. (mutagen reads the older ``gnre`` atom, an ID3v1
+    genre number, as ``©gen`` and saves it as ``©gen``, as every tagger built on it does.)"""
 
     name = "mp4"
-    keys = ("\xa9gen", "gnre")
+    key = "\xa9gen"
 
     @staticmethod
-    def read(tags, key):
-        value = tags.get(key) if tags is not None else None
-        return [v if isinstance(v, str) else int(v) for v in value] if value else ABSENT
+    def read(tags):
+        value = tags.get("\xa9gen") if tags is not None else None
+        return list(value) if value else ABSENT
 
     @staticmethod
-    def write(tags, key, value) -> None:
+    def write(tags, value) -> None:
         if value == ABSENT:
-            tags.pop(key, None)
+            tags.pop("\xa9gen", None)
         else:
-            tags[key] = list(value)
+            tags["\xa9gen"] = list(value)
 
     @staticmethod
     def new(tags, genre: str):
@@ -161,11 +161,7 @@ class _Mp4:
         return {}
 
     @staticmethod
-    def text(key, value) -> str:
-        from mutagen.id3 import TCON
-
-        if key == "gnre":
-            return "; ".join(TCON.GENRES[n - 1] if 0 < n <= len(TCON.GENRES) else str(n) for n in value)
+    def text(value) -> str:
         return "; ".join(value)
 
 
@@ -200,13 +196,14 @@ def genre_fields(audio_file) -> dict:
     fmt = _format(audio_file)
     if fmt is None:
         raise MelgenreError(f"{getattr(audio_file, 'filename', 'file')}: no supported tag format")
-    return {key: fmt.read(audio_file.tags, key) for key in fmt.keys}
+    return {fmt.key: fmt.read(audio_file.tags)}
 
 
 def genre_text(audio_file) -> str:
     """The file's current genre as one line of text ("" when it has none)."""
     fmt = _format(audio_file)
-    return "; ".join(fmt.text(k, v) for k, v in genre_fields(audio_file).items() if v != ABSENT)
+    value = fmt.read(audio_file.tags)
+    return "" if value == ABSENT else fmt.text(value)
 
 
 # -- results database ----------------------------------------------------------------------------
@@ -451,14 +448,20 @@ def _set_fields(values: dict, drop_empty: bool) -> Callable[[object, type], dict
     def edit(audio_file, fmt) -> dict:
         if audio_file.tags is None:
             audio_file.add_tags()
-        for key, value in values.items():
-            fmt.write(audio_file.tags, key, value)
+        fmt.write(audio_file.tags, values[fmt.key])
         if drop_empty and len(audio_file.tags) == 0:
             audio_file.delete()
         else:
             audio_file.save(**fmt.save_kwargs(audio_file.tags))
         return values
     return edit
+
+
+def _reason(exc: Exception) -> str:
+    """Why a file failed, without its path (the table shows it)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).split(": ", 1)[-1]
 
 
 def apply(changes: list[Change], log: str | Path, model_id: str | None = None, verify: bool = True,
@@ -480,13 +483,12 @@ def apply(changes: list[Change], log: str | Path, model_id: str | None = None, v
                 def edit(audio_file, fmt, change=change):
                     if audio_file.tags is None:
                         audio_file.add_tags()
-                    values = {key: ABSENT for key in fmt.keys}  # e.g. M4A: ©gen replaces gnre
-                    values[fmt.keys[0]] = fmt.new(audio_file.tags, change.new)
+                    values = {fmt.key: fmt.new(audio_file.tags, change.new)}
                     return _set_fields(values, drop_empty=False)(audio_file, fmt)
 
                 _rewrite(change.path, edit, log_entry, verify, keep_mtime)
             except (MelgenreError, OSError) as exc:
-                change.action, change.reason = "failed", str(exc).split(": ", 1)[-1]
+                change.action, change.reason = "failed", _reason(exc)
         if on_done is not None:
             on_done(change)
     return changes
@@ -529,5 +531,5 @@ def undo(log: str | Path, verify: bool = True, keep_mtime: bool = False) -> list
             else:
                 done.append(Undo(path, "refused", "changed since it was tagged (left alone)"))
         except (MelgenreError, OSError) as exc:
-            done.append(Undo(path, "refused", str(exc).split(": ", 1)[-1]))
+            done.append(Undo(path, "refused", _reason(exc)))
     return done
