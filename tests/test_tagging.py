@@ -108,7 +108,7 @@ def test_every_format_tags_and_undoes_with_identical_audio(tmp_path, suffix):
 
     r = cli(tmp_path / "lib", "--from", db, "--write", "--log", tmp_path / "log.jsonl")
     assert r.exit_code == 0, r.output
-    assert "1 written" in r.output
+    assert "1 written, 0 skipped, 0 failed; undo with: melgenre tag --undo" in r.output
     tagged = mutagen.File(clip)
     assert tagging.genre_text(tagged) == "Hip-Hop"
     assert np.array_equal(samples(clip), pcm)
@@ -150,6 +150,8 @@ def test_rules_confidence_flags_errors_changes_and_existing_genres(tmp_path):
         f["genre"] = genre
         f.save()
         rows = [result_row(c[name], "jazz") if r["path"] == str(c[name]) else r for r in rows]
+    (lib / "broken.mp3").write_bytes(b"not audio" * 100)
+    rows.append(result_row(lib / "broken.mp3"))
     db = write_results(tmp_path / "r.sqlite", rows)
     os.utime(c["changed"], ns=(0, c["changed"].stat().st_mtime_ns + 10**9))
     (lib / ".hidden.flac").write_bytes(c["good"].read_bytes())
@@ -161,8 +163,9 @@ def test_rules_confidence_flags_errors_changes_and_existing_genres(tmp_path):
         "silent": ("skip", "flagged silent"), "error": ("skip", "prediction failed: decode failed"),
         "changed": ("skip", "file changed since the prediction (size or mtime differs)"),
         "missing": ("skip", "not in the results database"),
-        "tagged": ("skip", "has a genre (keep existing)"), "same": ("skip", "already tagged")}
-    assert tagging.plan(lib, db, min_confidence=0.2)[3].action == "write"  # c["low"], sorted by name
+        "tagged": ("skip", "has a genre (keep existing)"), "same": ("skip", "already tagged"),
+        "broken": ("skip", "unreadable tags (can't sync to MPEG frame)")}
+    assert tagging.plan(lib, db, min_confidence=0.2)[4].action == "write"  # c["low"], sorted by name
     replaced = {ch.path.stem: ch for ch in tagging.plan(lib, db, replace=True)}
     assert replaced["tagged"].action == "write" and (replaced["tagged"].old, replaced["tagged"].new) == ("Blues", "Jazz")
     assert replaced["same"].action == "skip"
@@ -170,7 +173,7 @@ def test_rules_confidence_flags_errors_changes_and_existing_genres(tmp_path):
     snap = {name: path.read_bytes() for name, path in c.items()}
     r = cli(lib, "--from", db, "--write", "--log", tmp_path / "log.jsonl")
     assert r.exit_code == 0, r.output
-    assert "1 written, 9 skipped, 0 failed" in r.output
+    assert "1 written, 10 skipped, 0 failed" in r.output
     assert tagging.genre_text(mutagen.File(c["good"])) == "Rock"
     assert all(c[name].read_bytes() == snap[name] for name in c if name != "good")
 

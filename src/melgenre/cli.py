@@ -729,13 +729,11 @@ def tag_cmd(
     planned = sum(c.action == "write" for c in changes)
     if write and planned:
         log = log or Path(f"melgenre-tag-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
-        _, model_id = tagging.read_results(results, folder)
         bar = Progress(TextColumn("tag"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                        console=err_console, transient=True, disable=planned < 2)
         with bar:
             task = bar.add_task("tag", total=len(changes))
-            tagging.apply(changes, log, model_id=model_id, verify=verify, keep_mtime=keep_mtime,
-                          on_done=lambda _: bar.advance(task))
+            tagging.apply(changes, log, verify=verify, keep_mtime=keep_mtime, on_done=lambda _: bar.advance(task))
     out = Table(title=f"tag {folder}" + ("" if write else " (dry run: nothing written)"))
     for column in ("file", "genre now", "new genre", "action"):
         out.add_column(column, overflow="fold")

@@ -216,14 +216,15 @@ class Result:
     size: int
     mtime: float
     sha256: str | None
+    model_id: str | None
     label: str | None
     confidence: float | None
     flags: tuple[str, ...]
     error: str | None
 
 
-def read_results(db: str | Path, root: str | Path) -> tuple[dict[Path, Result], str | None]:
-    """Read a results database; return ``({resolved path: Result}, model_id)``.
+def read_results(db: str | Path, root: str | Path) -> dict[Path, Result]:
+    """Read a results database into ``{resolved path: Result}``.
 
     Relative paths in the database are taken from the current folder, else from ``root``.
 
@@ -249,19 +250,19 @@ def read_results(db: str | Path, root: str | Path) -> tuple[dict[Path, Result], 
             "SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone() else {}
         if meta.get("schema_version", "1") != "1":
             raise MelgenreError(f"{db}: results schema version {meta['schema_version']} is not supported (1)")
-        rows = con.execute("SELECT path, size, mtime, sha256, label, confidence, flags, error FROM results")
+        rows = con.execute("SELECT path, size, mtime, sha256, model_id, label, confidence, flags, error FROM results")
         results = {}
-        for path, size, mtime, sha, label, conf, flags, error in rows:
+        for path, size, mtime, sha, model_id, label, conf, flags, error in rows:
             p = Path(path)
             if not p.is_absolute():
                 p = p if p.exists() else root / p
-            results[p.resolve()] = Result(p, size, mtime, sha, label, conf,
+            results[p.resolve()] = Result(p, size, mtime, sha, model_id, label, conf,
                                           tuple(json.loads(flags)) if flags else (), error)
     except sqlite3.DatabaseError as exc:
         raise MelgenreError(f"{db}: unreadable results database ({exc})") from None
     finally:
         con.close()
-    return results, meta.get("model_id")
+    return results
 
 
 # -- plan ----------------------------------------------------------------------------------------
@@ -340,7 +341,7 @@ def plan(root: str | Path, db: str | Path, min_confidence: float = DEFAULT_MIN_C
     list of Change
         One per audio file, ``write`` or ``skip`` with the reason. Nothing is written.
     """
-    results, _ = read_results(db, root)
+    results = read_results(db, root)
     return [_decide(path, results.get(path), min_confidence, replace) for path in taggable_files(root)]
 
 
@@ -402,6 +403,8 @@ def _rewrite(path: Path, edit: Callable[[object, type], dict], before_log: Calla
     complete and checked, just before the rename. Returns the facts: ``format``, ``had_tags``,
     ``before``, ``after``, ``sha256_before``, ``sha256_after``.
     """
+    import mutagen
+
     st = path.stat()
     original = _open(path)
     fmt = _format(original)
@@ -417,8 +420,10 @@ def _rewrite(path: Path, edit: Callable[[object, type], dict], before_log: Calla
                 os.chown(tmp, st.st_uid, st.st_gid)
             except PermissionError:
                 pass  # a user may not give a file away; the copy is theirs, as any editor's would be
-        copy = _open(tmp, cls)
-        expected = edit(copy, fmt)
+        try:
+            expected = edit(_open(tmp, cls), fmt)
+        except mutagen.MutagenError as exc:
+            raise MelgenreError(f"{path}: tags could not be saved ({exc})") from None
         facts["after"] = genre_fields(_open(tmp, cls))
         if facts["after"] != expected:
             raise MelgenreError(f"{path}: the genre read back differs from the one written; file left as it was")
@@ -464,8 +469,8 @@ def _reason(exc: Exception) -> str:
     return str(exc).split(": ", 1)[-1]
 
 
-def apply(changes: list[Change], log: str | Path, model_id: str | None = None, verify: bool = True,
-          keep_mtime: bool = False, on_done: Callable[[Change], None] | None = None) -> list[Change]:
+def apply(changes: list[Change], log: str | Path, verify: bool = True, keep_mtime: bool = False,
+           on_done: Callable[[Change], None] | None = None) -> list[Change]:
     """Write the genre of every ``write`` change; log each one to ``log`` before its rename.
 
     A file that fails (it changed meanwhile, cannot be saved, decodes differently) becomes
@@ -477,7 +482,7 @@ def apply(changes: list[Change], log: str | Path, model_id: str | None = None, v
             try:
                 def log_entry(facts, change=change):
                     tag_log.append({"op": "tag", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                    "path": str(change.path), **facts, "model_id": model_id,
+                                    "path": str(change.path), **facts, "model_id": change.result.model_id,
                                     "label": change.result.label, "confidence": change.result.confidence})
 
                 def edit(audio_file, fmt, change=change):
