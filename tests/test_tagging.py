@@ -155,6 +155,9 @@ def test_rules_confidence_flags_errors_changes_and_existing_genres(tmp_path):
     db = write_results(tmp_path / "r.sqlite", rows)
     os.utime(c["changed"], ns=(0, c["changed"].stat().st_mtime_ns + 10**9))
     (lib / ".hidden.flac").write_bytes(c["good"].read_bytes())
+    outside = make_clip(tmp_path / "elsewhere" / "outside.flac")
+    (lib / "outside.flac").symlink_to(outside)
+    (lib / "good-link.flac").symlink_to(c["good"])  # the same file twice: tagged once
 
     reasons = {ch.path.stem: (ch.action, ch.reason) for ch in tagging.plan(lib, db)}
     assert reasons == {
@@ -164,8 +167,9 @@ def test_rules_confidence_flags_errors_changes_and_existing_genres(tmp_path):
         "changed": ("skip", "file changed since the prediction (size or mtime differs)"),
         "missing": ("skip", "not in the results database"),
         "tagged": ("skip", "has a genre (keep existing)"), "same": ("skip", "already tagged"),
-        "broken": ("skip", "unreadable tags (can't sync to MPEG frame)")}
-    assert tagging.plan(lib, db, min_confidence=0.2)[4].action == "write"  # c["low"], sorted by name
+        "broken": ("skip", "unreadable tags (can't sync to MPEG frame)"),
+        "outside": ("skip", "a link to a file outside the folder")}
+    assert {ch.path.stem: ch.action for ch in tagging.plan(lib, db, min_confidence=0.2)}["low"] == "write"
     replaced = {ch.path.stem: ch for ch in tagging.plan(lib, db, replace=True)}
     assert replaced["tagged"].action == "write" and (replaced["tagged"].old, replaced["tagged"].new) == ("Blues", "Jazz")
     assert replaced["same"].action == "skip"
@@ -173,7 +177,7 @@ def test_rules_confidence_flags_errors_changes_and_existing_genres(tmp_path):
     snap = {name: path.read_bytes() for name, path in c.items()}
     r = cli(lib, "--from", db, "--write", "--log", tmp_path / "log.jsonl")
     assert r.exit_code == 0, r.output
-    assert "1 written, 10 skipped, 0 failed" in r.output
+    assert "1 written, 11 skipped, 0 failed" in r.output
     assert tagging.genre_text(mutagen.File(c["good"])) == "Rock"
     assert all(c[name].read_bytes() == snap[name] for name in c if name != "good")
 

@@ -740,7 +740,8 @@ def tag_cmd(
     for c in changes:
         action = {"write": "written" if write else "would write", "skip": f"skip: {escape(c.reason)}",
                   "failed": f"[red]not written: {escape(c.reason)}"}[c.action]
-        out.add_row(escape(str(c.path.relative_to(folder.resolve()))), escape(c.old), escape(c.new), action)
+        name = c.path.relative_to(folder.resolve()) if c.path.is_relative_to(folder.resolve()) else c.path
+        out.add_row(escape(str(name)), escape(c.old), escape(c.new), action)
     console.print(out)
     written, failed = (sum(c.action == a for c in changes) for a in ("write", "failed"))
     if write:

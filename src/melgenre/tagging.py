@@ -191,6 +191,13 @@ def _open(path: Path, cls: type | None = None):
         raise MelgenreError(f"{path}: unreadable tags ({exc})") from None
 
 
+def _reason(exc: Exception) -> str:
+    """Why a file failed, without its path (the table shows it)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).split(": ", 1)[-1]
+
+
 def genre_fields(audio_file) -> dict:
     """Every genre field of a file opened with mutagen: ``{key: value or "absent"}``."""
     fmt = _format(audio_file)
@@ -281,17 +288,19 @@ class Change:
 
 
 def taggable_files(root: str | Path) -> list[Path]:
-    """Audio files under ``root`` (recursive, sorted, hidden names skipped), resolved."""
+    """Audio files under ``root`` (recursive, hidden names skipped), resolved, sorted, each once."""
     root = Path(root)
     if not root.is_dir():
         raise MelgenreError(f"{root}: not a folder")
-    return sorted(f.resolve() for f in root.rglob("*") if f.is_file() and not f.name.startswith(".")
-                  and f.suffix.lower() in audio.AUDIO_EXTENSIONS)
+    return sorted({f.resolve() for f in root.rglob("*") if f.is_file() and not f.name.startswith(".")
+                   and f.suffix.lower() in audio.AUDIO_EXTENSIONS})
 
 
-def _decide(path: Path, result: Result | None, min_confidence: float, replace: bool) -> Change:
+def _decide(path: Path, root: Path, result: Result | None, min_confidence: float, replace: bool) -> Change:
     """The planned change of one file (reads its tags, writes nothing)."""
     skip = lambda reason, old="", new="": Change(path, old, new, "skip", reason, result)  # noqa: E731
+    if not path.is_relative_to(root):
+        return skip("a link to a file outside the folder")
     if result is None:
         return skip("not in the results database")
     new = genre_name(result.label) if result.label else ""
@@ -307,8 +316,8 @@ def _decide(path: Path, result: Result | None, min_confidence: float, replace: b
         return skip(f"confidence {result.confidence or 0:.2f} < {min_confidence:.2f}", new=new)
     try:
         audio_file = _open(path)
-    except MelgenreError as exc:
-        return skip(str(exc).split(": ", 1)[-1], new=new)
+    except (MelgenreError, OSError) as exc:
+        return skip(_reason(exc), new=new)
     if audio_file is None or _format(audio_file) is None:
         return skip(f"no supported tag format for {path.suffix or 'this file'}", new=new)
     old = genre_text(audio_file)
@@ -342,7 +351,8 @@ def plan(root: str | Path, db: str | Path, min_confidence: float = DEFAULT_MIN_C
         One per audio file, ``write`` or ``skip`` with the reason. Nothing is written.
     """
     results = read_results(db, root)
-    return [_decide(path, results.get(path), min_confidence, replace) for path in taggable_files(root)]
+    return [_decide(path, Path(root).resolve(), results.get(path), min_confidence, replace)
+            for path in taggable_files(root)]
 
 
 # -- safe rewrite --------------------------------------------------------------------------------
@@ -460,13 +470,6 @@ def _set_fields(values: dict, drop_empty: bool) -> Callable[[object, type], dict
             audio_file.save(**fmt.save_kwargs(audio_file.tags))
         return values
     return edit
-
-
-def _reason(exc: Exception) -> str:
-    """Why a file failed, without its path (the table shows it)."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc).split(": ", 1)[-1]
 
 
 def apply(changes: list[Change], log: str | Path, verify: bool = True, keep_mtime: bool = False,
