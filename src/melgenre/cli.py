@@ -687,7 +687,7 @@ def bench(
 
 @app.command("tag")
 def tag_cmd(
-    folder: Path = typer.Argument(None, metavar="[DIR]", help="Folder of audio files to tag (searched recursively). Not with --undo."),
+    folder: Path = typer.Argument(None, metavar="DIR", help="Folder of audio files to tag (searched recursively). Not with --undo."),
     results: Path = typer.Option(None, "--from", help="Results database from `melgenre predict DIR --out results.sqlite`. Required unless --undo."),
     write: bool = typer.Option(False, "--write", help="Write the tags. Default: dry run, print what would change and write nothing."),
     min_confidence: float = typer.Option(0.5, "--min-confidence", min=0.0, max=1.0, help="Tag only files whose predicted genre has at least this probability. Default: 0.5 (more likely than all other genres together)."),
