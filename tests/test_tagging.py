@@ -333,6 +333,9 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text("nonsense\n{}\n")
     r = cli("--undo", tmp_path / "bad.jsonl")
     assert r.exit_code == 2 and "bad.jsonl: line 1 is not JSON" in r.output
+    (tmp_path / "partial.jsonl").write_text('{"op": "tag", "path": "/x", "before": {}}\n{}\n')
+    r = cli("--undo", tmp_path / "partial.jsonl")
+    assert r.exit_code == 2 and "partial.jsonl: line 1 is not a melgenre tag log entry" in r.output
     assert cli(tmp_path / "lib").exit_code == 2  # no --from
 
 

@@ -53,6 +53,7 @@ GENRE_NAMES = {"hiphop": "Hip-Hop", "rnb": "R&B"}
 
 _RESULT_COLUMNS = {"path", "size", "mtime", "sha256", "model_id", "label", "confidence", "flags", "error"}
 _MTIME_TOLERANCE = 1e-6  # seconds; a REAL round trip of st_mtime
+_LOG_KEYS = {"path", "format", "had_tags", "before", "after", "sha256_before", "sha256_after"}
 
 
 def genre_name(label: str) -> str:
@@ -398,7 +399,7 @@ class TagLog:
                 if n == len(lines):
                     break
                 raise MelgenreError(f"{self.path}: line {n} is not JSON (not a melgenre tag log?)") from None
-            if not isinstance(entry, dict) or entry.get("op") != "tag" or "before" not in entry:
+            if not isinstance(entry, dict) or entry.get("op") != "tag" or not _LOG_KEYS <= entry.keys():
                 raise MelgenreError(f"{self.path}: line {n} is not a melgenre tag log entry")
             entries.append(entry)
         return entries
