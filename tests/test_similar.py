@@ -104,7 +104,7 @@ def test_rerun_is_incremental(library, tiny_card, tmp_path):
     kept_path = str((library / "class02" / "class02.00000.wav").resolve())
     kept = before.embeddings_at([before.row(kept_path)])[0]
 
-    again = build_index(library, out, model=tiny_card, workers=1)
+    again = build_index(library, out, workers=1)  # no model: the one the index was built with
     assert again.up_to_date and again.computed == 0 and again.n_tracks == 7
 
     shutil.copy2(library / "class00" / "class00.00000.wav", library / "class00" / "new.wav")
@@ -161,6 +161,7 @@ def test_resume_after_interruption(library, tiny_card, tmp_path, monkeypatch):
     assert len(Index(out)) == 7
 
 
+@pytest.mark.slow  # ~15 s: two forkserver workers import torch and load the model; CI runs it (`pytest -m slow`)
 def test_worker_processes_give_the_same_index(library, tiny_card, tmp_path):
     one = build_index(library, tmp_path / "one.h5", model=tiny_card, workers=1)
     two = build_index(library, tmp_path / "two.h5", model=tiny_card, workers=2)

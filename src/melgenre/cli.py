@@ -630,7 +630,7 @@ def export_cmd(
 def index_cmd(
     paths: list[Path] = typer.Argument(..., metavar="PATH", help="Audio files and/or folders (searched recursively for audio files)."),
     out: Path = typer.Option(Path("library.h5"), "--out", "-o", help="Index file to create or update. Default: library.h5."),
-    model: Path = typer.Option(None, "--model", "-m", help=_MODEL_HELP + " An index holds one model's embeddings: another model is refused."),
+    model: Path = typer.Option(None, "--model", "-m", help=_MODEL_HELP.replace("Default: the installed", "Default: the model OUT was built with, else the installed") + " An index holds one model's embeddings: another model is refused."),
     workers: int = typer.Option(0, "--workers", "-w", min=0, help="Worker processes. Default 0 = one per CPU core; 1 = no pool."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar. Default: on."),
     ray: str = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Embed the files as Ray tasks: a bare --ray (last, or before another option) starts/attaches a local Ray; --ray ADDRESS or --ray=ADDRESS joins a cluster (files and model readable at the same path on every node). Default: off (local worker processes)."),
@@ -641,7 +641,7 @@ def index_cmd(
 
     from melgenre.similar import build_index
 
-    report = build_index(paths, out, model=model, workers=workers or None, progress=progress, ray=ray)
+    report = _resumable(out, build_index, paths, out, model=model, workers=workers or None, progress=progress, ray=ray)
     if report.up_to_date:
         say(f"{escape(str(out))} is up to date: {report.n_tracks} tracks, nothing to embed.")
     else:

@@ -370,6 +370,7 @@ def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: 
             if index is not None:
                 from melgenre.similar import embed_samples
 
+                # the windows go through the model once more for their embeddings (only with an index)
                 matches = index.query(embed_samples(model, clip.samples, filename), k=similar_k)
                 body["similar"] = [{"path": index.relative(m.path), "score": round(m.score, 6)} for m in matches]
             if spectrogram:

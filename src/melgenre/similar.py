@@ -223,8 +223,8 @@ def build_index(paths: str | Path | Iterable[str | Path], out: str | Path, model
         The index ``.h5`` file; an existing one is updated.
     model : path or name, optional
         The model whose penultimate features are the embeddings (see
-        :func:`melgenre.predict.load_model`). Default: the shipped default model. An existing
-        index made with another model is refused.
+        :func:`melgenre.predict.load_model`). Default: the model an existing ``out`` was built
+        with, else the shipped default model. An existing index made with another model is refused.
     workers : int, optional
         Worker processes (default: all CPU cores; 1 embeds in this process).
     progress : bool
@@ -246,9 +246,9 @@ def build_index(paths: str | Path | Iterable[str | Path], out: str | Path, model
     out = Path(out)
     if out.is_dir():
         raise MelgenreError(f"{out}: is a directory; --out takes the path of the .h5 index to write")
-    spec = _model_spec(model)
-    genre_model = _worker_model(spec)  # validates the model here, before any worker starts
     old = Index(out) if out.exists() else None
+    spec = str(old.attrs.get("model", "default")) if model is None and old is not None else _model_spec(model)
+    genre_model = _worker_model(spec)  # validates the model here, before any worker starts
     if old is not None and old.model_id != genre_model.model_id:
         raise MelgenreError(f"{out}: made with model {old.model_id}, not {genre_model.model_id}; "
                             "use the same --model or another --out")
@@ -496,8 +496,7 @@ class Index:
     def add(self, paths: str | Path | Iterable[str | Path], model: str | Path | None = None,
             workers: int | None = 1, progress: bool = False) -> IndexReport:
         """Add new and changed files to this index (see :func:`build_index`) and reload it."""
-        report = build_index(paths, self.path, model if model is not None else self.attrs.get("model"),
-                             workers=workers, progress=progress)
+        report = build_index(paths, self.path, model, workers=workers, progress=progress)
         self._load(None)
         return report
 
