@@ -77,6 +77,16 @@ def tiny_card(tmp_path_factory) -> Path:
     return save_package(run, root / "tiny")
 
 
+@pytest.fixture(scope="session")
+def library_index(tiny_card, tmp_path_factory) -> Path:
+    """A `melgenre index` of the tiny model's 12 synthetic clips (built once per session)."""
+    from melgenre.similar import build_index
+
+    out = tmp_path_factory.mktemp("library") / "library.h5"
+    build_index(tiny_card.parent / "clips", out, model=tiny_card, workers=1)
+    return out
+
+
 @contextmanager
 def run_server(app):
     """Run ``app`` under a real uvicorn on 127.0.0.1:<free port> in a thread; yields the base URL."""

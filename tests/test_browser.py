@@ -1,7 +1,8 @@
 """The web page in a real headless browser (Debian's chromium + chromedriver through Selenium).
 
-The server is a real uvicorn on 127.0.0.1:<free port> with a tiny model; the browser picks a
-generated WAV through ``#file-input`` and must show the genre, the bars and the spectrogram.
+The server is a real uvicorn on 127.0.0.1:<free port> with a tiny model and a library index of
+its synthetic clips; the browser picks a generated WAV through ``#file-input`` and must show the
+genre, the bars, the similar tracks of the library and the spectrogram.
 Skipped (with the reason) when chromium, chromedriver or selenium is not installed; CI installs
 them with ``apt-get install -y chromium chromium-driver`` and ``pip install selenium``.
 """
@@ -46,8 +47,8 @@ def tiny_model(tiny_card):
 
 
 @pytest.fixture(scope="module")
-def server_url(tiny_model):
-    with run_server(create_app(model=tiny_model, max_upload_mb=2)) as url:
+def server_url(tiny_model, library_index):
+    with run_server(create_app(model=tiny_model, max_upload_mb=2, index=library_index, similar_k=5)) as url:
         yield url
 
 
@@ -81,11 +82,15 @@ def _wait(driver, condition, what: str, timeout: float = 60):
                              f"#status says {driver.find_element(By.ID, 'status').text!r}") from None
 
 
-def test_page_predicts_a_dropped_file(browser, server_url, tiny_model, tmp_path):
+def test_page_predicts_a_dropped_file(browser, server_url, tiny_model, library_index, tmp_path):
+    from melgenre.similar import Index, embed_file
+
     y = synth.synth_clip(1, 3, seconds=5.0, rng=np.random.default_rng(5))
     clip = tmp_path / "my song.wav"
     sf.write(clip, y, 22_050, subtype="PCM_16")
     expected = tiny_model.predict(clip)
+    index = Index(library_index)
+    neighbours = index.query(embed_file(tiny_model, clip)[0], k=5)
 
     browser.get(server_url + "/")
     assert browser.title.startswith("melgenre")
@@ -110,6 +115,14 @@ def test_page_predicts_a_dropped_file(browser, server_url, tiny_model, tmp_path)
         "const f = document.querySelector('#prob-chart .bar-fill'); return f.getBoundingClientRect().width > 10;"),
         "bar widths")
     assert not browser.find_element(By.ID, "error").is_displayed()
+
+    # "similar in your library": the index's nearest tracks, best first, with their similarity
+    assert browser.find_element(By.ID, "similar").is_displayed()
+    items = browser.find_elements(By.CSS_SELECTOR, "#similar-list li")
+    assert [li.find_element(By.CLASS_NAME, "similar-path").text for li in items] == \
+        [index.relative(m.path) for m in neighbours]
+    assert [li.find_element(By.CLASS_NAME, "similar-score").text for li in items] == \
+        [f"{m.score:.3f} similarity" for m in neighbours]
 
     # nothing but this server was contacted; no console errors
     urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")

@@ -372,6 +372,41 @@ def test_real_server_routes(live_server, clips):
         assert c.post("/predict", files={"file": ("e.wav", b"")}).status_code == 415
 
 
+# -- similar tracks ------------------------------------------------------------------------------
+
+def test_predict_lists_similar_tracks_with_an_index(tiny_model, clips, library_index):
+    from melgenre.similar import Index, embed_file
+
+    with TestClient(create_app(model=tiny_model, index=library_index, similar_k=4)) as c:
+        assert c.get("/health").json()["index_tracks"] == 12
+        r = _post(c, clips[1], name="upload.wav")
+        assert r.status_code == 200, r.text
+        similar = r.json()["similar"]
+    assert len(similar) == 4 and all(set(m) == {"path", "score"} for m in similar)
+    # the uploaded clip is in the library: it is its own nearest track; paths are relative to the library
+    assert similar[0]["path"] == f"{clips[1].parent.name}/{clips[1].name}"
+    assert similar[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert [m["score"] for m in similar] == sorted((m["score"] for m in similar), reverse=True)
+    index = Index(library_index)
+    expected = index.query(embed_file(tiny_model, clips[1])[0], k=4)
+    assert [m["path"] for m in similar] == [index.relative(m.path) for m in expected]
+    assert not any(m["path"].startswith("/") for m in similar)
+
+
+def test_cli_serve_with_an_index(monkeypatch, tiny_card, library_index, tmp_path):
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port: calls.append(app))
+    runner = CliRunner()
+    result = runner.invoke(cli_app, ["serve", "--model", str(tiny_card), "--index", str(library_index),
+                                     "--similar-k", "3"])
+    assert result.exit_code == 0, result.output
+    assert len(calls[0].state.index) == 12 and "similar tracks from" in result.output
+    not_index = tmp_path / "x.h5"
+    not_index.write_text("no")
+    result = runner.invoke(cli_app, ["serve", "--model", str(tiny_card), "--index", str(not_index)])
+    assert result.exit_code == 2 and "x.h5: not an HDF5 file" in result.output and not calls[1:]
+
+
 # -- CLI ---------------------------------------------------------------------------------------
 
 def test_cli_serve(monkeypatch, tiny_card):

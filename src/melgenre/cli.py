@@ -624,6 +624,70 @@ def export_cmd(
         raise typer.BadParameter("--format must be onnx or package")
 
 
+# -- similar tracks ------------------------------------------------------------------------------
+
+@app.command("index")
+def index_cmd(
+    paths: list[Path] = typer.Argument(..., metavar="PATH", help="Audio files and/or folders (searched recursively for audio files)."),
+    out: Path = typer.Option(Path("library.h5"), "--out", "-o", help="Index file to create or update. Default: library.h5."),
+    model: Path = typer.Option(None, "--model", "-m", help=_MODEL_HELP.replace("Default: the installed", "Default: the model OUT was built with, else the installed") + " An index holds one model's embeddings: another model is refused."),
+    workers: int = typer.Option(0, "--workers", "-w", min=0, help="Worker processes. Default 0 = one per CPU core; 1 = no pool."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar. Default: on."),
+    ray: str = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Embed the files as Ray tasks: a bare --ray (last, or before another option) starts/attaches a local Ray; --ray ADDRESS or --ray=ADDRESS joins a cluster (files and model readable at the same path on every node). Default: off (local worker processes)."),
+) -> None:
+    """Index a music library for `melgenre similar`: one embedding per track (incremental: a rerun embeds
+    new and changed files only and drops files gone from the folders; resumable after a kill; atomic)."""
+    from rich.markup import escape
+
+    from melgenre.similar import build_index
+
+    report = _resumable(out, build_index, paths, out, model=model, workers=workers or None, progress=progress, ray=ray)
+    if report.up_to_date:
+        say(f"{escape(str(out))} is up to date: {report.n_tracks} tracks, nothing to embed.")
+    else:
+        say(f"{escape(str(out))}: {report.n_tracks} tracks ({report.dim}-value embeddings of model {report.model_id}); "
+            f"added {len(report.added)}, re-embedded {len(report.updated)} changed, removed {len(report.removed)} "
+            f"gone, kept {report.unchanged}; computed {report.computed} in {report.seconds:.1f} s, "
+            f"resumed {report.resumed} from an earlier run")
+    for path in report.removed:
+        say(f"  [yellow]removed[/] {escape(path)}: the file is gone")
+    for item in report.skipped:
+        say(f"  [yellow]skipped[/] {escape(item['path'])}: {escape(item['reason'])}")
+
+
+@app.command()
+def similar(
+    file: Path = typer.Argument(..., help="An audio file (in the index or not)."),
+    index: Path = typer.Option(Path("library.h5"), "--index", "-i", help="Index from `melgenre index`. Default: library.h5."),
+    k: int = typer.Option(10, "-k", "--top-k", min=1, help="Neighbours to list. Default: 10."),
+    fmt: str = typer.Option("table", "--format", "-f", help="Output on stdout: table or json. Default: table."),
+    model: Path = typer.Option(None, "--model", "-m", help="Model to embed a file that is not in the index with; it must be the index's. Default: the model the index was built with."),
+    method: str = typer.Option("auto", "--method", help="Search: exact (NumPy), faiss (approximate HNSW; needs the ann extra) or auto (faiss above 1,000,000 tracks when installed). Default: auto."),
+) -> None:
+    """The tracks of an index most similar to FILE (cosine similarity of embeddings), best first; FILE itself is left out."""
+    import json
+
+    from rich.markup import escape
+
+    from melgenre.similar import Index
+
+    if fmt not in ("table", "json"):
+        raise typer.BadParameter("--format must be table or json")
+    lib = Index(index)
+    matches = lib.query_file(file, k=k, model=model, method=method)
+    if fmt == "json":
+        typer.echo(json.dumps({"query": str(file), "index": str(index), "model_id": lib.model_id,
+                               "method": lib.method(method), "similar": [m.to_dict() for m in matches]}, indent=1))
+        return
+    out = Table(title=f"tracks like {escape(str(file))} ({len(lib)} in {escape(str(index))}, model {lib.model_id})")
+    out.add_column("#", justify="right")
+    out.add_column("similarity", justify="right")
+    out.add_column("track", overflow="fold")
+    for rank, m in enumerate(matches, start=1):
+        out.add_row(str(rank), f"{m.score:.3f}", escape(m.path))
+    console.print(out)
+
+
 # -- HTTP service --------------------------------------------------------------------------------
 
 @app.command()
@@ -634,6 +698,8 @@ def serve(
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest accepted upload in MB; larger ones get HTTP 413. Default: 20."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="Genres listed in each response's 'top'. Default: 3."),
     hop: float = typer.Option(None, "--hop", help=_HOP_HELP),
+    index: Path = typer.Option(None, "--index", "-i", help="A library index from `melgenre index` made with this model: the page and POST /predict also list the most similar tracks in it. Default: none."),
+    similar_k: int = typer.Option(5, "--similar-k", min=1, help="Similar tracks listed with --index. Default: 5."),
 ) -> None:
     """Serve the model over HTTP: a web page at /, POST /predict, /health, /model, docs at /docs."""
     import uvicorn
@@ -642,10 +708,13 @@ def serve(
 
     from melgenre.predict import load_model
 
-    application = create_app(load_model(model, hop=hop), max_upload_mb=max_upload_mb, top_k=top_k)
+    application = create_app(load_model(model, hop=hop), max_upload_mb=max_upload_mb, top_k=top_k, index=index,
+                             similar_k=similar_k)
     shown = f"[{host}]" if ":" in host else host
     say(f"serving model {application.state.model.model_id} at http://{shown}:{port}/ "
-        f"(API docs at /docs; uploads up to {max_upload_mb:g} MB); Ctrl+C to stop")
+        f"(API docs at /docs; uploads up to {max_upload_mb:g} MB"
+        + (f"; similar tracks from {index}, {len(application.state.index)} tracks" if index is not None else "")
+        + "); Ctrl+C to stop")
     uvicorn.run(application, host=host, port=port)
 
 
@@ -772,5 +841,5 @@ class _OptionalRayValueCommand(typer.core.TyperCommand):
 
 
 for _info in app.registered_commands:
-    if _info.callback in (prepare, predict_cmd):
+    if _info.callback in (prepare, predict_cmd, index_cmd):
         _info.cls = _OptionalRayValueCommand

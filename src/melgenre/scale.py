@@ -99,16 +99,55 @@ def _cluster_cpus(ray) -> int:
 
 # -- prepare -------------------------------------------------------------------------------------
 
-def _compute_part(job) -> bytes:
-    """Ray task: :func:`melgenre.store._compute_track` into a worker-local temp part, returned as bytes."""
+def _compute_part(job, compute=None) -> bytes:
+    """Ray task: ``compute(job)`` (default :func:`melgenre.store._compute_track`) into a worker-local
+    temp part, returned as bytes."""
     import dataclasses
 
     from melgenre import store
 
+    compute = compute or store._compute_track
     with tempfile.TemporaryDirectory(prefix="melgenre-part-") as tmp:
         part = Path(tmp) / Path(job.part).name
-        store._compute_track(dataclasses.replace(job, part=str(part)))
+        compute(dataclasses.replace(job, part=str(part)))
         return part.read_bytes()
+
+
+def run_part_tasks(todo: list, total: int, description: str, address: str | None = None, progress: bool = True,
+                   max_in_flight: int | None = None, compute=None) -> None:
+    """Run part jobs (dataclasses with a ``part`` path) as Ray tasks; the driver writes each part file.
+
+    ``compute(job)`` (default :func:`melgenre.store._compute_track`) runs on the cluster and writes
+    ``job.part``; its bytes come back and are written to ``job.part`` here atomically, so parts
+    look exactly as the local process pool leaves them and a run resumes from either.
+    At most ``max_in_flight`` (default ``2 ×`` the cluster's CPUs) tasks are submitted at once.
+    """
+    from melgenre import store
+    from melgenre.utils import atomic_path
+
+    with ray_session(address) as ray:
+        task = ray.remote(num_cpus=1, max_retries=2)(_compute_part)
+        limit = max_in_flight or 2 * _cluster_cpus(ray)
+        pending = iter(todo)
+        with store._progress(progress) as bar:
+            bar_task = bar.add_task(description, total=total, completed=total - len(todo), rate="")
+            started, done = time.perf_counter(), 0
+            in_flight = {task.remote(j, compute): j for j in store._take(pending, limit)}
+            while in_flight:
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                for ref in ready:
+                    job = in_flight.pop(ref)
+                    try:
+                        payload = ray.get(ref)
+                    except ray.exceptions.RayError as exc:
+                        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                        raise MelgenreError(f"{job.path}: a Ray task failed: {reason}") from None
+                    with atomic_path(Path(job.part)) as tmp:
+                        tmp.write_bytes(payload)
+                    done += 1
+                    bar.advance(bar_task)
+                    bar.update(bar_task, rate=f"{done / (time.perf_counter() - started):.1f} tracks/s")
+                in_flight |= {task.remote(j, compute): j for j in store._take(pending, len(ready))}
 
 
 def prepare_ray(data, preset, out: str | Path, address: str | None = None, overwrite: bool = False,
@@ -140,34 +179,12 @@ def prepare_ray(data, preset, out: str | Path, address: str | None = None, overw
     melgenre.store.PrepareReport
     """
     from melgenre import store
-    from melgenre.utils import atomic_path
 
     t0 = time.perf_counter()
     prep = store.start_prepare(data, preset, out, overwrite, t0, compression)
     if isinstance(prep, store.PrepareReport):
         return prep
-    todo, jobs, resumed = prep.todo, prep.jobs, prep.resumed
-
-    with ray_session(address) as ray:
-        task = ray.remote(num_cpus=1, max_retries=2)(_compute_part)
-        limit = max_in_flight or 2 * _cluster_cpus(ray)
-        pending = iter(todo)
-        with store._progress(progress) as bar:
-            bar_task = bar.add_task(f"prepare {prep.preset.name} (ray)", total=len(jobs), completed=resumed, rate="")
-            started, done = time.perf_counter(), 0
-            in_flight = {task.remote(j): j for j in store._take(pending, limit)}
-            while in_flight:
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
-                for ref in ready:
-                    job = in_flight.pop(ref)
-                    payload = ray.get(ref)
-                    with atomic_path(Path(job.part)) as tmp:
-                        tmp.write_bytes(payload)
-                    done += 1
-                    bar.advance(bar_task)
-                    bar.update(bar_task, rate=f"{done / (time.perf_counter() - started):.1f} tracks/s")
-                in_flight |= {task.remote(j): j for j in store._take(pending, len(ready))}
-
+    run_part_tasks(prep.todo, len(prep.jobs), f"prepare {prep.preset.name} (ray)", address, progress, max_in_flight)
     return store.finish_prepare(prep, t0)
 
 
@@ -247,4 +264,4 @@ def predict_ray(paths: Iterable[str | Path], model: str | Path | None = None, ba
             raise MelgenreError(f"a Ray prediction actor failed: {reason}") from None
 
 
-__all__ = ["INSTALL_HINT", "predict_ray", "prepare_ray", "ray_available", "ray_session"]
+__all__ = ["INSTALL_HINT", "predict_ray", "prepare_ray", "ray_available", "ray_session", "run_part_tasks"]

@@ -5,7 +5,9 @@ that is loaded once and shared by all requests:
 
 ``POST /predict``  multipart field ``file`` -> label, top-k, all class probabilities, per-window
                    probabilities, duration, padded/silent and the ``flags`` list, model id; with
-                   ``?spectrogram=true`` also the clip's mel image as a ``data:image/png`` URL.
+                   ``?spectrogram=true`` also the clip's mel image as a ``data:image/png`` URL;
+                   with a library index loaded (``index=``), ``similar``: the most similar tracks
+                   as ``[{"path", "score"}]`` (paths relative to the library's folder).
 ``GET /health``    ``{"status": "ok", "model_id": ...}``
 ``GET /model``     the model card (classes, preset, metrics ...)
 ``GET /``          the web page (``melgenre/static/index.html``; assets under ``/static``)
@@ -274,7 +276,7 @@ def prediction_json(pred, filename: str) -> dict[str, Any]:
 
 
 def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: float = 20,
-               top_k: int = 3) -> FastAPI:
+               top_k: int = 3, index: Any = None, similar_k: int = 5) -> FastAPI:
     """Build the service around one model.
 
     Parameters
@@ -288,11 +290,17 @@ def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: 
         Largest accepted upload in MB (2**20 bytes); bigger requests get 413.
     top_k : int
         Number of entries in the response's ``top`` list.
+    index : path or melgenre.similar.Index, optional
+        A library index (``melgenre index``) made with this model: responses then list the
+        ``similar_k`` most similar tracks in ``similar``.
+    similar_k : int
+        Length of the ``similar`` list.
 
     Raises
     ------
     MelgenreError
-        The model cannot be loaded (one line, names the file).
+        The model or the index cannot be loaded, or the index was made with another model
+        (one line, names the file).
     """
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
@@ -302,6 +310,11 @@ def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: 
         from melgenre.predict import load_model
 
         model = load_model(model_path)
+    if index is not None:
+        from melgenre.similar import Index, check_model
+
+        index = index if isinstance(index, Index) else Index(index)
+        check_model(index, model)
     max_bytes = int(max_upload_mb * _MB)
     top_k = min(top_k, len(model.classes))
     # Inference is CPU-bound: let at most one request per core compute at a time; the rest wait
@@ -341,6 +354,7 @@ def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: 
         redoc_url=None,
     )
     app.state.model = model
+    app.state.index = index
     app.state.tmpdir = None
     app.state.max_upload_bytes = max_bytes
     app.state.top_k = top_k
@@ -353,6 +367,12 @@ def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: 
             clip = audio.load(path, sr=model.preset.sr, name=filename)
             pred = model.predict(clip.samples, sr=clip.sr, top_k=top_k, name=filename)
             body = prediction_json(pred, filename)
+            if index is not None:
+                from melgenre.similar import embed_samples
+
+                # the windows go through the model once more for their embeddings (only with an index)
+                matches = index.query(embed_samples(model, clip.samples, filename), k=similar_k)
+                body["similar"] = [{"path": index.relative(m.path), "score": round(m.score, 6)} for m in matches]
             if spectrogram:
                 title = filename
                 if model.preset.duration and clip.duration > model.preset.duration + 0.05:
@@ -391,7 +411,8 @@ def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: 
 
     @app.get("/health", summary="Liveness, the loaded model's id and the upload limit")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "model_id": model.model_id, "max_upload_mb": max_upload_mb}
+        return {"status": "ok", "model_id": model.model_id, "max_upload_mb": max_upload_mb,
+                "index_tracks": len(index) if index is not None else None}
 
     @app.get("/model", summary="The model card: classes, preset, metrics ...")
     def model_card() -> dict[str, Any]:

@@ -198,27 +198,29 @@ def _part_ok(path: Path) -> bool:
         return False
 
 
-def _run_jobs(jobs: list[_Job], workers: int, progress: Progress | None, task) -> Iterator[dict]:
-    """Run jobs in a process pool with at most ``2 × workers`` in flight (bounded memory)."""
+def _run_jobs(jobs: list, workers: int, progress: Progress | None, task, compute=None) -> Iterator[dict]:
+    """Run ``compute(job)`` (default :func:`_compute_track`; a module-level function that writes
+    ``job.part``) for every job in a process pool with at most ``2 × workers`` in flight (bounded memory)."""
+    compute = compute or _compute_track
     if workers <= 1:
         with threadpool_limits(1, user_api="blas"):
             for job in jobs:
-                yield _compute_track(job)
+                yield compute(job)
                 if progress is not None:
                     progress.advance(task)
         return
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["melgenre.store"])
+    ctx.set_forkserver_preload(list(dict.fromkeys(["melgenre.store", compute.__module__])))
     pending = iter(jobs)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_blas_thread) as pool:
-        in_flight = {pool.submit(_compute_track, j) for j in _take(pending, 2 * workers)}
+        in_flight = {pool.submit(compute, j) for j in _take(pending, 2 * workers)}
         while in_flight:
             done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
             for fut in done:
                 yield fut.result()
                 if progress is not None:
                     progress.advance(task)
-            in_flight |= {pool.submit(_compute_track, j) for j in _take(pending, len(done))}
+            in_flight |= {pool.submit(compute, j) for j in _take(pending, len(done))}
 
 
 def _one_blas_thread() -> None:

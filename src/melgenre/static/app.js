@@ -1,5 +1,6 @@
 // melgenre web page: pick or drop an audio file -> POST /predict?spectrogram=true -> show the
-// genre, a bar chart of every class's probability and the mel spectrogram. No libraries.
+// genre, a bar chart of every class's probability, the most similar tracks of the server's library
+// (when it has one) and the mel spectrogram. No libraries.
 "use strict";
 
 (() => {
@@ -15,6 +16,8 @@
   const notes = $("result-notes");
   const chart = $("prob-chart");
   const spectrogram = $("spectrogram");
+  const similar = $("similar");
+  const similarList = $("similar-list");
 
   let maxUploadBytes = null; // from /health; the server enforces the limit either way
   let requestSeq = 0;
@@ -90,6 +93,22 @@
     });
   }
 
+  function renderSimilar(items) {
+    // body.similar exists only when the server was started with --index
+    similar.hidden = !Array.isArray(items);
+    similarList.replaceChildren(...(items || []).map((item) => {
+      const li = document.createElement("li");
+      const name = document.createElement("span");
+      name.className = "similar-path";
+      name.textContent = item.path;
+      const score = document.createElement("span");
+      score.className = "similar-score";
+      score.textContent = `${Number(item.score).toFixed(3)} similarity`;
+      li.append(name, score);
+      return li;
+    }));
+  }
+
   function render(body) {
     genre.textContent = body.label;
     const p = body.probabilities[body.label];
@@ -106,6 +125,7 @@
       return li;
     }));
     renderChart(body.probabilities, body.label);
+    renderSimilar(body.similar);
     if (body.spectrogram) {
       spectrogram.alt = `Mel spectrogram of ${body.filename}`;
       spectrogram.src = body.spectrogram;
