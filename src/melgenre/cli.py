@@ -624,6 +624,29 @@ def export_cmd(
         raise typer.BadParameter("--format must be onnx or package")
 
 
+@app.command()
+def calibrate(
+    package: Path = typer.Argument(..., help="A model package .json (rewritten in place: its card gets 'calibration' and 'trust'; a <stem>.trust.npz is written beside it)."),
+    cv_result: Path = typer.Option(..., "--cv", help="cv-groups-last.json of `melgenre cv` of the package's recipe (artist-disjoint; its fold runs are read from the same folder). Required (no default)."),
+    data: Path = typer.Option(None, "--data", "-d", help="The feature file the folds and the package trained on. Default: the folds' data.path."),
+    plot: Path = typer.Option(None, "--plot", help="Write a reliability diagram (PNG) there. Default: none."),
+    report: Path = typer.Option(None, "--report", help="Write every figure and per-clip score (JSON) there. Default: none."),
+) -> None:
+    """Calibrate a package's probabilities and set its "unsure" / "not music" thresholds on out-of-fold predictions."""
+    from melgenre.calibrate import calibrate_package
+
+    _quiet_lightning()
+    result = calibrate_package(package, cv_result, data=data, plot=plot, report=report)
+    c, t, e = result["calibration"], result["trust"], result["evaluation"]
+    say(f"temperature {c['temperature']:.3f} on {c['n']} out-of-fold tracks ({c['fitted_on']}): "
+        f"ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f} ({c['ece_bins']} bins)")
+    say(f"unsure below {t['unsure_below']:.3f} (flags {100 * t['unsure_rate_dev']:.0f} % of the dev clips); not music "
+        f"above {t['not_music_above']:.2f} (false flags on dev clips {100 * t['false_flag_rate_dev']:.1f} %)")
+    say(f"music vs generated non-music: AUROC {e['auroc_music_vs_nonmusic']:.3f}; {e['nonmusic_flagged']} of "
+        f"{e['n_nonmusic']} non-music clips flagged" + ("" if e["speech"] else " (no espeak-ng: no speech clips)"))
+    say(f"wrote {result['package']}" + "".join(f", {p}" for p in (plot, report) if p is not None))
+
+
 # -- HTTP service --------------------------------------------------------------------------------
 
 @app.command()

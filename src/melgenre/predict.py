@@ -113,12 +113,16 @@ class Prediction(_JsonDict):
     silent: bool  # the clip's peak is below melgenre.audio.SILENCE_PEAK
     model_id: str
     flags: list[str] = field(default_factory=list)  # warnings, see FLAGS ("silent"/"padded" added from those fields)
+    novelty: float | None = None  # "not music" score (melgenre.trust.novelty); None without a stored reference
 
 
 #: Warnings a :class:`Prediction` may carry in ``flags``, with their meaning in plain words.
 FLAGS = {
     "silent": "the clip is silent, so the genre means little",
     "padded": "the clip is shorter than the model's input and was padded with silence",
+    "unsure": "the model is unsure: its top genre is more likely wrong than right",
+    "not_music": "this does not sound like the music the model was trained on (speech, noise, tones or silence?), "
+                 "so the genre means little",
 }
 
 
@@ -160,6 +164,31 @@ def window_images(y: np.ndarray, preset: Preset) -> tuple[np.ndarray, list[float
     return images.astype(np.float16).astype(np.float32), starts, padded
 
 
+def forward_outputs(module: nn.Module, images: np.ndarray, embeddings: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits ``(N, C)`` of a torch model on images ``(N, H, W)``, in batches of :data:`BATCH_SIZE`, and
+    with ``embeddings`` the input of its last linear layer ``(N, D)`` from the same forward pass (else None)."""
+    last = [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
+    captured: list[torch.Tensor] = []
+    handle = last.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].flatten(1))) \
+        if embeddings else None
+    x = np.ascontiguousarray(np.asarray(images, dtype=np.float32)[:, None])
+    logits = []
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(x), BATCH_SIZE):
+                logits.append(module(torch.from_numpy(x[i:i + BATCH_SIZE])).float().numpy())
+    finally:
+        if handle is not None:
+            handle.remove()
+    num_classes = last.out_features
+    out = np.concatenate(logits) if logits else np.zeros((0, num_classes), dtype=np.float32)
+    if not embeddings:
+        return out, None
+    emb = torch.cat(captured).float().numpy() if captured else np.zeros((0, last.in_features), dtype=np.float32)
+    return out, emb
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -191,6 +220,10 @@ class GenreModel:
                 raise MelgenreError(f"--hop must be positive, got {hop}")
             self.window_preset = dataclasses.replace(self.preset, chunk_hop_seconds=float(hop), frames_per_hop=None)
         self.model_id: str = card["model_id"]
+        #: Window logits are divided by it before the softmax (the card's calibration; 1 without one).
+        self.temperature = float((card.get("calibration") or {}).get("temperature", 1.0))
+        #: Centre of the training tracks' embeddings for the "not music" score (melgenre.trust); None: unknown.
+        self.trust_centre: np.ndarray | None = None
         self.backend = "torch" if module is not None else "onnx"
         self._module = channels_last(module.eval()) if module is not None else None
         self._session = session
@@ -200,9 +233,6 @@ class GenreModel:
                 f"classes={len(self.classes)})")
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
-        if self._module is not None:
-            with torch.inference_mode():
-                return self._module(torch.from_numpy(x)).numpy()
         return self._session.run(["logits"], {"mel": x})[0]
 
     def clip_images(self, y: np.ndarray) -> tuple[np.ndarray, list[float], bool]:
@@ -221,11 +251,23 @@ class GenreModel:
         Returns
         -------
         np.ndarray
-            ``(N, C)`` softmax probabilities, computed in batches of :data:`BATCH_SIZE`.
+            ``(N, C)`` calibrated softmax probabilities (of the logits divided by :attr:`temperature`),
+            computed in batches of :data:`BATCH_SIZE`.
         """
-        x = np.ascontiguousarray(np.asarray(images, dtype=np.float32)[:, None])
-        out = [_softmax(self._logits(x[i:i + BATCH_SIZE])) for i in range(0, len(x), BATCH_SIZE)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
+        return self.window_outputs(images)[0]
+
+    def window_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`predict_images`'s probabilities and, from the same forward pass, the images'
+        embeddings (:meth:`embed_images`) when the "not music" score can use them (torch backend and
+        a stored :attr:`trust_centre`), else None."""
+        if self._module is not None:
+            logits, emb = forward_outputs(self._module, images, embeddings=self.trust_centre is not None)
+        else:
+            x = np.ascontiguousarray(np.asarray(images, dtype=np.float32)[:, None])
+            out = [self._logits(x[i:i + BATCH_SIZE]) for i in range(0, len(x), BATCH_SIZE)]
+            logits = np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
+            emb = None
+        return _softmax(logits / np.float32(self.temperature)), emb
 
     def embed_images(self, images: np.ndarray) -> np.ndarray:
         """Embeddings of mel images: the input of the model's last linear layer (its penultimate features).
@@ -248,19 +290,7 @@ class GenreModel:
         """
         if self._module is None:
             raise MelgenreError(f"model {self.model_id}: embeddings need the torch backend, not {self.backend}")
-        last = [m for m in self._module.modules() if isinstance(m, nn.Linear)][-1]
-        captured: list[torch.Tensor] = []
-        handle = last.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].flatten(1)))
-        x = np.ascontiguousarray(np.asarray(images, dtype=np.float32)[:, None])
-        try:
-            with torch.inference_mode():
-                for i in range(0, len(x), BATCH_SIZE):
-                    self._module(torch.from_numpy(x[i:i + BATCH_SIZE]))
-        finally:
-            handle.remove()
-        if not captured:
-            return np.zeros((0, last.in_features), dtype=np.float32)
-        return torch.cat(captured).numpy().astype(np.float32, copy=False)
+        return forward_outputs(self._module, images, embeddings=True)[1]
 
     def _samples(self, source: str | Path | bytes | np.ndarray, sr: int | None, name: str | None) -> tuple[np.ndarray, str]:
         """Mono float32 audio at the preset's rate, and the name to report."""
@@ -314,25 +344,36 @@ class GenreModel:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         y, label = self._samples(source, sr, name)
         images, starts, padded = self.clip_images(y)
-        return self.prediction(label, self.predict_images(images), starts, duration=len(y) / self.preset.sr,
-                               padded=padded, silent=audio.is_silent(y), top_k=top_k)
+        probs, emb = self.window_outputs(images)
+        return self.prediction(label, probs, starts, duration=len(y) / self.preset.sr,
+                               padded=padded, silent=audio.is_silent(y), top_k=top_k, window_embeddings=emb)
 
     def prediction(self, source: str, window_probs: np.ndarray, window_starts: list[float], duration: float,
-                   padded: bool, silent: bool, top_k: int = 3) -> Prediction:
+                   padded: bool, silent: bool, top_k: int = 3,
+                   window_embeddings: np.ndarray | None = None) -> Prediction:
         """The :class:`Prediction` of one clip from its windows' probabilities (from :meth:`predict_images`).
 
         :meth:`predict` and batch paths that run the windows of many files through the model
-        together both end here, so a result never depends on how it was batched.
+        together both end here, so a result never depends on how it was batched. The "unsure" and
+        "not_music" flags follow the card's ``trust`` thresholds (:func:`melgenre.trust.trust_flags`);
+        "not_music" needs ``window_embeddings`` (from :meth:`window_outputs`) except for silent clips.
         """
+        from melgenre.trust import novelty, trust_flags
+
+        ranked = _ranked(self.classes, window_probs, top_k)
+        score = (novelty(window_embeddings, self.trust_centre)
+                 if window_embeddings is not None and self.trust_centre is not None and len(window_embeddings) else None)
         return Prediction(
             source=source,
-            **_ranked(self.classes, window_probs, top_k),
+            **ranked,
             window_probabilities=window_probs,
             window_starts=window_starts,
             duration=duration,
             padded=padded,
             silent=silent,
             model_id=self.model_id,
+            flags=trust_flags(self.card, ranked["top"][0][1], score, silent),
+            novelty=score,
         )
 
 
@@ -600,7 +641,12 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
         return _from_onnx(path, hop)
     module, card = _load_torch(path)
     if backend == "torch":
-        return GenreModel(card, module=module, hop=hop)
+        model = GenreModel(card, module=module, hop=hop)
+        if path.suffix in (".json", ".safetensors"):
+            from melgenre.trust import load_centre
+
+            model.trust_centre = load_centre(path.with_suffix(".json"), card)
+        return model
     with tempfile.TemporaryDirectory(prefix="melgenre-onnx-") as tmp:  # private (0700), removed at once
         onnx_path = Path(tmp) / "model.onnx"
         _write_onnx(module, card, onnx_path)
