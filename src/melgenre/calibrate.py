@@ -72,6 +72,22 @@ def fit_temperature(window_logits: np.ndarray, track_index: np.ndarray, labels: 
     return float(np.exp(result.x))
 
 
+def cross_fitted_probabilities(window_logits: np.ndarray, track_index: np.ndarray, labels: np.ndarray,
+                               fold: np.ndarray) -> np.ndarray:
+    """Track probabilities where each fold's tracks are scaled by the temperature fitted on the other
+    folds' tracks: an estimate of calibration on tracks the temperature was not fitted on."""
+    out = np.zeros((len(labels), window_logits.shape[1]))
+    for k in np.unique(fold):
+        held = fold == k
+        rest = ~held[track_index]
+        _, rest_index = np.unique(track_index[rest], return_inverse=True)
+        t = fit_temperature(window_logits[rest], rest_index, labels[~held])
+        mine = held[track_index]
+        _, mine_index = np.unique(track_index[mine], return_inverse=True)
+        out[held] = track_probabilities(window_logits[mine], mine_index, t)
+    return out
+
+
 def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """Expected calibration error of the top class: ``sum_b |B_b|/n · |accuracy(B_b) − confidence(B_b)|``
     over ``bins`` equal-width bins of the top probability (a bin holds confidences in ``(lo, hi]``)."""
@@ -230,16 +246,6 @@ def _package_centre(module: Any, store_path: Path, hop: float | None, card: dict
     return tracks.mean(axis=0), len(tracks)
 
 
-def nonmusic_scores(model: Any, clips: dict[str, np.ndarray], sr: int) -> dict[str, dict[str, float]]:
-    """Novelty and calibrated top probability of each generated non-music clip under a loaded model
-    (:class:`melgenre.predict.GenreModel` with a stored centre)."""
-    out = {}
-    for name, y in clips.items():
-        pred = model.predict(y, sr=sr, name=name)
-        out[name] = {"novelty": pred.novelty, "top_probability": pred.top[0][1], "flags": list(pred.flags)}
-    return out
-
-
 def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path | None = None,
                       plot: str | Path | None = None, report: str | Path | None = None) -> dict[str, Any]:
     """Fit a package's temperature and trust thresholds on a cross-validation of its recipe; write them into its card.
@@ -276,7 +282,7 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
     import io
 
     from melgenre import trust
-    from melgenre.predict import _load_torch, load_model
+    from melgenre.predict import _load_torch
     from melgenre.utils import atomic_path
 
     card_path = Path(package).with_suffix(".json")
@@ -302,10 +308,12 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
     calibration = {"temperature": round(temperature, 6), "fitted_on": source,
                    "level": "track (mean of the windows' softmax of logits / temperature)",
                    "ece_before": round(ece(before, oof.labels), 6), "ece_after": round(ece(after, oof.labels), 6),
+                   "ece_after_cross_fitted": round(ece(cross_fitted_probabilities(
+                       oof.window_logits, oof.track_index, oof.labels, oof.fold), oof.labels), 6),
                    "ece_bins": ECE_BINS, "nll_before": round(nll(before, oof.labels), 6),
                    "nll_after": round(nll(after, oof.labels), 6), "n": len(oof.tracks)}
     buf = io.BytesIO()
-    np.savez(buf, centre=centre.astype(np.float32))
+    np.savez(buf, centre=centre.astype(np.float32), music_novelty=music.astype(np.float32))
     reference_bytes = buf.getvalue()
     flagged_unsure = after.max(axis=1) < unsure_below
     trust_card = {
@@ -328,19 +336,12 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
         tmp.write_bytes(reference_bytes)
     with atomic_path(card_path) as tmp:
         tmp.write_text(json.dumps(new_card, indent=1) + "\n")
-
-    model = load_model(card_path)
-    clips = trust.nonmusic_clips(sr=model.preset.sr)
-    scores = nonmusic_scores(model, clips, model.preset.sr)
-    evaluation = {
-        "auroc_music_vs_nonmusic": trust.auroc(np.array([s["novelty"] for s in scores.values()]), music),
-        "false_flag_rate_dev": trust_card["false_flag_rate_dev"],
-        "nonmusic_flagged": sum(bool({"not_music", "unsure"} & set(s["flags"])) for s in scores.values()),
-        "nonmusic_not_music": sum("not_music" in s["flags"] for s in scores.values()),
-        "n_nonmusic": len(scores), "n_music": len(music), "speech": trust.have_espeak(),
-    }
+    evaluation = trust.evaluate_package(card_path)
+    trust_card["evaluation"] = {k: v for k, v in evaluation.items() if k not in ("nonmusic", "model_id")}
+    with atomic_path(card_path) as tmp:  # the card again, with the non-music figures
+        tmp.write_text(json.dumps(new_card, indent=1) + "\n")
     result = {"package": str(card_path), "calibration": calibration, "trust": trust_card, "evaluation": evaluation,
-              "nonmusic": scores, "music_novelty": dict(zip(oof.tracks.tolist(), music.round(6).tolist()))}
+              "music_novelty": dict(zip(oof.tracks.tolist(), music.round(6).tolist()))}
     if plot is not None:
         reliability_diagram(before, after, oof.labels, plot, title=f"{card['model_id']}: {source}, {len(oof.tracks)} tracks")
     if report is not None:

@@ -639,11 +639,12 @@ def calibrate(
     result = calibrate_package(package, cv_result, data=data, plot=plot, report=report)
     c, t, e = result["calibration"], result["trust"], result["evaluation"]
     say(f"temperature {c['temperature']:.3f} on {c['n']} out-of-fold tracks ({c['fitted_on']}): "
-        f"ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f} ({c['ece_bins']} bins)")
+        f"ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f} ({c['ece_after_cross_fitted']:.3f} cross-fitted over the folds; {c['ece_bins']} bins)")
     say(f"unsure below {t['unsure_below']:.3f} (flags {100 * t['unsure_rate_dev']:.0f} % of the dev clips); not music "
         f"above {t['not_music_above']:.2f} (false flags on dev clips {100 * t['false_flag_rate_dev']:.1f} %)")
-    say(f"music vs generated non-music: AUROC {e['auroc_music_vs_nonmusic']:.3f}; {e['nonmusic_flagged']} of "
-        f"{e['n_nonmusic']} non-music clips flagged" + ("" if e["speech"] else " (no espeak-ng: no speech clips)"))
+    say(f"music vs generated non-music: AUROC {e['auroc_music_vs_nonmusic']:.3f}; {e['nonmusic_not_music']} of "
+        f"{e['n_nonmusic']} non-music clips flagged not_music, {e['nonmusic_flagged']} not_music or unsure"
+        + ("" if e["speech"] else " (no espeak-ng: no speech clips)"))
     say(f"wrote {result['package']}" + "".join(f", {p}" for p in (plot, report) if p is not None))
 
 
@@ -682,7 +683,7 @@ def bench(
     data: Path = typer.Option(None, "--data", "-d", help="Corpus folder to take the audio files from. Default: synthetic 30-s clips."),
     n_files: int = typer.Option(None, "--files", "-n", min=1, help="Files of the preprocessing benchmark. Default: 200 (quick: 8)."),
     models: str = typer.Option(None, "--models", help="Comma-separated registered models to train. Default: all."),
-    sections: str = typer.Option(None, "--sections", help="Comma-separated: preprocessing,features,training,inference,memory. Default: all."),
+    sections: str = typer.Option(None, "--sections", help="Comma-separated: preprocessing,features,training,inference,memory,trust. Default: all."),
     workers: int = typer.Option(0, "--workers", "-w", min=0, help="prepare's worker processes. Default 0 = one per CPU core."),
     note: str = typer.Option("", "--note", help="Free text stored with the results (e.g. 'under load'). Default: none."),
 ) -> None:

@@ -643,9 +643,10 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
     if backend == "torch":
         model = GenreModel(card, module=module, hop=hop)
         if path.suffix in (".json", ".safetensors"):
-            from melgenre.trust import load_centre
+            from melgenre.trust import load_reference
 
-            model.trust_centre = load_centre(path.with_suffix(".json"), card)
+            reference = load_reference(path.with_suffix(".json"), card)
+            model.trust_centre = None if reference is None else reference["centre"]
         return model
     with tempfile.TemporaryDirectory(prefix="melgenre-onnx-") as tmp:  # private (0700), removed at once
         onnx_path = Path(tmp) / "model.onnx"

@@ -186,10 +186,19 @@ def reference_path(card_path: str | Path) -> Path:
     return card_path.with_name(card_path.stem + REFERENCE_SUFFIX)
 
 
-def load_centre(card_path: str | Path, card: dict[str, Any]) -> np.ndarray | None:
-    """The stored centre of the training embeddings of a package, or None when its card has no
-    ``trust.reference`` (an old package) or the file is missing."""
+def load_reference(card_path: str | Path, card: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """The arrays of a package's ``<stem>.trust.npz``: ``centre`` (D,), the centre of the training
+    tracks' embeddings, and ``music_novelty`` (T,), the out-of-fold novelty of the dev clips the
+    thresholds were chosen on. None when the card has no ``trust.reference`` (an old package) or the
+    file is missing (the "not music" score then falls back to silence only).
+
+    Raises
+    ------
+    MelgenreError
+        The file does not match the card's checksum.
+    """
     import hashlib
+    import io
 
     reference = (card.get("trust") or {}).get("reference")
     if not reference:
@@ -200,7 +209,47 @@ def load_centre(card_path: str | Path, card: dict[str, Any]) -> np.ndarray | Non
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != reference.get("sha256"):
         raise MelgenreError(f"{path}: does not match the card's trust.reference (sha256)")
-    import io
-
     with np.load(io.BytesIO(data)) as npz:
-        return npz["centre"].astype(np.float32)
+        return {k: npz[k].astype(np.float32) for k in npz.files}
+
+
+def evaluate_package(card_path: str | Path | None = None, music_novelty: np.ndarray | None = None,
+                     with_speech: bool | None = None, seconds: float = 30.0) -> dict[str, Any]:
+    """Music against generated non-music for a calibrated package (default: the shipped default model).
+
+    Every clip of :func:`nonmusic_clips` is predicted with the package; the AUROC of the novelty
+    score puts the out-of-fold dev clips (``music_novelty``, default: the package's stored ones)
+    against them. Returns the AUROC, the dev false-flag rate at the card's threshold, how many
+    non-music clips got "not_music" or any trust flag, and each clip's score, top probability and flags.
+    ``seconds``: length of the generated clips (the dev clips are 30 s).
+
+    Raises
+    ------
+    MelgenreError
+        The package has no stored reference (run ``melgenre calibrate`` on it first).
+    """
+    from melgenre.predict import default_model_path, load_model
+
+    card_path = Path(card_path) if card_path is not None else default_model_path()
+    model = load_model(card_path)
+    reference = load_reference(card_path.with_suffix(".json"), model.card)
+    if reference is None or model.trust_centre is None:
+        raise MelgenreError(f"{card_path}: no trust reference; run `melgenre calibrate` on the package first")
+    music = reference["music_novelty"] if music_novelty is None else np.asarray(music_novelty)
+    clips = nonmusic_clips(sr=model.preset.sr, seconds=seconds, with_speech=with_speech)
+    scores = {}
+    for name, y in clips.items():
+        pred = model.predict(y, sr=model.preset.sr, name=name)
+        scores[name] = {"novelty": round(pred.novelty, 6), "top_probability": round(pred.top[0][1], 6),
+                        "flags": list(pred.flags)}
+    threshold = model.card["trust"]["not_music_above"]
+    return {
+        "model_id": model.model_id,
+        "auroc_music_vs_nonmusic": round(auroc(np.array([s["novelty"] for s in scores.values()]), music), 6),
+        "false_flag_rate_dev": round(float(np.mean(music > threshold)), 6),
+        "n_music": len(music), "n_nonmusic": len(scores),
+        "nonmusic_not_music": sum("not_music" in s["flags"] for s in scores.values()),
+        "nonmusic_flagged": sum(bool({"not_music", "unsure"} & set(s["flags"])) for s in scores.values()),
+        "speech": any(name.startswith("speech") for name in scores), "seconds": seconds,
+        "nonmusic": scores,
+    }
