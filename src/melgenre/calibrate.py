@@ -247,7 +247,8 @@ def _package_centre(module: Any, store_path: Path, hop: float | None, card: dict
 
 
 def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path | None = None,
-                      plot: str | Path | None = None, report: str | Path | None = None) -> dict[str, Any]:
+                      plot: str | Path | None = None, report: str | Path | None = None,
+                      nonmusic_seconds: float = 30.0) -> dict[str, Any]:
     """Fit a package's temperature and trust thresholds on a cross-validation of its recipe; write them into its card.
 
     Steps: out-of-fold window logits and embeddings (:func:`oof_outputs`, at the card's
@@ -272,6 +273,8 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
         Write a reliability diagram (PNG) there.
     report : path, optional
         Write every figure and per-clip score (JSON) there.
+    nonmusic_seconds : float
+        Length of the generated non-music clips (the GTZAN dev clips are 30 s).
 
     Returns
     -------
@@ -336,7 +339,7 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
         tmp.write_bytes(reference_bytes)
     with atomic_path(card_path) as tmp:
         tmp.write_text(json.dumps(new_card, indent=1) + "\n")
-    evaluation = trust.evaluate_package(card_path)
+    evaluation = trust.evaluate_package(card_path, music_novelty=music, seconds=nonmusic_seconds)
     trust_card["evaluation"] = {k: v for k, v in evaluation.items() if k not in ("nonmusic", "model_id")}
     with atomic_path(card_path) as tmp:  # the card again, with the non-music figures
         tmp.write_text(json.dumps(new_card, indent=1) + "\n")
