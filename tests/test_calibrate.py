@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 from typer.testing import CliRunner
 
 from melgenre import calibrate, synth, trust
@@ -176,9 +177,17 @@ def test_flags_of_silence_noise_and_tones(calibrated):
         expected = pred.novelty > model.card["trust"]["not_music_above"]
         assert ("not_music" in pred.flags) == expected
         assert ("unsure" in pred.flags) == (pred.top[0][1] < model.card["trust"]["unsure_below"])
+    # the CLI: the flags in the table with their meaning, the score in JSON
+    silent_wav = calibrated["root"] / "silent.wav"
+    sf.write(silent_wav, clips["silence"], SR)
+    r = runner.invoke(app, ["predict", str(silent_wav), "--model", str(calibrated["card"])])
+    assert r.exit_code == 0 and "not_music: this does not sound like the music the model was trained on" in r.stdout
+    entry = json.loads(runner.invoke(app, ["predict", str(silent_wav), "--model", str(calibrated["card"]),
+                                           "-f", "json"]).stdout)[0]
+    assert "not_music" in entry["flags"] and entry["novelty"] == pytest.approx(silence.novelty, rel=1e-4)
     # a package without trust data (never calibrated) falls back: silence only, no crash
     raw = load_model(calibrated["plain"])
-    assert raw.predict(clips["silence"], sr=SR).flags == ["not_music", "silent"]
+    assert raw.predict(clips["silence"], sr=SR).flags == ["silent", "not_music"]
     assert raw.predict(clips["noise-white-0"], sr=SR).novelty is None
 
 

@@ -598,6 +598,10 @@ def predict_cmd(
             out.add_row(escape(str(path)), ", ".join(f"{escape(genre)} {p:.3f}" for genre, p in pred.top),
                         str(len(pred.window_starts)), flags)
         console.print(out)
+        from melgenre.predict import FLAGS
+
+        for flag in dict.fromkeys(f for _, pred, _ in results if pred is not None for f in pred.flags):
+            console.print(f"{flag}: {FLAGS.get(flag, '')}", markup=False, highlight=False)  # the flags in words
     if any(error is not None for _, _, error in results):
         raise typer.Exit(1)
 

@@ -372,7 +372,8 @@ class GenreModel:
             padded=padded,
             silent=silent,
             model_id=self.model_id,
-            flags=trust_flags(self.card, ranked["top"][0][1], score, silent),
+            flags=[f for f, on in (("silent", silent), ("padded", padded)) if on]
+            + trust_flags(self.card, ranked["top"][0][1], score, silent),
             novelty=score,
         )
 
