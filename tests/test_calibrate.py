@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from melgenre import calibrate, synth, trust
 from melgenre.cli import app
 from melgenre.config import config_from_dict
-from melgenre.predict import _softmax, forward_outputs, load_model, save_package
+from melgenre.predict import _softmax, export_onnx_file, forward_outputs, load_model, save_package
 from melgenre.store import prepare
 from melgenre.train import cross_validate
 
@@ -162,9 +162,17 @@ def test_predictions_use_the_calibrated_probabilities(calibrated):
     np.testing.assert_allclose(onnx_model.predict_images(images), expected, atol=1e-4)
     p_torch, p_onnx = torch_model.predict(clip, sr=SR), onnx_model.predict(clip, sr=SR)
     np.testing.assert_allclose(p_torch.window_probabilities, p_onnx.window_probabilities, atol=1e-4)
-    # ONNX has no embedding output: no novelty score, "not music" only from silence
-    assert p_torch.novelty is not None and p_onnx.novelty is None
+    assert p_torch.novelty == pytest.approx(p_onnx.novelty, rel=1e-4) and p_torch.flags == p_onnx.flags
     assert "novelty" in p_torch.to_dict()
+    # an exported ONNX file carries the calibration and the centre
+    onnx_file = export_onnx_file(card_path, calibrated["root"] / "tiny.onnx")
+    from_file = load_model(onnx_file).predict(clip, sr=SR)
+    np.testing.assert_allclose(from_file.window_probabilities, p_torch.window_probabilities, atol=1e-4)
+    assert from_file.novelty == pytest.approx(p_torch.novelty, rel=1e-4)
+    # a graph without the embedding output (exported before it existed): no score, no crash
+    old = load_model(onnx_file)
+    old.__dict__["_has_embedding"] = False
+    assert old.predict(clip, sr=SR).novelty is None
 
 
 def test_flags_of_silence_noise_and_tones(calibrated):

@@ -232,8 +232,10 @@ class GenreModel:
         return (f"GenreModel({self.model_id!r}, backend={self.backend!r}, preset={self.preset.name!r}, "
                 f"classes={len(self.classes)})")
 
-    def _logits(self, x: np.ndarray) -> np.ndarray:
-        return self._session.run(["logits"], {"mel": x})[0]
+    @functools.cached_property
+    def _has_embedding(self) -> bool:
+        """The ONNX graph has an ``embedding`` output (files exported before it existed do not)."""
+        return any(o.name == "embedding" for o in self._session.get_outputs())
 
     def clip_images(self, y: np.ndarray) -> tuple[np.ndarray, list[float], bool]:
         """:func:`window_images` of mono samples at ``preset.sr``, with this model's prediction hop."""
@@ -258,15 +260,16 @@ class GenreModel:
 
     def window_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`predict_images`'s probabilities and, from the same forward pass, the images'
-        embeddings (:meth:`embed_images`) when the "not music" score can use them (torch backend and
-        a stored :attr:`trust_centre`), else None."""
+        embeddings (:meth:`embed_images`) when the "not music" score can use them (a stored
+        :attr:`trust_centre`, and with ONNX a graph with an ``embedding`` output), else None."""
         if self._module is not None:
             logits, emb = forward_outputs(self._module, images, embeddings=self.trust_centre is not None)
         else:
+            names = ["logits"] + (["embedding"] if self.trust_centre is not None and self._has_embedding else [])
             x = np.ascontiguousarray(np.asarray(images, dtype=np.float32)[:, None])
-            out = [self._logits(x[i:i + BATCH_SIZE]) for i in range(0, len(x), BATCH_SIZE)]
-            logits = np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
-            emb = None
+            out = [self._session.run(names, {"mel": x[i:i + BATCH_SIZE]}) for i in range(0, len(x), BATCH_SIZE)]
+            logits = np.concatenate([o[0] for o in out]) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
+            emb = np.concatenate([o[1] for o in out]) if out and len(names) == 2 else None
         return _softmax(logits / np.float32(self.temperature)), emb
 
     def embed_images(self, images: np.ndarray) -> np.ndarray:
@@ -534,17 +537,40 @@ def _load_torch(source: str | Path) -> tuple[nn.Module, dict[str, Any]]:
                         "or an exported .onnx)")
 
 
-def _write_onnx(module: nn.Module, card: dict[str, Any], path: Path) -> None:
-    """Export ``module`` to ``path`` with the card in the ONNX metadata."""
+class _WithEmbedding(nn.Module):
+    """A model whose forward returns its logits and its last linear layer's input (for the ONNX export)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        self.last = [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
+        captured: list[torch.Tensor] = []
+        handle = self.last.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].flatten(1)))
+        try:
+            logits = self.module(x)
+        finally:
+            handle.remove()
+        return logits, captured[0]
+
+
+def _write_onnx(module: nn.Module, card: dict[str, Any], path: Path, centre: np.ndarray | None = None) -> None:
+    """Export ``module`` to ``path`` with the card (and a "not music" ``centre``, if any) in the ONNX
+    metadata; the graph outputs ``logits`` and ``embedding`` (the last linear layer's input)."""
+    import base64
+
     import onnx
 
     from melgenre.models import export_onnx
 
     h, w = Preset.from_dict(card["preset"]).image_shape()
-    export_onnx(module, path, input_shape=(1, h, w), opset=17)
+    export_onnx(_WithEmbedding(module), path, input_shape=(1, h, w), opset=17, output_names=("logits", "embedding"))
     proto = onnx.load(str(path))
     props = {"melgenre_card": json.dumps(card), "classes": json.dumps(card["classes"]),
              "preset": json.dumps(card["preset"])}
+    if centre is not None:
+        props["melgenre_trust_centre"] = base64.b64encode(np.asarray(centre, dtype="<f4").tobytes()).decode()
     for key, value in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -575,7 +601,12 @@ def _from_onnx(path: Path, hop: float | None = None) -> GenreModel:
         card = json.loads(meta["melgenre_card"])
     except json.JSONDecodeError:
         raise MelgenreError(f"{path}: the melgenre card in the ONNX metadata is not valid JSON") from None
-    return GenreModel(_check_card(path, card), session=session, hop=hop)
+    model = GenreModel(_check_card(path, card), session=session, hop=hop)
+    if "melgenre_trust_centre" in meta:
+        import base64
+
+        model.trust_centre = np.frombuffer(base64.b64decode(meta["melgenre_trust_centre"]), dtype="<f4").copy()
+    return model
 
 
 def default_model_path() -> Path:
@@ -641,18 +672,26 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
             raise MelgenreError(f"{path}: an ONNX model runs only with the onnx backend")
         return _from_onnx(path, hop)
     module, card = _load_torch(path)
+    centre = _trust_centre(path, card)
     if backend == "torch":
         model = GenreModel(card, module=module, hop=hop)
-        if path.suffix in (".json", ".safetensors"):
-            from melgenre.trust import load_reference
+    else:
+        with tempfile.TemporaryDirectory(prefix="melgenre-onnx-") as tmp:  # private (0700), removed at once
+            onnx_path = Path(tmp) / "model.onnx"
+            _write_onnx(module, card, onnx_path)
+            model = GenreModel(card, session=_onnx_session(onnx_path.read_bytes(), str(path)), hop=hop)
+    model.trust_centre = centre
+    return model
 
-            reference = load_reference(path.with_suffix(".json"), card)
-            model.trust_centre = None if reference is None else reference["centre"]
-        return model
-    with tempfile.TemporaryDirectory(prefix="melgenre-onnx-") as tmp:  # private (0700), removed at once
-        onnx_path = Path(tmp) / "model.onnx"
-        _write_onnx(module, card, onnx_path)
-        return GenreModel(card, session=_onnx_session(onnx_path.read_bytes(), str(path)), hop=hop)
+
+def _trust_centre(path: Path, card: dict[str, Any]) -> np.ndarray | None:
+    """The "not music" centre stored beside a package (see :mod:`melgenre.trust`); None for other sources."""
+    if path.suffix not in (".json", ".safetensors"):
+        return None
+    from melgenre.trust import load_reference
+
+    reference = load_reference(path.with_suffix(".json"), card)
+    return None if reference is None else reference["centre"]
 
 
 # -- writing models ----------------------------------------------------------------------------
@@ -761,7 +800,7 @@ def export_onnx_file(source: str | Path, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
-        _write_onnx(module, card, tmp)
+        _write_onnx(module, card, tmp, centre=_trust_centre(Path(source), card))
     return out
 
 

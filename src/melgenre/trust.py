@@ -14,8 +14,8 @@ Two scores, both documented in docs/model-card.md:
   out-of-fold dev clips' scores (each scored by the fold model that did not train on it, against
   that fold's training tracks): a false-flag rate of about 5 % on music like the training music.
   A silent clip is always "not music". Without a stored centre (an old package, a run directory,
-  or the ONNX backend, which has no embedding output) "not music" is set for silent clips only,
-  and "unsure" still applies.
+  or an ONNX file exported before its graph had an ``embedding`` output) "not music" is set for
+  silent clips only, and "unsure" still applies. ONNX files carry the centre in their metadata.
 
 The non-music evaluation set (:func:`nonmusic_clips`) is generated, never downloaded: speech from
 ``espeak-ng`` (when installed), white/pink/brown noise, sine tones, silence and click trains.
