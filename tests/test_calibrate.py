@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import TINY_SERVE
 from typer.testing import CliRunner
 
 from melgenre import calibrate, synth, trust
@@ -19,13 +20,7 @@ from melgenre.train import cross_validate
 
 runner = CliRunner()
 
-TINY = {
-    "name": "tiny-cal", "seed": 0,
-    "data": {"batch_size": 8, "fractions": [0.8, 0.1, 0.1]},
-    "model": {"name": "melcnn", "width": 4, "dropout": 0.1},
-    "optim": {"name": "adamw", "lr": 3e-3},
-    "train": {"max_epochs": 1, "patience": 1},
-}
+TINY = {**TINY_SERVE, "name": "tiny-cal", "train": {"max_epochs": 1, "patience": 1}}
 SR = 22_050
 
 

@@ -358,12 +358,9 @@ def reliability_diagram(before: np.ndarray, after: np.ndarray, labels: np.ndarra
                         title: str = "", bins: int = ECE_BINS) -> Path:
     """A reliability diagram (PNG): accuracy against mean top probability per confidence bin, before
     and after calibration, with the bins' track counts and the ECE in the legend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from melgenre.utils import atomic_path
+    from melgenre.display import save_png  # (selects matplotlib's file-only backend)
 
     fig, ax = plt.subplots(figsize=(5.2, 5.0), dpi=110)
     ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
@@ -383,9 +380,4 @@ def reliability_diagram(before: np.ndarray, after: np.ndarray, labels: np.ndarra
     ax.legend(loc="upper left", fontsize=8, title=f"{bins} bins; dot area ~ tracks", title_fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out
+    return save_png(fig, out)
