@@ -139,7 +139,7 @@ def test_calibrate_writes_the_card_and_reference(calibrated):
     assert (root / "rel.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((root / "report.json").read_text())
     assert report["calibration"] == cal and len(report["music_novelty"]) == cal["n"]
-    assert f"temperature {cal['temperature']:.3f}" in calibrated["output"]
+    assert f"temperature {cal['temperature']:.3f}" in calibrated["output"] and "tiny.trust.npz" in calibrated["output"]
     # the card still loads as a package (round trip) and the reference is found
     model = load_model(card_path)
     assert model.temperature == cal["temperature"] and model.trust_centre is not None
@@ -201,13 +201,17 @@ def test_calibrate_errors_are_one_line(calibrated, tmp_path):
     (tmp_path / "cv-last.json").write_text("{}")
     r = runner.invoke(app, ["calibrate", card, "--cv", str(tmp_path / "cv-last.json")])
     assert r.exit_code == 2 and "not a cross-validation result" in r.output
+    r = runner.invoke(app, ["calibrate", str(calibrated["root"] / "runs"), "--cv", str(tmp_path / "cv-last.json")])
+    assert r.exit_code == 2 and "calibrate needs a model package .json" in r.output
     bad = calibrated["root"] / "pkg" / "tiny.trust.npz"
     saved = bad.read_bytes()
+    clip = calibrated["root"] / "clips" / "class00" / "class00.00000.wav"
     try:
         bad.write_bytes(saved[:-1] + b"x")
-        r = runner.invoke(app, ["predict", str(calibrated["root"] / "clips" / "class00" / "class00.00000.wav"),
-                                "--model", card])
+        r = runner.invoke(app, ["predict", str(clip), "--model", card])
         assert r.exit_code == 2 and "tiny.trust.npz: does not match" in r.output
+        bad.unlink()  # a package copied without its side file: no "not music" score, no crash
+        assert load_model(card).predict(clip).novelty is None
     finally:
         bad.write_bytes(saved)
 

@@ -651,7 +651,8 @@ def calibrate(
     say(f"music vs generated non-music: AUROC {e['auroc_music_vs_nonmusic']:.3f}; {e['nonmusic_not_music']} of "
         f"{e['n_nonmusic']} non-music clips flagged not_music, {e['nonmusic_flagged']} not_music or unsure"
         + ("" if e["speech"] else " (no espeak-ng: no speech clips)"))
-    say(f"wrote {result['package']}" + "".join(f", {p}" for p in (plot, report) if p is not None))
+    written = [result["package"], Path(result["package"]).with_name(result["trust"]["reference"]["file"]), plot, report]
+    say("wrote " + ", ".join(str(p) for p in written if p is not None))
 
 
 # -- HTTP service --------------------------------------------------------------------------------
