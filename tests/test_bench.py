@@ -95,12 +95,18 @@ def test_results_json_is_well_formed(results):
         assert r["peak_rss_mb_main"] > 0 and r["peak_rss_mb_total"] >= r["peak_rss_mb_main"]
         assert r["children"] >= 1 and r["peak_rss_mb_largest_child"] > 0 and r["growth_vs_smallest"] > 0
 
+    trust = data["trust"]  # the shipped default model against generated non-music (6-s clips when quick)
+    assert trust["seconds"] == 6.0 and trust["n_music"] > 100 and trust["n_nonmusic"] >= 14
+    assert 0.9 <= trust["auroc_music_vs_nonmusic"] <= 1 and 0 < trust["false_flag_rate_dev"] < 0.1
+    assert trust["nonmusic_flagged"] == trust["n_nonmusic"] and "silent" in trust["nonmusic"]["silence"]["flags"]
+
 
 def test_results_markdown(results):
     _, out = results
     text = (out / "results.md").read_text()
     assert text.startswith("# melgenre benchmarks (quick)")
-    for heading in ("## 1. Preprocessing", "## 2. Mel images", "## 3. Training", "## 4. Inference", "## 5. Memory"):
+    for heading in ("## 1. Preprocessing", "## 2. Mel images", "## 3. Training", "## 4. Inference", "## 5. Memory",
+                    "## 6. Not music"):
         assert heading in text
     assert "| melcnn |" in text and "cores" in text
 

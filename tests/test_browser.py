@@ -141,6 +141,13 @@ def test_page_predicts_a_dropped_file(browser, server_url, tiny_model, library_i
     pixels = np.asarray(image)
     assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500  # text, bars, a picture
 
+    # a silent clip: the flags are notes in plain words
+    quiet = tmp_path / "quiet.wav"
+    sf.write(quiet, np.zeros(22_050 * 4, dtype=np.float32), 22_050, subtype="PCM_16")
+    browser.find_element(By.ID, "file-input").send_keys(str(quiet))
+    notes = _wait(browser, lambda d: d.find_element(By.ID, "result-notes").text or None, "the notes")
+    assert "The clip is silent" in notes and "does not sound like the music the model was trained on" in notes
+
 
 def test_page_shows_readable_errors(browser, server_url, tmp_path):
     browser.get(server_url + "/")

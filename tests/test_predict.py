@@ -123,8 +123,9 @@ def test_short_long_and_silent_clips(model):
     assert np.diff(long.window_starts)[0] == pytest.approx(1.5, abs=0.01)
 
     silent = model.predict(np.zeros(3 * SR, dtype=np.float32), sr=SR)
-    assert silent.silent and len(silent.window_starts) == 1 and silent.flags == ["silent"]
-    assert long.flags == [] and silent.to_dict()["flags"] == ["silent"]
+    # an uncalibrated package has no "not music" score: silence is still "not music"
+    assert silent.silent and len(silent.window_starts) == 1 and silent.flags == ["silent", "not_music"]
+    assert long.flags == [] and silent.to_dict()["flags"] == ["silent", "not_music"]
 
 
 def test_hop_sets_the_step_between_windows(trained, model):
@@ -260,7 +261,7 @@ def test_cli_predict_formats_and_failures(trained, tmp_path):
     sf.write(folder / "silent.wav", np.zeros(SR, dtype=np.float32), SR)
     r = runner.invoke(app, ["predict", str(folder / "silent.wav"), "--model", model, "-f", "csv"])
     assert r.exit_code == 0, r.output
-    assert list(csv.DictReader(io.StringIO(r.stdout)))[0]["flags"] == "silent;padded"
+    assert list(csv.DictReader(io.StringIO(r.stdout)))[0]["flags"] == "silent;padded;not_music"
 
     r = runner.invoke(app, ["predict", str(tmp_path / "missing.wav"), "--model", model])
     assert r.exit_code == 1 and "no such file" in r.stderr

@@ -161,7 +161,7 @@ def test_predict_other_formats_and_silence(client, tmp_path, tiny_model):
     assert body["label"] in tiny_model.classes and body["duration"] == pytest.approx(4.0, abs=1e-3)
     sf.write(tmp_path / "quiet.wav", np.zeros(22_050, dtype=np.float32), 22_050)
     body = _post(client, tmp_path / "quiet.wav", query="?spectrogram=true").json()
-    assert body["silent"] is True and body["padded"] is True and body["flags"] == ["silent", "padded"] and body["spectrogram"].startswith("data:image/png")
+    assert body["silent"] is True and body["padded"] is True and body["flags"] == ["silent", "padded", "not_music"] and body["spectrogram"].startswith("data:image/png")
 
 
 def test_client_filename_is_only_a_label(tiny_model, clips, tmp_path):

@@ -56,7 +56,7 @@ import numpy as np
 
 from melgenre import __version__
 
-SECTIONS = ("preprocessing", "features", "training", "inference", "memory")
+SECTIONS = ("preprocessing", "features", "training", "inference", "memory", "trust")
 
 #: The issues' targets: prepare vs the naive loop, and one 30-s file's end-to-end latency per model.
 TARGET_SPEEDUP = 5.0
@@ -725,6 +725,22 @@ def bench_memory(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], 
 
 # -- the suite -----------------------------------------------------------------------------------
 
+def bench_trust(settings: BenchSettings, log: Callable[[str], None]) -> dict[str, Any]:
+    """The default model's "not music" score: AUROC of its out-of-fold dev clips against the generated
+    non-music set (:func:`melgenre.trust.evaluate_package`; 6-s clips when quick, else 30 s)."""
+    from melgenre.errors import MelgenreError
+    from melgenre.trust import evaluate_package
+
+    try:
+        result = evaluate_package(seconds=6.0 if settings.quick else 30.0)
+    except MelgenreError as exc:
+        log(f"trust: skipped ({exc})")
+        return {"skipped": str(exc)}
+    log(f"trust: AUROC {result['auroc_music_vs_nonmusic']:.3f} music vs non-music; "
+        f"{result['nonmusic_not_music']}/{result['n_nonmusic']} non-music flagged not_music")
+    return result
+
+
 def run_bench(out: str | Path = "bench", settings: BenchSettings | None = None,
               log: Callable[[str], None] = print, command: str | None = None) -> dict[str, Any]:
     """Run the benchmark sections of ``settings`` and write ``out/results.json`` and ``out/results.md``.
@@ -777,6 +793,8 @@ def run_bench(out: str | Path = "bench", settings: BenchSettings | None = None,
                 results[section] = bench_training(settings, log)
             elif section == "inference":
                 results[section] = bench_inference(settings, inputs, log)
+            elif section == "trust":
+                results[section] = bench_trust(settings, log)
             else:
                 results[section] = bench_memory(settings, inputs, log)
             results.setdefault("section_seconds", {})[section] = round(time.perf_counter() - t0, 1)
@@ -870,6 +888,15 @@ def results_markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {r['n_tracks']} | {r['preset']} | {r['workers']} | {r['peak_rss_mb_main']:.0f} | "
                          f"{r['peak_rss_mb_largest_child']:.0f} | {r['peak_rss_mb_total']:.0f} | "
                          f"{r.get('growth_vs_smallest', 1.0):.2f}× | {r['seconds']:.1f} |")
+    trust = results.get("trust")
+    if trust and "skipped" not in trust:
+        lines += ["", "## 6. Not music: the default model's novelty score", "",
+                  f"- AUROC, out-of-fold dev clips ({trust['n_music']}) against generated non-music "
+                  f"({trust['n_nonmusic']} clips of {trust['seconds']:g} s{'' if trust['speech'] else ', no speech'}): "
+                  f"**{trust['auroc_music_vs_nonmusic']:.3f}** (target ≥ 0.95)",
+                  f"- false-flag rate on the dev clips: {100 * trust['false_flag_rate_dev']:.1f} %",
+                  f"- non-music flagged not_music: {trust['nonmusic_not_music']} of {trust['n_nonmusic']}; "
+                  f"not_music or unsure: {trust['nonmusic_flagged']}"]
     return "\n".join(lines) + "\n"
 
 

@@ -598,6 +598,10 @@ def predict_cmd(
             out.add_row(escape(str(path)), ", ".join(f"{escape(genre)} {p:.3f}" for genre, p in pred.top),
                         str(len(pred.window_starts)), flags)
         console.print(out)
+        from melgenre.predict import FLAGS
+
+        for flag in dict.fromkeys(f for _, pred, _ in results if pred is not None for f in pred.flags):
+            console.print(f"{flag}: {FLAGS.get(flag, '')}", markup=False, highlight=False)  # the flags in words
     if any(error is not None for _, _, error in results):
         raise typer.Exit(1)
 
@@ -688,6 +692,33 @@ def similar(
     console.print(out)
 
 
+@app.command()
+def calibrate(
+    package: Path = typer.Argument(..., help="A model package .json (rewritten in place: its card gets 'calibration' and 'trust'; a <stem>.trust.npz is written beside it)."),
+    cv_result: Path = typer.Option(..., "--cv", help="cv-groups-last.json of `melgenre cv` of the package's recipe (artist-disjoint; its fold runs are read from the same folder). Required (no default)."),
+    data: Path = typer.Option(None, "--data", "-d", help="The feature file the folds and the package trained on. Default: the folds' data.path."),
+    plot: Path = typer.Option(None, "--plot", help="Write a reliability diagram (PNG) there. Default: none."),
+    report: Path = typer.Option(None, "--report", help="Write every figure and per-clip score (JSON) there. Default: none."),
+    nonmusic_seconds: float = typer.Option(30.0, "--nonmusic-seconds", min=1.0, help="Length of the generated non-music clips (speech, noise, tones, silence, clicks) the AUROC is measured on. Default: 30 (as the GTZAN clips)."),
+) -> None:
+    """Calibrate a package's probabilities and set its "unsure" / "not music" thresholds on out-of-fold predictions."""
+    from melgenre.calibrate import calibrate_package
+
+    _quiet_lightning()
+    result = calibrate_package(package, cv_result, data=data, plot=plot, report=report,
+                               nonmusic_seconds=nonmusic_seconds)
+    c, t, e = result["calibration"], result["trust"], result["evaluation"]
+    say(f"temperature {c['temperature']:.3f} on {c['n']} out-of-fold tracks ({c['fitted_on']}): "
+        f"ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f} ({c['ece_after_cross_fitted']:.3f} cross-fitted over the folds; {c['ece_bins']} bins)")
+    say(f"unsure below {t['unsure_below']:.3f} (flags {100 * t['unsure_rate_dev']:.0f} % of the dev clips); not music "
+        f"above {t['not_music_above']:.2f} (false flags on dev clips {100 * t['false_flag_rate_dev']:.1f} %)")
+    say(f"music vs generated non-music: AUROC {e['auroc_music_vs_nonmusic']:.3f}; {e['nonmusic_not_music']} of "
+        f"{e['n_nonmusic']} non-music clips flagged not_music, {e['nonmusic_flagged']} not_music or unsure"
+        + ("" if e["speech"] else " (no espeak-ng: no speech clips)"))
+    written = [result["package"], Path(result["package"]).with_name(result["trust"]["reference"]["file"]), plot, report]
+    say("wrote " + ", ".join(str(p) for p in written if p is not None))
+
+
 # -- HTTP service --------------------------------------------------------------------------------
 
 @app.command()
@@ -728,7 +759,7 @@ def bench(
     data: Path = typer.Option(None, "--data", "-d", help="Corpus folder to take the audio files from. Default: synthetic 30-s clips."),
     n_files: int = typer.Option(None, "--files", "-n", min=1, help="Files of the preprocessing benchmark. Default: 200 (quick: 8)."),
     models: str = typer.Option(None, "--models", help="Comma-separated registered models to train. Default: all."),
-    sections: str = typer.Option(None, "--sections", help="Comma-separated: preprocessing,features,training,inference,memory. Default: all."),
+    sections: str = typer.Option(None, "--sections", help="Comma-separated: preprocessing,features,training,inference,memory,trust. Default: all."),
     workers: int = typer.Option(0, "--workers", "-w", min=0, help="prepare's worker processes. Default 0 = one per CPU core."),
     note: str = typer.Option("", "--note", help="Free text stored with the results (e.g. 'under load'). Default: none."),
 ) -> None:

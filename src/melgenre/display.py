@@ -60,7 +60,11 @@ def save_mel_figure(path: str | Path, out: str | Path, preset: str | Path | Pres
     """Load ``path``, draw :func:`mel_figure` and write it as a PNG to ``out`` (atomically)."""
     preset = features.get_preset(preset)
     clip = audio.load(path, sr=preset.sr)
-    fig = mel_figure(clip.samples, preset, title=f"{Path(path).name} — preset {preset.name}")
+    return save_png(mel_figure(clip.samples, preset, title=f"{Path(path).name} — preset {preset.name}"), out)
+
+
+def save_png(fig: plt.Figure, out: str | Path) -> Path:
+    """Write a figure as a PNG to ``out`` (atomically, parent folders created) and close it."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:

@@ -113,12 +113,16 @@ class Prediction(_JsonDict):
     silent: bool  # the clip's peak is below melgenre.audio.SILENCE_PEAK
     model_id: str
     flags: list[str] = field(default_factory=list)  # warnings, see FLAGS ("silent"/"padded" added from those fields)
+    novelty: float | None = None  # "not music" score (melgenre.trust.novelty); None without a stored reference
 
 
 #: Warnings a :class:`Prediction` may carry in ``flags``, with their meaning in plain words.
 FLAGS = {
     "silent": "the clip is silent, so the genre means little",
     "padded": "the clip is shorter than the model's input and was padded with silence",
+    "unsure": "the model is unsure: its top genre is more likely wrong than right",
+    "not_music": "this does not sound like the music the model was trained on (speech, noise, tones or silence?), "
+                 "so the genre means little",
 }
 
 
@@ -160,6 +164,31 @@ def window_images(y: np.ndarray, preset: Preset) -> tuple[np.ndarray, list[float
     return images.astype(np.float16).astype(np.float32), starts, padded
 
 
+def forward_outputs(module: nn.Module, images: np.ndarray, embeddings: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits ``(N, C)`` of a torch model on images ``(N, H, W)``, in batches of :data:`BATCH_SIZE`, and
+    with ``embeddings`` the input of its last linear layer ``(N, D)`` from the same forward pass (else None)."""
+    last = [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
+    captured: list[torch.Tensor] = []
+    handle = last.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].flatten(1))) \
+        if embeddings else None
+    x = np.ascontiguousarray(np.asarray(images, dtype=np.float32)[:, None])
+    logits = []
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(x), BATCH_SIZE):
+                logits.append(module(torch.from_numpy(x[i:i + BATCH_SIZE])).float().numpy())
+    finally:
+        if handle is not None:
+            handle.remove()
+    num_classes = last.out_features
+    out = np.concatenate(logits) if logits else np.zeros((0, num_classes), dtype=np.float32)
+    if not embeddings:
+        return out, None
+    emb = torch.cat(captured).float().numpy() if captured else np.zeros((0, last.in_features), dtype=np.float32)
+    return out, emb
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -191,6 +220,10 @@ class GenreModel:
                 raise MelgenreError(f"--hop must be positive, got {hop}")
             self.window_preset = dataclasses.replace(self.preset, chunk_hop_seconds=float(hop), frames_per_hop=None)
         self.model_id: str = card["model_id"]
+        #: Window logits are divided by it before the softmax (the card's calibration; 1 without one).
+        self.temperature = float((card.get("calibration") or {}).get("temperature", 1.0))
+        #: Centre of the training tracks' embeddings for the "not music" score (melgenre.trust); None: unknown.
+        self.trust_centre: np.ndarray | None = None
         self.backend = "torch" if module is not None else "onnx"
         self._module = channels_last(module.eval()) if module is not None else None
         self._session = session
@@ -199,11 +232,10 @@ class GenreModel:
         return (f"GenreModel({self.model_id!r}, backend={self.backend!r}, preset={self.preset.name!r}, "
                 f"classes={len(self.classes)})")
 
-    def _logits(self, x: np.ndarray) -> np.ndarray:
-        if self._module is not None:
-            with torch.inference_mode():
-                return self._module(torch.from_numpy(x)).numpy()
-        return self._session.run(["logits"], {"mel": x})[0]
+    @functools.cached_property
+    def _has_embedding(self) -> bool:
+        """The ONNX graph has an ``embedding`` output (files exported before it existed do not)."""
+        return any(o.name == "embedding" for o in self._session.get_outputs())
 
     def clip_images(self, y: np.ndarray) -> tuple[np.ndarray, list[float], bool]:
         """:func:`window_images` of mono samples at ``preset.sr``, with this model's prediction hop."""
@@ -221,11 +253,24 @@ class GenreModel:
         Returns
         -------
         np.ndarray
-            ``(N, C)`` softmax probabilities, computed in batches of :data:`BATCH_SIZE`.
+            ``(N, C)`` calibrated softmax probabilities (of the logits divided by :attr:`temperature`),
+            computed in batches of :data:`BATCH_SIZE`.
         """
-        x = np.ascontiguousarray(np.asarray(images, dtype=np.float32)[:, None])
-        out = [_softmax(self._logits(x[i:i + BATCH_SIZE])) for i in range(0, len(x), BATCH_SIZE)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
+        return self.window_outputs(images)[0]
+
+    def window_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`predict_images`'s probabilities and, from the same forward pass, the images'
+        embeddings (:meth:`embed_images`) when the "not music" score can use them (a stored
+        :attr:`trust_centre`, and with ONNX a graph with an ``embedding`` output), else None."""
+        if self._module is not None:
+            logits, emb = forward_outputs(self._module, images, embeddings=self.trust_centre is not None)
+        else:
+            names = ["logits"] + (["embedding"] if self.trust_centre is not None and self._has_embedding else [])
+            x = np.ascontiguousarray(np.asarray(images, dtype=np.float32)[:, None])
+            out = [self._session.run(names, {"mel": x[i:i + BATCH_SIZE]}) for i in range(0, len(x), BATCH_SIZE)]
+            logits = np.concatenate([o[0] for o in out]) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
+            emb = np.concatenate([o[1] for o in out]) if out and len(names) == 2 else None
+        return _softmax(logits / np.float32(self.temperature)), emb
 
     def embed_images(self, images: np.ndarray) -> np.ndarray:
         """Embeddings of mel images: the input of the model's last linear layer (its penultimate features).
@@ -248,19 +293,7 @@ class GenreModel:
         """
         if self._module is None:
             raise MelgenreError(f"model {self.model_id}: embeddings need the torch backend, not {self.backend}")
-        last = [m for m in self._module.modules() if isinstance(m, nn.Linear)][-1]
-        captured: list[torch.Tensor] = []
-        handle = last.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].flatten(1)))
-        x = np.ascontiguousarray(np.asarray(images, dtype=np.float32)[:, None])
-        try:
-            with torch.inference_mode():
-                for i in range(0, len(x), BATCH_SIZE):
-                    self._module(torch.from_numpy(x[i:i + BATCH_SIZE]))
-        finally:
-            handle.remove()
-        if not captured:
-            return np.zeros((0, last.in_features), dtype=np.float32)
-        return torch.cat(captured).numpy().astype(np.float32, copy=False)
+        return forward_outputs(self._module, images, embeddings=True)[1]
 
     def _samples(self, source: str | Path | bytes | np.ndarray, sr: int | None, name: str | None) -> tuple[np.ndarray, str]:
         """Mono float32 audio at the preset's rate, and the name to report."""
@@ -314,25 +347,37 @@ class GenreModel:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         y, label = self._samples(source, sr, name)
         images, starts, padded = self.clip_images(y)
-        return self.prediction(label, self.predict_images(images), starts, duration=len(y) / self.preset.sr,
-                               padded=padded, silent=audio.is_silent(y), top_k=top_k)
+        probs, emb = self.window_outputs(images)
+        return self.prediction(label, probs, starts, duration=len(y) / self.preset.sr,
+                               padded=padded, silent=audio.is_silent(y), top_k=top_k, window_embeddings=emb)
 
     def prediction(self, source: str, window_probs: np.ndarray, window_starts: list[float], duration: float,
-                   padded: bool, silent: bool, top_k: int = 3) -> Prediction:
+                   padded: bool, silent: bool, top_k: int = 3,
+                   window_embeddings: np.ndarray | None = None) -> Prediction:
         """The :class:`Prediction` of one clip from its windows' probabilities (from :meth:`predict_images`).
 
         :meth:`predict` and batch paths that run the windows of many files through the model
-        together both end here, so a result never depends on how it was batched.
+        together both end here, so a result never depends on how it was batched. The "unsure" and
+        "not_music" flags follow the card's ``trust`` thresholds (:func:`melgenre.trust.trust_flags`);
+        "not_music" needs ``window_embeddings`` (from :meth:`window_outputs`) except for silent clips.
         """
+        from melgenre.trust import novelty, trust_flags
+
+        ranked = _ranked(self.classes, window_probs, top_k)
+        score = (novelty(window_embeddings, self.trust_centre)
+                 if window_embeddings is not None and self.trust_centre is not None and len(window_embeddings) else None)
         return Prediction(
             source=source,
-            **_ranked(self.classes, window_probs, top_k),
+            **ranked,
             window_probabilities=window_probs,
             window_starts=window_starts,
             duration=duration,
             padded=padded,
             silent=silent,
             model_id=self.model_id,
+            flags=[f for f, on in (("silent", silent), ("padded", padded)) if on]
+            + trust_flags(self.card, ranked["top"][0][1], score, silent),
+            novelty=score,
         )
 
 
@@ -492,17 +537,40 @@ def _load_torch(source: str | Path) -> tuple[nn.Module, dict[str, Any]]:
                         "or an exported .onnx)")
 
 
-def _write_onnx(module: nn.Module, card: dict[str, Any], path: Path) -> None:
-    """Export ``module`` to ``path`` with the card in the ONNX metadata."""
+class _WithEmbedding(nn.Module):
+    """A model whose forward returns its logits and its last linear layer's input (for the ONNX export)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        self.last = [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
+        captured: list[torch.Tensor] = []
+        handle = self.last.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].flatten(1)))
+        try:
+            logits = self.module(x)
+        finally:
+            handle.remove()
+        return logits, captured[0]
+
+
+def _write_onnx(module: nn.Module, card: dict[str, Any], path: Path, centre: np.ndarray | None = None) -> None:
+    """Export ``module`` to ``path`` with the card (and a "not music" ``centre``, if any) in the ONNX
+    metadata; the graph outputs ``logits`` and ``embedding`` (the last linear layer's input)."""
+    import base64
+
     import onnx
 
     from melgenre.models import export_onnx
 
     h, w = Preset.from_dict(card["preset"]).image_shape()
-    export_onnx(module, path, input_shape=(1, h, w), opset=17)
+    export_onnx(_WithEmbedding(module), path, input_shape=(1, h, w), opset=17, output_names=("logits", "embedding"))
     proto = onnx.load(str(path))
     props = {"melgenre_card": json.dumps(card), "classes": json.dumps(card["classes"]),
              "preset": json.dumps(card["preset"])}
+    if centre is not None:
+        props["melgenre_trust_centre"] = base64.b64encode(np.asarray(centre, dtype="<f4").tobytes()).decode()
     for key, value in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -533,7 +601,12 @@ def _from_onnx(path: Path, hop: float | None = None) -> GenreModel:
         card = json.loads(meta["melgenre_card"])
     except json.JSONDecodeError:
         raise MelgenreError(f"{path}: the melgenre card in the ONNX metadata is not valid JSON") from None
-    return GenreModel(_check_card(path, card), session=session, hop=hop)
+    model = GenreModel(_check_card(path, card), session=session, hop=hop)
+    if "melgenre_trust_centre" in meta:
+        import base64
+
+        model.trust_centre = np.frombuffer(base64.b64decode(meta["melgenre_trust_centre"]), dtype="<f4").copy()
+    return model
 
 
 def default_model_path() -> Path:
@@ -599,12 +672,26 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
             raise MelgenreError(f"{path}: an ONNX model runs only with the onnx backend")
         return _from_onnx(path, hop)
     module, card = _load_torch(path)
+    centre = _trust_centre(path, card)
     if backend == "torch":
-        return GenreModel(card, module=module, hop=hop)
-    with tempfile.TemporaryDirectory(prefix="melgenre-onnx-") as tmp:  # private (0700), removed at once
-        onnx_path = Path(tmp) / "model.onnx"
-        _write_onnx(module, card, onnx_path)
-        return GenreModel(card, session=_onnx_session(onnx_path.read_bytes(), str(path)), hop=hop)
+        model = GenreModel(card, module=module, hop=hop)
+    else:
+        with tempfile.TemporaryDirectory(prefix="melgenre-onnx-") as tmp:  # private (0700), removed at once
+            onnx_path = Path(tmp) / "model.onnx"
+            _write_onnx(module, card, onnx_path)
+            model = GenreModel(card, session=_onnx_session(onnx_path.read_bytes(), str(path)), hop=hop)
+    model.trust_centre = centre
+    return model
+
+
+def _trust_centre(path: Path, card: dict[str, Any]) -> np.ndarray | None:
+    """The "not music" centre stored beside a package (see :mod:`melgenre.trust`); None for other sources."""
+    if path.suffix not in (".json", ".safetensors"):
+        return None
+    from melgenre.trust import load_reference
+
+    reference = load_reference(path.with_suffix(".json"), card)
+    return None if reference is None else reference["centre"]
 
 
 # -- writing models ----------------------------------------------------------------------------
@@ -713,7 +800,7 @@ def export_onnx_file(source: str | Path, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
-        _write_onnx(module, card, tmp)
+        _write_onnx(module, card, tmp, centre=_trust_centre(Path(source), card))
     return out
 
 

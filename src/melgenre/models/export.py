@@ -17,7 +17,8 @@ from melgenre.errors import ConfigError
 
 
 def export_onnx(
-    model: nn.Module, path: str | Path, input_shape: Sequence[int], opset: int = 17, batch_size: int = 1
+    model: nn.Module, path: str | Path, input_shape: Sequence[int], opset: int = 17, batch_size: int = 1,
+    output_names: Sequence[str] = ("logits",),
 ) -> Path:
     """Export ``model`` (in eval mode: DropBlock/dropout off) to ONNX.
 
@@ -36,6 +37,9 @@ def export_onnx(
         ONNX opset version (>= 17).
     batch_size : int
         Batch size of the example input used for tracing.
+    output_names : sequence of str
+        Names of the model's outputs (a model returning a tuple has one name per element), each
+        with a dynamic batch axis.
 
     Returns
     -------
@@ -60,8 +64,8 @@ def export_onnx(
                 dynamo=False,
                 opset_version=opset,
                 input_names=["mel"],
-                output_names=["logits"],
-                dynamic_axes={"mel": {0: "batch"}, "logits": {0: "batch"}},
+                output_names=list(output_names),
+                dynamic_axes={"mel": {0: "batch"}, **{name: {0: "batch"} for name in output_names}},
             )
     finally:
         model.train(was_training)

@@ -119,6 +119,12 @@
     const noteItems = [];
     if (body.silent) noteItems.push("The clip is silent, so this prediction means little.");
     if (body.padded) noteItems.push("The clip is shorter than the model's input and was padded with silence.");
+    const flags = body.flags || [];
+    if (flags.includes("not_music")) {
+      noteItems.push("This does not sound like the music the model was trained on (speech, noise, tones or "
+        + "silence?), so the genre means little.");
+    }
+    if (flags.includes("unsure")) noteItems.push("The model is unsure: its top genre is more likely wrong than right.");
     notes.replaceChildren(...noteItems.map((text) => {
       const li = document.createElement("li");
       li.textContent = text;

@@ -1,0 +1,239 @@
+"""Calibration (temperature scaling on out-of-fold predictions) and the "unsure" / "not music" flags."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import TINY_SERVE
+from typer.testing import CliRunner
+
+from melgenre import calibrate, synth, trust
+from melgenre.cli import app
+from melgenre.config import config_from_dict
+from melgenre.predict import _softmax, export_onnx_file, forward_outputs, load_model, save_package
+from melgenre.store import prepare
+from melgenre.train import cross_validate
+
+runner = CliRunner()
+
+TINY = {**TINY_SERVE, "name": "tiny-cal", "train": {"max_epochs": 1, "patience": 1}}
+SR = 22_050
+
+
+# -- the numbers ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("true_t", [0.5, 2.0])
+def test_fit_temperature_recovers_a_known_temperature(true_t):
+    """Labels drawn from track probabilities made with temperature T: the fit finds T again."""
+    rng = np.random.default_rng(0)
+    tracks, windows, classes = 3000, 3, 5
+    logits = rng.normal(0, 2.0, (tracks * windows, classes)) + np.repeat(rng.normal(0, 2.0, (tracks, classes)), windows, 0)
+    index = np.repeat(np.arange(tracks), windows)
+    probs = calibrate.track_probabilities(logits, index, true_t)
+    labels = np.array([rng.choice(classes, p=p / p.sum()) for p in probs])
+    fitted = calibrate.fit_temperature(logits, index, labels)
+    assert fitted == pytest.approx(true_t, rel=0.08)
+    # the fitted temperature gives a lower NLL than no scaling, and a low calibration error
+    assert calibrate.nll(calibrate.track_probabilities(logits, index, fitted), labels) < \
+        calibrate.nll(calibrate.track_probabilities(logits, index), labels)
+    assert calibrate.ece(calibrate.track_probabilities(logits, index, fitted), labels) < 0.03
+
+
+def test_track_probabilities_average_the_windows_softmax():
+    logits = np.array([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    probs = calibrate.track_probabilities(logits, np.array([0, 0, 1]), temperature=2.0)
+    expected0 = (_softmax(logits[:1] / 2) + _softmax(logits[1:2] / 2)) / 2
+    np.testing.assert_allclose(probs, [expected0[0], [0.5, 0.5]], atol=1e-6)
+
+
+def test_ece_on_known_values():
+    # top probabilities 0.95 (right), 0.55 (wrong), 0.85 (right), 0.65 (right); 10 bins: one per bin
+    probs = np.array([[0.95, 0.05], [0.55, 0.45], [0.15, 0.85], [0.35, 0.65]])
+    labels = np.array([0, 1, 1, 1])
+    assert calibrate.ece(probs, labels, bins=10) == pytest.approx((0.05 + 0.55 + 0.15 + 0.35) / 4)
+    # one bin over (0.5, 1]: accuracy 0.75 against mean confidence 0.75
+    assert calibrate.ece(probs, labels, bins=2) == pytest.approx(0.0, abs=1e-12)
+    perfect = np.eye(3)[[0, 1, 2]]
+    assert calibrate.ece(perfect, np.array([0, 1, 2])) == 0.0
+
+
+def test_thresholds_and_auroc():
+    music = np.arange(100, dtype=float)
+    threshold = trust.novelty_threshold(music)
+    assert np.mean(music > threshold) == pytest.approx(trust.FALSE_FLAG_RATE, abs=0.011)
+    assert trust.auroc(np.array([200.0, 300.0]), music) == 1.0
+    assert trust.auroc(np.array([49.5]), music) == pytest.approx(0.5)
+    assert trust.auroc(np.array([0.0]), np.array([0.0])) == 0.5
+
+    # below 0.4 the predictions are right 1 time in 3; adding 0.4-0.6 brings the running accuracy to 0.5
+    top = np.array([0.2, 0.3, 0.35, 0.4, 0.6, 0.7, 0.9, 0.95])
+    right = np.array([0, 1, 0, 1, 1, 1, 1, 1])
+    assert trust.unsure_threshold(top, right) == pytest.approx(0.4)
+    assert trust.unsure_threshold(top, np.ones(8)) == 0.0  # always right: nothing is unsure
+    assert trust.unsure_threshold(top, np.zeros(8)) > 0.95  # always wrong: everything is
+
+
+def test_novelty_and_flags():
+    centre = np.zeros(4)
+    windows = np.array([[3.0, 4.0, 0, 0], [0, 0, 0, 1.0]])
+    assert trust.novelty(windows, centre) == pytest.approx(3.0)
+    card = {"trust": {"unsure_below": 0.5, "not_music_above": 2.0}}
+    assert trust.trust_flags(card, 0.9, 1.0, silent=False) == []
+    assert trust.trust_flags(card, 0.4, 3.0, silent=False) == ["not_music", "unsure"]
+    assert trust.trust_flags({}, 0.1, None, silent=True) == ["not_music"]  # no thresholds: silence only
+    assert trust.trust_flags({}, 0.1, None, silent=False) == []
+
+
+def test_nonmusic_clips_are_generated_without_speech():
+    clips = trust.nonmusic_clips(sr=8000, seconds=2.0, with_speech=False)
+    assert {"silence", "noise-white-0", "noise-pink-0", "tone-440hz", "clicks-2hz"} <= set(clips)
+    assert all(y.shape == (16_000,) and y.dtype == np.float32 for y in clips.values())
+    assert np.max(np.abs(clips["silence"])) == 0 and 0.4 < np.max(np.abs(clips["noise-white-0"])) <= 0.5
+
+
+@pytest.mark.skipif(not trust.have_espeak(), reason="espeak-ng is not installed (apt-get install espeak-ng)")
+def test_speech_from_espeak():
+    y = trust.speech("one two three", "en", sr=16_000, seconds=3.0)
+    assert y.shape == (48_000,) and np.max(np.abs(y)) > 0.05
+
+
+# -- a calibrated tiny package ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """A 2-fold CV of a tiny melcnn on 3 synthetic classes and one of its fold models as a package
+    (standing in for the final retrain, to save time), calibrated through the CLI (with a reliability
+    diagram and a report)."""
+    root = tmp_path_factory.mktemp("calibrate")
+    synth.write_corpus(root / "clips", n_classes=3, per_class=4, seconds=3.5, seed=4)
+    prepare(root / "clips", "fast", root / "syn.h5", workers=1, progress=False)
+    cross_validate(config_from_dict(TINY), folds=2, runs_dir=root / "runs", data=root / "syn.h5", progress=False,
+                   fixed_epochs=True, final_retrain=False)
+    card = save_package(root / "runs" / "tiny-cal" / "fold0-last", root / "pkg" / "tiny")  # any model of the recipe
+    plain = save_package(card, root / "plain" / "tiny")  # the same model, never calibrated
+    r = runner.invoke(app, ["calibrate", str(card), "--cv", str(root / "runs" / "tiny-cal" / "cv-last.json"),
+                            "--data", str(root / "syn.h5"), "--plot", str(root / "rel.png"),
+                            "--report", str(root / "report.json"), "--nonmusic-seconds", "4"])
+    assert r.exit_code == 0, r.output
+    return {"root": root, "card": card, "plain": plain, "output": r.output}
+
+
+def test_calibrate_writes_the_card_and_reference(calibrated):
+    root, card_path = calibrated["root"], calibrated["card"]
+    card = json.loads(card_path.read_text())
+    cal, tr = card["calibration"], card["trust"]
+    assert cal["fitted_on"] == "tiny-cal/cv-last.json" and cal["ece_bins"] == 15
+    assert calibrate.T_RANGE[0] <= cal["temperature"] <= calibrate.T_RANGE[1]
+    assert 0 <= cal["ece_after"] <= 1 and 0 <= cal["ece_before"] <= 1 and cal["nll_after"] <= cal["nll_before"] + 1e-9
+    assert cal["n"] == tr["n"] > 0
+    assert tr["not_music_above"] > 0 and 0 <= tr["false_flag_rate_dev"] <= 0.5
+    assert 0 <= tr["evaluation"]["auroc_music_vs_nonmusic"] <= 1 and tr["evaluation"]["n_nonmusic"] >= 14
+    npz = card_path.with_name("tiny.trust.npz")
+    assert tr["reference"]["file"] == npz.name
+    assert hashlib.sha256(npz.read_bytes()).hexdigest() == tr["reference"]["sha256"]
+    assert npz.stat().st_size < 100_000
+    assert (root / "rel.png").read_bytes()[:4] == b"\x89PNG"
+    report = json.loads((root / "report.json").read_text())
+    assert report["calibration"] == cal and len(report["music_novelty"]) == cal["n"]
+    assert f"temperature {cal['temperature']:.3f}" in calibrated["output"] and "tiny.trust.npz" in calibrated["output"]
+    # the card still loads as a package (round trip) and the reference is found
+    model = load_model(card_path)
+    assert model.temperature == cal["temperature"] and model.trust_centre is not None
+
+
+def test_predictions_use_the_calibrated_probabilities(calibrated):
+    card_path, plain = calibrated["card"], calibrated["plain"]
+    torch_model, onnx_model, raw = load_model(card_path), load_model(card_path, backend="onnx"), load_model(plain)
+    assert raw.temperature == 1.0 and raw.trust_centre is None
+    clip = synth.synth_clip(1, 3, 4.0, SR, np.random.default_rng(5))
+    images, _, _ = torch_model.clip_images(clip)
+    logits = forward_outputs(raw._module, images)[0]
+    expected = _softmax(logits / np.float32(torch_model.temperature))
+    np.testing.assert_allclose(torch_model.predict_images(images), expected, atol=1e-5)
+    np.testing.assert_allclose(onnx_model.predict_images(images), expected, atol=1e-4)
+    p_torch, p_onnx = torch_model.predict(clip, sr=SR), onnx_model.predict(clip, sr=SR)
+    np.testing.assert_allclose(p_torch.window_probabilities, p_onnx.window_probabilities, atol=1e-4)
+    assert p_torch.novelty == pytest.approx(p_onnx.novelty, rel=1e-4) and p_torch.flags == p_onnx.flags
+    assert "novelty" in p_torch.to_dict()
+    # an exported ONNX file carries the calibration and the centre
+    onnx_file = export_onnx_file(card_path, calibrated["root"] / "tiny.onnx")
+    from_file = load_model(onnx_file).predict(clip, sr=SR)
+    np.testing.assert_allclose(from_file.window_probabilities, p_torch.window_probabilities, atol=1e-4)
+    assert from_file.novelty == pytest.approx(p_torch.novelty, rel=1e-4)
+    # a graph without the embedding output (exported before it existed): no score, no crash
+    old = load_model(onnx_file)
+    old.__dict__["_has_embedding"] = False
+    assert old.predict(clip, sr=SR).novelty is None
+
+
+def test_flags_of_silence_noise_and_tones(calibrated):
+    model = load_model(calibrated["card"])
+    clips = trust.nonmusic_clips(sr=SR, seconds=4.0, with_speech=False)
+    silence = model.predict(clips["silence"], sr=SR)
+    assert "not_music" in silence.flags and "silent" in silence.flags
+    for name in ("noise-white-0", "tone-440hz", "clicks-10hz"):
+        pred = model.predict(clips[name], sr=SR, name=name)
+        expected = pred.novelty > model.card["trust"]["not_music_above"]
+        assert ("not_music" in pred.flags) == expected
+        assert ("unsure" in pred.flags) == (pred.top[0][1] < model.card["trust"]["unsure_below"])
+    # the CLI: the flags in the table with their meaning, the score in JSON
+    silent_wav = calibrated["root"] / "silent.wav"
+    sf.write(silent_wav, clips["silence"], SR)
+    r = runner.invoke(app, ["predict", str(silent_wav), "--model", str(calibrated["card"])])
+    assert r.exit_code == 0 and "not_music: this does not sound like the music the model was trained on" in r.stdout
+    entry = json.loads(runner.invoke(app, ["predict", str(silent_wav), "--model", str(calibrated["card"]),
+                                           "-f", "json"]).stdout)[0]
+    assert "not_music" in entry["flags"] and entry["novelty"] == pytest.approx(silence.novelty, rel=1e-4)
+    # a package without trust data (never calibrated) falls back: silence only, no crash
+    raw = load_model(calibrated["plain"])
+    assert raw.predict(clips["silence"], sr=SR).flags == ["silent", "not_music"]
+    assert raw.predict(clips["noise-white-0"], sr=SR).novelty is None
+
+
+def test_calibrate_errors_are_one_line(calibrated, tmp_path):
+    card = str(calibrated["card"])
+    r = runner.invoke(app, ["calibrate", card, "--cv", str(tmp_path / "none.json")])
+    assert r.exit_code == 2 and "none.json: no such file" in r.output and "Traceback" not in r.output
+    (tmp_path / "cv-last.json").write_text("{}")
+    r = runner.invoke(app, ["calibrate", card, "--cv", str(tmp_path / "cv-last.json")])
+    assert r.exit_code == 2 and "not a cross-validation result" in r.output
+    r = runner.invoke(app, ["calibrate", str(calibrated["root"] / "runs"), "--cv", str(tmp_path / "cv-last.json")])
+    assert r.exit_code == 2 and "calibrate needs a model package .json" in r.output
+    bad = calibrated["root"] / "pkg" / "tiny.trust.npz"
+    saved = bad.read_bytes()
+    clip = calibrated["root"] / "clips" / "class00" / "class00.00000.wav"
+    try:
+        bad.write_bytes(saved[:-1] + b"x")
+        r = runner.invoke(app, ["predict", str(clip), "--model", card])
+        assert r.exit_code == 2 and "tiny.trust.npz: does not match" in r.output
+        bad.unlink()  # a package copied without its side file: no "not music" score, no crash
+        assert load_model(card).predict(clip).novelty is None
+    finally:
+        bad.write_bytes(saved)
+
+
+# -- the shipped default model ----------------------------------------------------------------------
+
+def test_default_model_is_calibrated_and_flags_non_music():
+    model = load_model()
+    cal, tr = model.card["calibration"], model.card["trust"]
+    assert model.temperature == cal["temperature"] != 1.0 and cal["ece_after"] < cal["ece_before"]
+    assert tr["evaluation"]["auroc_music_vs_nonmusic"] >= 0.95 and tr["false_flag_rate_dev"] <= 0.1
+    assert model.trust_centre is not None and model.trust_centre.shape == (1706,)
+    clips = trust.nonmusic_clips(sr=model.preset.sr, seconds=6.0, with_speech=False)
+    for name in ("silence", "noise-white-0", "noise-pink-0", "tone-1000hz"):
+        pred = model.predict(clips[name], sr=model.preset.sr, name=name)
+        assert {"not_music", "unsure"} & set(pred.flags), (name, pred.flags, pred.novelty)
+    assert "not_music" in model.predict(clips["silence"], sr=model.preset.sr).flags
+
+
+@pytest.mark.skipif(not trust.have_espeak(), reason="espeak-ng is not installed (apt-get install espeak-ng)")
+def test_default_model_flags_speech():
+    model = load_model()
+    y = trust.speech(trust.SPEECH[0][1], trust.SPEECH[0][0], sr=model.preset.sr, seconds=12.0)
+    pred = model.predict(y, sr=model.preset.sr)
+    assert "not_music" in pred.flags, (pred.novelty, pred.flags)
