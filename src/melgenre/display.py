@@ -19,6 +19,14 @@ from melgenre.features import Preset
 from melgenre.utils import atomic_path
 
 
+def unchunked(preset: Preset) -> Preset:
+    """The preset without chunking: one image of the whole (fitted) clip at natural size."""
+    if preset.chunk_seconds is None:
+        return preset
+    return dataclasses.replace(preset, chunk_seconds=None, chunk_hop_seconds=None, frames_per_chunk=None,
+                               frames_per_hop=None)
+
+
 def mel_figure(y: np.ndarray, preset: Preset, title: str = "") -> plt.Figure:
     """A figure of the clip's mel image as the model sees it, with time/frequency axes.
 
@@ -26,8 +34,7 @@ def mel_figure(y: np.ndarray, preset: Preset, title: str = "") -> plt.Figure:
     clip at natural size with dashed lines where chunks start.
     """
     y = features.fit_to_preset(y, preset)
-    view = dataclasses.replace(preset, chunk_seconds=None, chunk_hop_seconds=None) if preset.chunk_seconds else preset
-    image = features.mel_images(y, view)[0]
+    image = features.mel_images(y, unchunked(preset))[0]
     rows, cols = image.shape
     seconds = len(y) / preset.sr
     fmax = preset.fmax or preset.sr / 2
