@@ -1,5 +1,6 @@
-// melgenre web page: pick or drop an audio file -> POST /predict?spectrogram=true -> show the
-// genre, a bar chart of every class's probability and the mel spectrogram. No libraries.
+// melgenre web page: pick or drop an audio file -> POST /predict?spectrogram=true&saliency=true ->
+// show the genre, a bar chart of every class's probability, the genre timeline (stacked areas, SVG)
+// and the mel spectrogram with a toggle for the saliency overlay. No libraries.
 "use strict";
 
 (() => {
@@ -15,6 +16,14 @@
   const notes = $("result-notes");
   const chart = $("prob-chart");
   const spectrogram = $("spectrogram");
+  const timeline = $("timeline");
+  const timelineTip = $("timeline-tip");
+  const saliencyControl = $("saliency-control");
+  const saliencyToggle = $("saliency-toggle");
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf"];
+  let images = { plain: null, saliency: null, filename: "" };
 
   let maxUploadBytes = null; // from /health; the server enforces the limit either way
   let requestSeq = 0;
@@ -90,6 +99,82 @@
     });
   }
 
+  const colour = (i) => PALETTE[i] || `hsl(${(i * 47) % 360} 60% 55%)`;
+  const clock = (t) => `${Math.floor(t / 60)}:${String(Math.floor(t % 60)).padStart(2, "0")}`;
+
+  function svg(tag, attrs, parent) {
+    const el = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+    if (parent) parent.append(el);
+    return el;
+  }
+
+  // Stacked areas of every genre's smoothed probability over time, segment boundaries as lines,
+  // and the values under the pointer in #timeline-tip.
+  function renderTimeline(body) {
+    const tl = body.timeline;
+    const W = 720, H = 200, left = 34, right = 8, top = 22, bottom = 22;
+    const w = W - left - right, h = H - top - bottom;
+    const duration = Math.max(Number(body.duration), tl.times.length ? tl.times[tl.times.length - 1] : 0) || 1;
+    let times = tl.times, probs = tl.probabilities;
+    if (times.length === 1) { times = [0, duration]; probs = [probs[0], probs[0]]; }
+    const x = (t) => left + (w * t) / duration;
+    const y = (p) => top + h * (1 - p);
+    timeline.setAttribute("viewBox", `0 0 ${W} ${H}`);
+    timeline.replaceChildren();
+    const base = times.map(() => 0);
+    tl.classes.forEach((name, c) => {
+      const upper = times.map((t, i) => `${x(t).toFixed(1)},${y(base[i] + probs[i][c]).toFixed(1)}`);
+      const lower = times.map((t, i) => `${x(t).toFixed(1)},${y(base[i]).toFixed(1)}`).reverse();
+      times.forEach((_, i) => { base[i] += probs[i][c]; });
+      const area = svg("polygon", { points: [...upper, ...lower].join(" "), fill: colour(c), class: "area" }, timeline);
+      svg("title", {}, area).textContent = name;
+    });
+    svg("line", { x1: left, x2: left + w, y1: y(0), y2: y(0), class: "axis" }, timeline);
+    for (const p of [0, 0.5, 1]) svg("text", { x: left - 4, y: y(p) + 4, "text-anchor": "end" }, timeline).textContent = `${p * 100}%`;
+    for (const t of [0, duration / 2, duration]) {
+      svg("text", { x: x(t), y: H - 6, "text-anchor": t === 0 ? "start" : t === duration ? "end" : "middle" }, timeline).textContent = clock(t);
+    }
+    body.segments.forEach((seg, i) => {
+      if (i > 0) svg("line", { x1: x(seg.start), x2: x(seg.start), y1: top, y2: y(0), class: "boundary" }, timeline);
+      svg("text", { x: x((seg.start + seg.end) / 2), y: top - 7, "text-anchor": "middle", class: "segment" }, timeline)
+        .textContent = seg.genre;
+    });
+    const cursor = svg("line", { x1: 0, x2: 0, y1: top, y2: y(0), class: "cursor", visibility: "hidden" }, timeline);
+    const hit = svg("rect", { x: left, y: top, width: w, height: h, fill: "transparent", id: "timeline-hit" }, timeline);
+    const show = (clientX) => {
+      const box = timeline.getBoundingClientRect();
+      const t = Math.min(duration, Math.max(0, (((clientX - box.left) * W) / box.width - left) * duration / w));
+      let i = 0;
+      tl.times.forEach((c, k) => { if (Math.abs(c - t) < Math.abs(tl.times[i] - t)) i = k; });
+      const row = tl.probabilities[i].map((p, c) => [tl.classes[c], p]).sort((a, b) => b[1] - a[1]);
+      cursor.setAttribute("x1", x(tl.times[i]));
+      cursor.setAttribute("x2", x(tl.times[i]));
+      cursor.setAttribute("visibility", "visible");
+      timelineTip.textContent = `${clock(tl.times[i])}: ` + row.slice(0, 3).map(([n, p]) => `${n} ${pct(p)}`).join(", ");
+    };
+    hit.addEventListener("mousemove", (e) => show(e.clientX));
+    hit.addEventListener("mouseleave", () => cursor.setAttribute("visibility", "hidden"));
+    $("timeline-segments").textContent = "Segments: " + body.segments
+      .map((s) => `${clock(s.start)}–${clock(s.end)} ${s.genre} (${pct(s.probability)})`).join(", ");
+    timeline.setAttribute("aria-label", `Genre over time: ${body.segments.map((s) => s.genre).join(", then ")}`);
+    $("timeline-legend").replaceChildren(...tl.classes.map((name, c) => {
+      const li = document.createElement("li");
+      const sw = document.createElement("span");
+      sw.className = "swatch";
+      sw.style.background = colour(c);
+      li.append(sw, document.createTextNode(name));
+      return li;
+    }));
+  }
+
+  function showSpectrogram() {
+    const overlay = saliencyToggle.checked && images.saliency;
+    spectrogram.src = overlay ? images.saliency : images.plain;
+    spectrogram.alt = `Mel spectrogram of ${images.filename}`
+      + (overlay ? `, with the evidence for ${genre.textContent} highlighted` : "");
+  }
+
   function render(body) {
     genre.textContent = body.label;
     const p = body.probabilities[body.label];
@@ -106,9 +191,16 @@
       return li;
     }));
     renderChart(body.probabilities, body.label);
+    renderTimeline(body);
+    images = { plain: body.spectrogram || null, saliency: body.saliency ? body.saliency.image : null,
+      filename: body.filename };
+    saliencyControl.hidden = !images.saliency;
+    if (body.saliency) {
+      const how = body.saliency.method === "gradcam" ? "Grad-CAM" : "occlusion";
+      $("saliency-label").textContent = `Show where the evidence for ${body.saliency.genre} lies (${how})`;
+    }
     if (body.spectrogram) {
-      spectrogram.alt = `Mel spectrogram of ${body.filename}`;
-      spectrogram.src = body.spectrogram;
+      showSpectrogram();
       spectrogram.hidden = false;
     } else {
       spectrogram.removeAttribute("src");
@@ -135,7 +227,7 @@
     const form = new FormData();
     form.append("file", file, file.name);
     try {
-      const response = await fetch("/predict?spectrogram=true", {
+      const response = await fetch("/predict?spectrogram=true&saliency=true", {
         method: "POST", body: form, signal: controller.signal,
       });
       const body = await response.json().catch(() => null);
@@ -153,6 +245,8 @@
       if (seq === requestSeq) setBusy(false);
     }
   }
+
+  saliencyToggle.addEventListener("change", showSpectrogram);
 
   input.addEventListener("change", () => {
     classify(input.files[0]);
