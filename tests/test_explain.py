@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import fit_tiny_cnn
 from typer.testing import CliRunner
 
 from melgenre import explain as ex
@@ -113,26 +114,9 @@ def band_images(n: int, label: int, rng: np.random.Generator) -> np.ndarray:
 @pytest.fixture(scope="module")
 def band_model():
     """melcnn (width 8) trained a few epochs on the two band classes; near-perfect on fresh images."""
-    torch.manual_seed(0)
     rng = np.random.default_rng(0)
     x = np.concatenate([band_images(32, 0, rng), band_images(32, 1, rng)])
-    y = np.repeat([0, 1], 32)
-    module = build("melcnn", num_classes=2, width=8, dropout=0.0)
-    opt = torch.optim.AdamW(module.parameters(), lr=3e-3)
-    xt, yt = torch.from_numpy(x[:, None]), torch.from_numpy(y)
-    for _epoch in range(5):
-        module.train()
-        for idx in torch.randperm(len(x)).split(16):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(module(xt[idx]), yt[idx]).backward()
-            opt.step()
-    with torch.no_grad():  # BatchNorm statistics of the final weights (a few dozen steps leave them behind)
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.reset_running_stats()
-                m.momentum = None
-        module(xt)
-    module.eval()
+    module = fit_tiny_cnn(x, np.repeat([0, 1], 32), n_classes=2)
     test = np.concatenate([band_images(16, 0, rng), band_images(16, 1, rng)])
     with torch.no_grad():
         acc = (module(torch.from_numpy(test[:, None])).argmax(1).numpy() == np.repeat([0, 1], 16)).mean()
