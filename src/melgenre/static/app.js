@@ -20,7 +20,7 @@
   const timelineTip = $("timeline-tip");
   const saliencyControl = $("saliency-control");
   const saliencyToggle = $("saliency-toggle");
-  const SVG_NS = "http://www.w3.org/2000/svg";
+  const SVG_NS = timeline.namespaceURI; // the SVG namespace, from the <svg> element itself
   const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
     "#bcbd22", "#17becf"];
   let images = { plain: null, saliency: null, filename: "" };
