@@ -1,7 +1,8 @@
 """The web page in a real headless browser (Debian's chromium + chromedriver through Selenium).
 
 The server is a real uvicorn on 127.0.0.1:<free port> with a tiny model; the browser picks a
-generated WAV through ``#file-input`` and must show the genre, the bars and the spectrogram.
+generated WAV through ``#file-input`` and must show the genre, the bars, the genre timeline (with
+values on hover) and the spectrogram with its saliency toggle.
 Skipped (with the reason) when chromium, chromedriver or selenium is not installed; CI installs
 them with ``apt-get install -y chromium chromium-driver`` and ``pip install selenium``.
 """
@@ -110,6 +111,34 @@ def test_page_predicts_a_dropped_file(browser, server_url, tiny_model, tmp_path)
         "const f = document.querySelector('#prob-chart .bar-fill'); return f.getBoundingClientRect().width > 10;"),
         "bar widths")
     assert not browser.find_element(By.ID, "error").is_displayed()
+
+    # the genre timeline: one stacked area per genre, the segments listed, values under the pointer
+    areas = browser.find_elements(By.CSS_SELECTOR, "#timeline polygon.area")
+    assert len(areas) == len(tiny_model.classes)
+    assert browser.find_element(By.ID, "timeline-segments").text.startswith(f"Segments: 0:00–0:05 {expected.segments[0].genre}")
+    hit = browser.find_element(By.ID, "timeline-hit")
+    webdriver.ActionChains(browser).move_to_element_with_offset(hit, 5, 0).perform()  # right of the centre
+    tip = _wait(browser, lambda d: d.find_element(By.ID, "timeline-tip").text if ":" in d.find_element(
+        By.ID, "timeline-tip").text[:5] else None, "the hover values")
+    last = expected.window_probabilities.shape[0] - 1
+    centre = expected.window_starts[last] + expected.window_seconds / 2
+    top = max(zip(tiny_model.classes, expected.window_probabilities[last - 1:].mean(0)), key=lambda cp: cp[1])
+    assert tip.startswith(f"0:0{int(centre)}: {top[0]} ") and tip.count("%") == 3, tip
+
+    # the saliency toggle swaps the spectrogram for the overlaid picture and back
+    toggle = browser.find_element(By.ID, "saliency-toggle")
+    assert browser.find_element(By.ID, "saliency-control").is_displayed() and not toggle.is_selected()
+    plain = browser.find_element(By.ID, "spectrogram").get_attribute("src")
+    assert genre in browser.find_element(By.ID, "saliency-label").text
+    toggle.click()
+    overlaid = browser.find_element(By.ID, "spectrogram").get_attribute("src")
+    assert overlaid.startswith("data:image/png") and overlaid != plain
+    assert "evidence for" in browser.find_element(By.ID, "spectrogram").get_attribute("alt")
+    _wait(browser, lambda d: d.execute_script(
+        "const img = document.getElementById('spectrogram'); return img.complete && img.naturalWidth === 720;"),
+        "the saliency image")
+    toggle.click()
+    assert browser.find_element(By.ID, "spectrogram").get_attribute("src") == plain
 
     # nothing but this server was contacted; no console errors
     urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")

@@ -146,7 +146,7 @@ def describe(segs: Sequence[Segment]) -> str:
 def timeline_figure(pred, segs: Sequence[Segment] | None = None, title: str = ""):
     """A matplotlib figure of a :class:`~melgenre.predict.Prediction`'s timeline: the smoothed
     probability of every genre over time as a stacked area (x = window centres), the segments as
-    labelled spans and their boundaries as vertical lines."""
+    labelled spans and their boundaries as vertical lines. Needs at least one window."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,10 +155,11 @@ def timeline_figure(pred, segs: Sequence[Segment] | None = None, title: str = ""
     segs = pred.segments if segs is None else segs
     classes = list(pred.probabilities)
     probs = smooth(pred.window_probabilities)
-    bounds = window_bounds(pred.window_starts, pred.window_seconds, pred.duration)
-    times = (bounds[:-1] + bounds[1:]) / 2 if len(probs) > 1 else np.array([0.0, pred.duration])
-    if len(probs) == 1:
-        probs = np.repeat(probs, 2, axis=0)
+    # each window at its centre, the first and last held flat out to the clip's ends
+    centres = np.asarray(pred.window_starts, dtype=np.float64) + pred.window_seconds / 2
+    end = max(pred.duration, centres[-1])
+    times = np.concatenate([[0.0], centres, [end]])
+    probs = np.vstack([probs[:1], probs, probs[-1:]])
     fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
     colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")(np.arange(len(classes)))
     ax.stackplot(times, probs.T, labels=classes, colors=colours, alpha=0.85)
@@ -166,7 +167,7 @@ def timeline_figure(pred, segs: Sequence[Segment] | None = None, title: str = ""
         ax.axvline(seg.start, color="black", lw=1.2)
         ax.text((seg.start + seg.end) / 2, 1.02, f"{seg.genre} {seg.probability:.0%}", ha="center", va="bottom",
                 fontsize=9, transform=ax.get_xaxis_transform())
-    ax.set_xlim(0, max(pred.duration, times[-1]))
+    ax.set_xlim(0, end)
     ax.set_ylim(0, 1)
     ax.set_xlabel("time (s)")
     ax.set_ylabel(f"probability (mean of {SMOOTH_WINDOWS} windows)")

@@ -116,8 +116,9 @@
     const W = 720, H = 200, left = 34, right = 8, top = 22, bottom = 22;
     const w = W - left - right, h = H - top - bottom;
     const duration = Math.max(Number(body.duration), tl.times.length ? tl.times[tl.times.length - 1] : 0) || 1;
-    let times = tl.times, probs = tl.probabilities;
-    if (times.length === 1) { times = [0, duration]; probs = [probs[0], probs[0]]; }
+    // each window's values held flat out to the clip's ends, as the segments tile the whole clip
+    const times = [0, ...tl.times, duration];
+    const probs = [tl.probabilities[0], ...tl.probabilities, tl.probabilities[tl.probabilities.length - 1]];
     const x = (t) => left + (w * t) / duration;
     const y = (p) => top + h * (1 - p);
     timeline.setAttribute("viewBox", `0 0 ${W} ${H}`);
