@@ -130,15 +130,21 @@ def test_page_predicts_a_dropped_file(browser, server_url, tiny_model, tmp_path)
     assert browser.find_element(By.ID, "saliency-control").is_displayed() and not toggle.is_selected()
     plain = browser.find_element(By.ID, "spectrogram").get_attribute("src")
     assert genre in browser.find_element(By.ID, "saliency-label").text
-    toggle.click()
-    overlaid = browser.find_element(By.ID, "spectrogram").get_attribute("src")
-    assert overlaid.startswith("data:image/png") and overlaid != plain
+    toggle.click()  # the first time asks the server for the saliency of the same file
+    overlaid = _wait(browser, lambda d: (lambda src: src if src != plain else None)(
+        d.find_element(By.ID, "spectrogram").get_attribute("src")), "the saliency overlay")
+    assert overlaid.startswith("data:image/png") and "evidence for" in browser.find_element(By.ID, "status").text
     assert "evidence for" in browser.find_element(By.ID, "spectrogram").get_attribute("alt")
     _wait(browser, lambda d: d.execute_script(
         "const img = document.getElementById('spectrogram'); return img.complete && img.naturalWidth === 720;"),
         "the saliency image")
+    posts = "return performance.getEntriesByType('resource').filter(e => e.name.includes('/predict')).length"
+    assert browser.execute_script(posts) == 2
     toggle.click()
     assert browser.find_element(By.ID, "spectrogram").get_attribute("src") == plain
+    toggle.click()  # kept from the first time: no third request
+    assert browser.find_element(By.ID, "spectrogram").get_attribute("src") == overlaid
+    assert browser.execute_script(posts) == 2
 
     # nothing but this server was contacted; no console errors
     urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")

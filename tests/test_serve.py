@@ -98,7 +98,7 @@ def test_page_and_static_assets(client):
         r = client.get(asset)
         assert r.status_code == 200 and kind in r.headers["content-type"], asset
         assert "http://" not in r.text and "https://" not in r.text
-    assert 'fetch("/predict?spectrogram=true&saliency=true"' in client.get("/static/app.js").text
+    assert 'fetch("/predict?spectrogram=true"' in client.get("/static/app.js").text
 
 
 def test_docs_and_openapi(client):

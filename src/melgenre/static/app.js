@@ -1,6 +1,7 @@
-// melgenre web page: pick or drop an audio file -> POST /predict?spectrogram=true&saliency=true ->
-// show the genre, a bar chart of every class's probability, the genre timeline (stacked areas, SVG)
-// and the mel spectrogram with a toggle for the saliency overlay. No libraries.
+// melgenre web page: pick or drop an audio file -> POST /predict?spectrogram=true -> show the genre,
+// a bar chart of every class's probability, the genre timeline (stacked areas, SVG) and the mel
+// spectrogram. Its saliency overlay costs several seconds of CPU, so it is asked for only when the
+// toggle is first switched on (the same file again, POST /predict?saliency=true). No libraries.
 "use strict";
 
 (() => {
@@ -23,7 +24,7 @@
   const SVG_NS = timeline.namespaceURI; // the SVG namespace, from the <svg> element itself
   const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
     "#bcbd22", "#17becf"];
-  let images = { plain: null, saliency: null, filename: "" };
+  let images = { plain: null, saliency: null, filename: "", file: null };
 
   let maxUploadBytes = null; // from /health; the server enforces the limit either way
   let requestSeq = 0;
@@ -169,14 +170,43 @@
     }));
   }
 
+  async function fetchSaliency() {
+    const wanted = images;
+    saliencyToggle.disabled = true;
+    setStatus(`Finding the evidence for ${genre.textContent} in ${wanted.filename}…`);
+    const form = new FormData();
+    form.append("file", wanted.file, wanted.filename);
+    try {
+      const response = await fetch("/predict?saliency=true", { method: "POST", body: form });
+      const body = await response.json().catch(() => null);
+      if (wanted !== images) return; // another file was chosen meanwhile
+      if (!response.ok || !body || !body.saliency) {
+        saliencyToggle.checked = false;
+        showError("The saliency could not be computed", detailText(body) || response.statusText);
+        return;
+      }
+      images.saliency = body.saliency.image;
+      setStatus(`${wanted.filename}: evidence for ${body.saliency.genre} (${body.saliency.method})`);
+      showSpectrogram();
+    } catch (err) {
+      if (wanted === images) showError("The upload failed", `Could not reach the server (${err.message}).`);
+    } finally {
+      if (wanted === images) saliencyToggle.disabled = false;
+    }
+  }
+
   function showSpectrogram() {
+    if (saliencyToggle.checked && !images.saliency) {
+      fetchSaliency();
+      return;
+    }
     const overlay = saliencyToggle.checked && images.saliency;
     spectrogram.src = overlay ? images.saliency : images.plain;
     spectrogram.alt = `Mel spectrogram of ${images.filename}`
       + (overlay ? `, with the evidence for ${genre.textContent} highlighted` : "");
   }
 
-  function render(body) {
+  function render(body, file) {
     genre.textContent = body.label;
     const p = body.probabilities[body.label];
     confidence.textContent = `${pct(p)} probability`;
@@ -193,13 +223,11 @@
     }));
     renderChart(body.probabilities, body.label);
     renderTimeline(body);
-    images = { plain: body.spectrogram || null, saliency: body.saliency ? body.saliency.image : null,
-      filename: body.filename };
-    saliencyControl.hidden = !images.saliency;
-    if (body.saliency) {
-      const how = body.saliency.method === "gradcam" ? "Grad-CAM" : "occlusion";
-      $("saliency-label").textContent = `Show where the evidence for ${body.saliency.genre} lies (${how})`;
-    }
+    images = { plain: body.spectrogram || null, saliency: null, filename: body.filename, file };
+    saliencyToggle.checked = false;
+    saliencyToggle.disabled = false;
+    saliencyControl.hidden = !images.plain;
+    $("saliency-label").textContent = `Show where the evidence for ${body.label} lies`;
     if (body.spectrogram) {
       showSpectrogram();
       spectrogram.hidden = false;
@@ -228,7 +256,7 @@
     const form = new FormData();
     form.append("file", file, file.name);
     try {
-      const response = await fetch("/predict?spectrogram=true&saliency=true", {
+      const response = await fetch("/predict?spectrogram=true", {
         method: "POST", body: form, signal: controller.signal,
       });
       const body = await response.json().catch(() => null);
@@ -238,7 +266,7 @@
         showError(title, detailText(body) || response.statusText);
         return;
       }
-      render(body);
+      render(body, file);
     } catch (err) {
       if (err.name === "AbortError" || seq !== requestSeq) return;
       showError("The upload failed", `Could not reach the server (${err.message}).`);
