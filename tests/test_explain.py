@@ -198,3 +198,20 @@ def test_cli_explain(tiny_card, tmp_path):
     bad.write_text("not audio")
     r = runner.invoke(app, ["explain", str(bad), "--model", str(tiny_card), "--out", str(tmp_path / "b.png")])
     assert r.exit_code == 2 and "bad.wav" in r.output and not (tmp_path / "b.png").exists()
+
+
+def test_mel_figure_of_a_preset_with_frame_counts():
+    """The musicnn preset fixes its chunks in frames; the whole-clip view drops them with the chunking
+    (the page's spectrogram and `show --preset musicnn` failed before)."""
+    import matplotlib.pyplot as plt
+
+    from melgenre import features
+    from melgenre.display import mel_figure, unchunked
+
+    preset = features.get_preset("musicnn")
+    view = unchunked(preset)
+    assert view.chunk_seconds is None and view.frames_per_chunk is None and unchunked(view) is view
+    y = 0.1 * np.sin(2 * np.pi * 440 * np.arange(16_000 * 4) / 16_000).astype(np.float32)
+    fig = mel_figure(y, preset)
+    assert fig.axes[0].get_xlim()[1] == pytest.approx(4.0, abs=0.05)
+    plt.close(fig)

@@ -16,7 +16,7 @@ import numpy as np
 
 from melgenre import audio, features
 from melgenre.features import Preset
-from melgenre.utils import atomic_path
+from melgenre.utils import save_png
 
 
 def unchunked(preset: Preset) -> Preset:
@@ -67,10 +67,4 @@ def save_mel_figure(path: str | Path, out: str | Path, preset: str | Path | Pres
     """Load ``path``, draw :func:`mel_figure` and write it as a PNG to ``out`` (atomically)."""
     preset = features.get_preset(preset)
     clip = audio.load(path, sr=preset.sr)
-    fig = mel_figure(clip.samples, preset, title=f"{Path(path).name} — preset {preset.name}")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out
+    return save_png(mel_figure(clip.samples, preset, title=f"{Path(path).name} — preset {preset.name}"), out)

@@ -45,7 +45,7 @@ from torch import nn
 
 from melgenre import audio, features
 from melgenre.errors import MelgenreError
-from melgenre.utils import atomic_path
+from melgenre.utils import save_png
 
 #: Saliency methods of :func:`explain`.
 METHODS = ("gradcam", "occlusion")
@@ -334,14 +334,4 @@ def saliency_figure(y: np.ndarray, preset, expl: Explanation, title: str = ""):
 
 def save_saliency_figure(y: np.ndarray, preset, expl: Explanation, out: str | Path) -> Path:
     """Write :func:`saliency_figure` as a PNG to ``out`` (atomically); returns ``out``."""
-    import matplotlib.pyplot as plt
-
-    fig = saliency_figure(y, preset, expl)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    return out
+    return save_png(saliency_figure(y, preset, expl), out)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from melgenre.errors import MelgenreError
-from melgenre.utils import atomic_path
+from melgenre.utils import save_png
 
 #: Windows averaged by :func:`smooth` (centred, odd).
 SMOOTH_WINDOWS = 3
@@ -179,14 +179,4 @@ def timeline_figure(pred, segs: Sequence[Segment] | None = None, title: str = ""
 
 def save_timeline_figure(pred, out: str | Path, segs: Sequence[Segment] | None = None) -> Path:
     """Write :func:`timeline_figure` as a PNG to ``out`` (atomically); returns ``out``."""
-    import matplotlib.pyplot as plt
-
-    fig = timeline_figure(pred, segs)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    return out
+    return save_png(timeline_figure(pred, segs), out)
