@@ -121,7 +121,7 @@ def band_model():
     with torch.no_grad():
         acc = (module(torch.from_numpy(test[:, None])).argmax(1).numpy() == np.repeat([0, 1], 16)).mean()
     assert acc >= 0.95, f"the tiny CNN did not learn the band classes (accuracy {acc:.2f})"
-    return module, band_images(8, 1, rng)
+    return module, band_images(4, 1, rng)
 
 
 def _band_ratio(maps: np.ndarray) -> float:
@@ -138,7 +138,7 @@ def test_saliency_concentrates_in_the_band(band_model):
             return torch.softmax(module(torch.from_numpy(np.ascontiguousarray(batch[:, None]))), 1).numpy()
 
     cam = _band_ratio(ex.gradcam(module, images, 1))
-    occ = _band_ratio(ex.occlusion(predict, images, 1, patch=(8, 12)))
+    occ = _band_ratio(ex.occlusion(predict, images, 1, patch=(16, 16)))
     print(f"saliency mass in the band / band share of the image: Grad-CAM {cam:.2f}, occlusion {occ:.2f}")
     assert cam > 2 and occ > 2
 
