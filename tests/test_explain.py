@@ -20,7 +20,7 @@ runner = CliRunner()
 TINY = {
     "melcnn": ({"width": 4}, (128, 64)),
     "vanilla_cnn": ({"input_size": [64, 48], "filters": [4, 8, 8, 8], "dense": 8}, (64, 48)),
-    "yolov4_cls": ({"width": 0.125, "depth": 0.34, "dense": [8]}, (64, 64)),
+    "yolov4_cls": ({"width": 0.125, "depth": 0.34, "dense": [8]}, (32, 32)),
     "yolov8_cls": ({"width": 0.125, "depth": 0.34}, (64, 64)),
     "yolov8_cls-ultralytics": ({"width": 0.125, "depth": 0.34, "head": "ultralytics"}, (64, 64)),
     "musicnn": ({"pretrained": None}, (96, 48)),
