@@ -131,7 +131,7 @@ def _receptive_spread(cam: torch.Tensor, block: nn.Module) -> torch.Tensor:
     return full[:, before:before + frames]
 
 
-def gradcam(module: nn.Module, images: np.ndarray, class_index: int, batch: int = 16) -> np.ndarray:
+def gradcam(module: nn.Module, images: np.ndarray, class_index: int, batch: int = 8) -> np.ndarray:
     """Grad-CAM maps of mel images for one class.
 
     Parameters
@@ -143,7 +143,7 @@ def gradcam(module: nn.Module, images: np.ndarray, class_index: int, batch: int 
     class_index : int
         The class whose logit is explained.
     batch : int
-        Images per forward/backward pass.
+        Images per forward/backward pass (musicnn keeps about 50 MB of maps and gradients per image).
 
     Returns
     -------
