@@ -107,3 +107,32 @@ def run_server(app):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def fit_tiny_cnn(images: np.ndarray, labels: np.ndarray, n_classes: int, epochs: int = 5, width: int = 8, seed: int = 0):
+    """A melcnn trained in a plain loop on ``(N, H, W)`` images (Adam, batches of 16), in eval mode.
+
+    BatchNorm statistics are recomputed on all images with the final weights: after a few dozen steps
+    the running averages still lag behind, and eval-mode predictions would be off.
+    """
+    import torch
+
+    from melgenre.models import build
+
+    torch.manual_seed(seed)
+    module = build("melcnn", num_classes=n_classes, width=width, dropout=0.0)
+    opt = torch.optim.AdamW(module.parameters(), lr=3e-3)
+    x, y = torch.from_numpy(np.ascontiguousarray(images[:, None], dtype=np.float32)), torch.from_numpy(labels)
+    module.train()
+    for _epoch in range(epochs):
+        for idx in torch.randperm(len(x)).split(16):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(module(x[idx]), y[idx]).backward()
+            opt.step()
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        module(x)
+    return module.eval()

@@ -2,7 +2,8 @@
 
 The server is a real uvicorn on 127.0.0.1:<free port> with a tiny model and a library index of
 its synthetic clips; the browser picks a generated WAV through ``#file-input`` and must show the
-genre, the bars, the similar tracks of the library and the spectrogram.
+genre, the bars, the genre timeline (with values on hover), the similar tracks of the library and
+the spectrogram with its saliency toggle.
 Skipped (with the reason) when chromium, chromedriver or selenium is not installed; CI installs
 them with ``apt-get install -y chromium chromium-driver`` and ``pip install selenium``.
 """
@@ -123,6 +124,40 @@ def test_page_predicts_a_dropped_file(browser, server_url, tiny_model, library_i
         [index.relative(m.path) for m in neighbours]
     assert [li.find_element(By.CLASS_NAME, "similar-score").text for li in items] == \
         [f"{m.score:.3f} similarity" for m in neighbours]
+
+    # the genre timeline: one stacked area per genre, the segments listed, values under the pointer
+    areas = browser.find_elements(By.CSS_SELECTOR, "#timeline polygon.area")
+    assert len(areas) == len(tiny_model.classes)
+    assert browser.find_element(By.ID, "timeline-segments").text.startswith(f"Segments: 0:00–0:05 {expected.segments[0].genre}")
+    hit = browser.find_element(By.ID, "timeline-hit")
+    webdriver.ActionChains(browser).move_to_element_with_offset(hit, 5, 0).perform()  # right of the centre
+    tip = _wait(browser, lambda d: d.find_element(By.ID, "timeline-tip").text if ":" in d.find_element(
+        By.ID, "timeline-tip").text[:5] else None, "the hover values")
+    last = expected.window_probabilities.shape[0] - 1
+    centre = expected.window_starts[last] + expected.window_seconds / 2
+    top = max(zip(tiny_model.classes, expected.window_probabilities[last - 1:].mean(0)), key=lambda cp: cp[1])
+    assert tip.startswith(f"0:0{int(centre)}: {top[0]} ") and tip.count("%") == 3, tip
+
+    # the saliency toggle swaps the spectrogram for the overlaid picture and back
+    toggle = browser.find_element(By.ID, "saliency-toggle")
+    assert browser.find_element(By.ID, "saliency-control").is_displayed() and not toggle.is_selected()
+    plain = browser.find_element(By.ID, "spectrogram").get_attribute("src")
+    assert genre in browser.find_element(By.ID, "saliency-label").text
+    toggle.click()  # the first time asks the server for the saliency of the same file
+    overlaid = _wait(browser, lambda d: (lambda src: src if src != plain else None)(
+        d.find_element(By.ID, "spectrogram").get_attribute("src")), "the saliency overlay")
+    assert overlaid.startswith("data:image/png") and "evidence for" in browser.find_element(By.ID, "status").text
+    assert "evidence for" in browser.find_element(By.ID, "spectrogram").get_attribute("alt")
+    _wait(browser, lambda d: d.execute_script(
+        "const img = document.getElementById('spectrogram'); return img.complete && img.naturalWidth === 720;"),
+        "the saliency image")
+    posts = "return performance.getEntriesByType('resource').filter(e => e.name.includes('/predict')).length"
+    assert browser.execute_script(posts) == 2
+    toggle.click()
+    assert browser.find_element(By.ID, "spectrogram").get_attribute("src") == plain
+    toggle.click()  # kept from the first time: no third request
+    assert browser.find_element(By.ID, "spectrogram").get_attribute("src") == overlaid
+    assert browser.execute_script(posts) == 2
 
     # nothing but this server was contacted; no console errors
     urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")

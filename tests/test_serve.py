@@ -123,7 +123,7 @@ def test_predict(client, tiny_model, clips):
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == {"filename", "label", "top", "probabilities", "windows", "duration", "padded",
-                         "silent", "flags", "model_id"}
+                         "silent", "flags", "model_id", "segments", "timeline"}
     assert body["filename"] == path.name and body["model_id"] == tiny_model.model_id
     assert list(body["probabilities"]) == tiny_model.classes
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -150,6 +150,25 @@ def test_predict_with_spectrogram(client, clips, tiny_model):
     assert image.format == "PNG" and image.size == (720, 324)
     assert np.asarray(image.convert("L")).std() > 10  # a picture, not a blank canvas
     assert "spectrogram" not in _post(client, clips[0], query="?spectrogram=false").json()
+
+
+def test_predict_segments_timeline_and_saliency(client, clips, tiny_model):
+    from melgenre.timeline import smooth
+
+    body = _post(client, clips[0], query="?spectrogram=true&saliency=true").json()
+    pred = tiny_model.predict(clips[0])
+    assert [(s["start"], s["end"], s["genre"]) for s in body["segments"]] == [
+        (s.start, s.end, s.genre) for s in pred.segments]
+    assert body["segments"][0]["start"] == 0.0 and body["segments"][-1]["end"] == pytest.approx(3.5, abs=1e-3)
+    tl = body["timeline"]
+    assert tl["classes"] == tiny_model.classes and tl["window_seconds"] == 3.0
+    assert tl["times"] == pytest.approx([s + 1.5 for s in pred.window_starts])
+    np.testing.assert_allclose(tl["probabilities"], smooth(pred.window_probabilities), atol=1e-5)
+    sal = body["saliency"]
+    assert sal["genre"] == body["label"] and sal["method"] == "gradcam"
+    image = Image.open(io.BytesIO(base64.b64decode(sal["image"].split(",", 1)[1])))
+    assert image.format == "PNG" and image.size == (720, 324) and sal["image"] != body["spectrogram"]
+    assert "saliency" not in _post(client, clips[0]).json()
 
 
 def test_predict_other_formats_and_silence(client, tmp_path, tiny_model):

@@ -606,6 +606,61 @@ def predict_cmd(
         raise typer.Exit(1)
 
 
+@app.command()
+def timeline(
+    path: Path = typer.Argument(..., metavar="FILE", help="An audio file of any length."),
+    out: Path = typer.Option(None, "--out", "-o", help="Also draw the timeline (stacked probabilities of every genre, segments marked) to this PNG. Default: none."),
+    fmt: str = typer.Option("table", "--format", "-f", help="Output on stdout: table (one line of segments) or json (the prediction with its segments). Default: table."),
+    min_segment: float = typer.Option(None, "--min-segment", min=0.0, help="Shortest segment in seconds; shorter runs of windows are merged into a neighbour. Default: 10."),
+    model: Path = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+    hop: float = typer.Option(None, "--hop", help=_HOP_HELP),
+) -> None:
+    """Where the genre changes: per-window probabilities (smoothed over 3 windows) and segments such as 0:00-1:12 rock, 1:12-2:40 metal."""
+    import dataclasses
+    import json
+
+    from melgenre import timeline as tl
+    from melgenre.predict import load_model
+
+    if fmt not in ("table", "json"):
+        raise typer.BadParameter("--format must be table or json")
+    genre_model = load_model(model, hop=hop)
+    pred = genre_model.predict(path)
+    if min_segment is not None:
+        pred = dataclasses.replace(pred, segments=tl.segments(
+            pred.window_probabilities, pred.window_starts, genre_model.classes, pred.window_seconds, pred.duration,
+            min_segment))
+    if out is not None:
+        tl.save_timeline_figure(pred, out)
+    if fmt == "json":
+        typer.echo(json.dumps(pred.to_dict(), indent=1))
+    else:
+        say(tl.describe(pred.segments))
+        if out is not None:
+            say(f"wrote {out}")
+
+
+@app.command()
+def explain(
+    path: Path = typer.Argument(..., metavar="FILE", help="An audio file; its first 30 s (the preset's duration) are explained, as `show` draws them."),
+    genre: str = typer.Option(None, "--genre", "-g", help="The genre whose evidence is shown. Default: the most probable one."),
+    method: str = typer.Option("gradcam", "--method", help="gradcam (Grad-CAM on the last conv stage; musicnn: its front end) or occlusion (model-agnostic: the probability drop when a patch is covered; one forward pass per patch, slower). Default: gradcam."),
+    out: Path = typer.Option(Path("explain.png"), "--out", "-o", help="PNG to write: the mel image with the saliency overlaid. Default: explain.png."),
+    model: Path = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
+) -> None:
+    """Saliency: where on the mel image the evidence for a genre lies (Grad-CAM or occlusion), drawn over the image."""
+    from melgenre.explain import METHODS, explain_file, save_saliency_figure
+    from melgenre.predict import load_model
+
+    if method not in METHODS:
+        raise typer.BadParameter(f"--method must be {' or '.join(METHODS)}")
+    genre_model = load_model(model)
+    expl, y = explain_file(genre_model, path, genre, method)
+    save_saliency_figure(y, genre_model.preset, expl, out)
+    probs = ", ".join(f"{p:.2f}" for p in expl.window_probabilities)
+    say(f"{expl.genre} ({method}) over {len(expl.window_starts)} windows (probability per window: {probs}); wrote {out}")
+
+
 @app.command("export")
 def export_cmd(
     source: Path = typer.Argument(..., help="A run directory, a .ckpt inside one, or a model package .json."),

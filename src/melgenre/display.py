@@ -16,7 +16,15 @@ import numpy as np
 
 from melgenre import audio, features
 from melgenre.features import Preset
-from melgenre.utils import atomic_path
+from melgenre.utils import save_png
+
+
+def unchunked(preset: Preset) -> Preset:
+    """The preset without chunking: one image of the whole (fitted) clip at natural size."""
+    if preset.chunk_seconds is None:
+        return preset
+    return dataclasses.replace(preset, chunk_seconds=None, chunk_hop_seconds=None, frames_per_chunk=None,
+                               frames_per_hop=None)
 
 
 def mel_figure(y: np.ndarray, preset: Preset, title: str = "") -> plt.Figure:
@@ -26,8 +34,7 @@ def mel_figure(y: np.ndarray, preset: Preset, title: str = "") -> plt.Figure:
     clip at natural size with dashed lines where chunks start.
     """
     y = features.fit_to_preset(y, preset)
-    view = dataclasses.replace(preset, chunk_seconds=None, chunk_hop_seconds=None) if preset.chunk_seconds else preset
-    image = features.mel_images(y, view)[0]
+    image = features.mel_images(y, unchunked(preset))[0]
     rows, cols = image.shape
     seconds = len(y) / preset.sr
     fmax = preset.fmax or preset.sr / 2
@@ -61,13 +68,3 @@ def save_mel_figure(path: str | Path, out: str | Path, preset: str | Path | Pres
     preset = features.get_preset(preset)
     clip = audio.load(path, sr=preset.sr)
     return save_png(mel_figure(clip.samples, preset, title=f"{Path(path).name} — preset {preset.name}"), out)
-
-
-def save_png(fig: plt.Figure, out: str | Path) -> Path:
-    """Write a figure as a PNG to ``out`` (atomically, parent folders created) and close it."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out

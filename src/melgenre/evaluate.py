@@ -37,7 +37,7 @@ from torchmetrics.functional.classification import (
 )
 
 from melgenre.errors import MelgenreError
-from melgenre.utils import atomic_path
+from melgenre.utils import atomic_path, save_png
 
 SUMMARY_METRICS = (
     ("accuracy", "accuracy"), ("macro_precision", "macro precision"),
@@ -517,15 +517,8 @@ def _class_axis(ax: plt.Axes, labels: Sequence[str]) -> None:
 
 def _save(fig: plt.Figure, out: str | Path) -> Path:
     """Write ``fig`` as a PNG to ``out`` atomically and close it."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    try:
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    return out
+    return save_png(fig, out)
 
 
 def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:

@@ -39,10 +39,11 @@ import torch
 import yaml
 from torch import nn
 
-from melgenre import __version__, audio, features
+from melgenre import __version__, audio, features, timeline
 from melgenre.errors import AudioDecodeError, MelgenreError
 from melgenre.features import Preset
 from melgenre.models import build_from_config, channels_last
+from melgenre.timeline import Segment
 from melgenre.utils import atomic_path, run_checkpoint
 
 #: ``format`` field of a model card.
@@ -67,6 +68,8 @@ def _json_safe(value: Any) -> Any:
     (bools, ints and strings are kept)."""
     if isinstance(value, np.ndarray):
         value = value.tolist()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -114,6 +117,8 @@ class Prediction(_JsonDict):
     model_id: str
     flags: list[str] = field(default_factory=list)  # warnings, see FLAGS ("silent"/"padded" added from those fields)
     novelty: float | None = None  # "not music" score (melgenre.trust.novelty); None without a stored reference
+    window_seconds: float = 0.0  # length of one window in seconds
+    segments: list[Segment] = field(default_factory=list)  # genre timeline, see melgenre.timeline
 
 
 #: Warnings a :class:`Prediction` may carry in ``flags``, with their meaning in plain words.
@@ -378,7 +383,14 @@ class GenreModel:
             flags=[f for f, on in (("silent", silent), ("padded", padded)) if on]
             + trust_flags(self.card, ranked["top"][0][1], score, silent),
             novelty=score,
+            window_seconds=self.window_seconds,
+            segments=timeline.segments(window_probs, window_starts, self.classes, self.window_seconds, duration),
         )
+
+    @property
+    def window_seconds(self) -> float:
+        """Length of one prediction window in seconds (a chunk, or ``duration`` for unchunked presets)."""
+        return float(self.preset.chunk_seconds or self.preset.duration or 0.0)
 
 
 @functools.lru_cache(maxsize=1)

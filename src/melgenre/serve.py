@@ -6,6 +6,9 @@ that is loaded once and shared by all requests:
 ``POST /predict``  multipart field ``file`` -> label, top-k, all class probabilities, per-window
                    probabilities, duration, padded/silent and the ``flags`` list, model id; with
                    ``?spectrogram=true`` also the clip's mel image as a ``data:image/png`` URL;
+                   the genre ``segments`` and the smoothed ``timeline`` (see
+                   :mod:`melgenre.timeline`); with ``?saliency=true`` the mel image with the
+                   evidence for the predicted genre overlaid (:mod:`melgenre.explain`);
                    with a library index loaded (``index=``), ``similar``: the most similar tracks
                    as ``[{"path", "score"}]`` (paths relative to the library's folder).
 ``GET /health``    ``{"status": "ok", "model_id": ...}``
@@ -28,6 +31,7 @@ Status codes: 413 too large; 415 empty, corrupt or not audio (the message names 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import base64
 import html
 import io
@@ -272,7 +276,38 @@ def prediction_json(pred, filename: str) -> dict[str, Any]:
         "silent": bool(pred.silent),
         "flags": list(pred.flags),
         "model_id": pred.model_id,
+        "segments": [dataclasses.asdict(seg) for seg in pred.segments],
+        "timeline": timeline_json(pred),
     }
+
+
+def timeline_json(pred) -> dict[str, Any]:
+    """The smoothed timeline the page draws: window centres (s) and each window's smoothed probabilities."""
+    from melgenre.timeline import smooth
+
+    centres = [float(s) + pred.window_seconds / 2 for s in pred.window_starts]
+    probs = smooth(pred.window_probabilities) if len(centres) else []
+    return {"classes": list(pred.probabilities), "times": centres, "window_seconds": float(pred.window_seconds),
+            "probabilities": [[round(float(p), 6) for p in row] for row in probs]}
+
+
+def saliency_png(y, model, genre: str, title: str = "") -> tuple[bytes, str]:
+    """The spectrogram figure with the saliency of ``genre`` overlaid, as PNG bytes, and the method:
+    Grad-CAM with the torch backend, occlusion with ONNX."""
+    import matplotlib.pyplot as plt
+
+    from melgenre.explain import explain, saliency_figure
+
+    method = "gradcam" if model.backend == "torch" else "occlusion"
+    expl = explain(model, y, genre, method, source=title)
+    with _PLOT_LOCK:
+        fig = saliency_figure(y, model.preset, expl, title=f"{title}: evidence for {genre}")
+        try:
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=SPECTROGRAM_DPI)
+        finally:
+            plt.close(fig)
+    return buf.getvalue(), method
 
 
 def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: float = 20,
@@ -362,7 +397,7 @@ def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: 
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    def infer(path: str, filename: str, spectrogram: bool) -> dict[str, Any]:
+    def infer(path: str, filename: str, spectrogram: bool, saliency: bool) -> dict[str, Any]:
         with compute:
             clip = audio.load(path, sr=model.preset.sr, name=filename)
             pred = model.predict(clip.samples, sr=clip.sr, top_k=top_k, name=filename)
@@ -379,6 +414,10 @@ def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: 
                     title += f" (first {model.preset.duration:g} s)"
                 png = spectrogram_png(clip.samples, model.preset, title=title)
                 body["spectrogram"] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+            if saliency:
+                png, method = saliency_png(clip.samples, model, pred.label, title=filename)
+                body["saliency"] = {"genre": pred.label, "method": method,
+                                    "image": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
         return body
 
     @app.post("/predict", summary="Predict the genre of an uploaded audio file",
@@ -386,6 +425,9 @@ def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: 
     async def predict(
         request: Request,
         spectrogram: bool = Query(False, description="Also return the mel image as a data:image/png URL."),
+        saliency: bool = Query(False, description="Also return the mel image with the saliency of the predicted "
+                                                  "genre overlaid (Grad-CAM; occlusion for ONNX models) as "
+                                                  "saliency.image, a data:image/png URL."),
     ) -> dict[str, Any]:
         """Classify the audio file in the multipart field `file`.
 
@@ -401,7 +443,7 @@ def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: 
         try:
             if upload.size == 0:
                 raise HTTPException(415, f"{upload.filename}: empty file (0 bytes), not audio")
-            return await run_in_threadpool(infer, upload.path, upload.filename, spectrogram)
+            return await run_in_threadpool(infer, upload.path, upload.filename, spectrogram, saliency)
         except AudioDecodeError as exc:
             raise HTTPException(415, str(exc)) from None
         except MelgenreError as exc:

@@ -26,6 +26,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def save_png(fig, out: str | Path) -> Path:
+    """Write a matplotlib figure as a PNG to ``out`` (atomically, folders made) and close it; returns ``out``."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+    return out
+
+
 def run_checkpoint(run_dir: str | Path) -> Path:
     """The checkpoint a run is evaluated and predicted with: ``best.ckpt`` (best validation
     epoch), or ``last.ckpt`` where the run kept its last epoch (no validation split, or

@@ -1,6 +1,8 @@
-// melgenre web page: pick or drop an audio file -> POST /predict?spectrogram=true -> show the
-// genre, a bar chart of every class's probability, the most similar tracks of the server's library
-// (when it has one) and the mel spectrogram. No libraries.
+// melgenre web page: pick or drop an audio file -> POST /predict?spectrogram=true -> show the genre,
+// a bar chart of every class's probability, the genre timeline (stacked areas, SVG), the most similar
+// tracks of the server's library (when it has one) and the mel spectrogram. Its saliency overlay costs
+// several seconds of CPU, so it is asked for only when the toggle is first switched on (the same file
+// again, POST /predict?saliency=true). No libraries.
 "use strict";
 
 (() => {
@@ -18,6 +20,14 @@
   const spectrogram = $("spectrogram");
   const similar = $("similar");
   const similarList = $("similar-list");
+  const timeline = $("timeline");
+  const timelineTip = $("timeline-tip");
+  const saliencyControl = $("saliency-control");
+  const saliencyToggle = $("saliency-toggle");
+  const SVG_NS = timeline.namespaceURI; // the SVG namespace, from the <svg> element itself
+  const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf"];
+  let images = { plain: null, saliency: null, filename: "", file: null };
 
   let maxUploadBytes = null; // from /health; the server enforces the limit either way
   let requestSeq = 0;
@@ -109,7 +119,113 @@
     }));
   }
 
-  function render(body) {
+  const colour = (i) => PALETTE[i] || `hsl(${(i * 47) % 360} 60% 55%)`;
+  const clock = (t) => `${Math.floor(t / 60)}:${String(Math.floor(t % 60)).padStart(2, "0")}`;
+
+  function svg(tag, attrs, parent) {
+    const el = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+    if (parent) parent.append(el);
+    return el;
+  }
+
+  // Stacked areas of every genre's smoothed probability over time, segment boundaries as lines,
+  // and the values under the pointer in #timeline-tip.
+  function renderTimeline(body) {
+    const tl = body.timeline;
+    const W = 720, H = 200, left = 34, right = 8, top = 22, bottom = 22;
+    const w = W - left - right, h = H - top - bottom;
+    const duration = Math.max(Number(body.duration), tl.times.length ? tl.times[tl.times.length - 1] : 0) || 1;
+    // each window's values held flat out to the clip's ends, as the segments tile the whole clip
+    const times = [0, ...tl.times, duration];
+    const probs = [tl.probabilities[0], ...tl.probabilities, tl.probabilities[tl.probabilities.length - 1]];
+    const x = (t) => left + (w * t) / duration;
+    const y = (p) => top + h * (1 - p);
+    timeline.setAttribute("viewBox", `0 0 ${W} ${H}`);
+    timeline.replaceChildren();
+    const base = times.map(() => 0);
+    tl.classes.forEach((name, c) => {
+      const upper = times.map((t, i) => `${x(t).toFixed(1)},${y(base[i] + probs[i][c]).toFixed(1)}`);
+      const lower = times.map((t, i) => `${x(t).toFixed(1)},${y(base[i]).toFixed(1)}`).reverse();
+      times.forEach((_, i) => { base[i] += probs[i][c]; });
+      const area = svg("polygon", { points: [...upper, ...lower].join(" "), fill: colour(c), class: "area" }, timeline);
+      svg("title", {}, area).textContent = name;
+    });
+    svg("line", { x1: left, x2: left + w, y1: y(0), y2: y(0), class: "axis" }, timeline);
+    for (const p of [0, 0.5, 1]) svg("text", { x: left - 4, y: y(p) + 4, "text-anchor": "end" }, timeline).textContent = `${p * 100}%`;
+    for (const t of [0, duration / 2, duration]) {
+      svg("text", { x: x(t), y: H - 6, "text-anchor": t === 0 ? "start" : t === duration ? "end" : "middle" }, timeline).textContent = clock(t);
+    }
+    body.segments.forEach((seg, i) => {
+      if (i > 0) svg("line", { x1: x(seg.start), x2: x(seg.start), y1: top, y2: y(0), class: "boundary" }, timeline);
+      svg("text", { x: x((seg.start + seg.end) / 2), y: top - 7, "text-anchor": "middle", class: "segment" }, timeline)
+        .textContent = seg.genre;
+    });
+    const cursor = svg("line", { x1: 0, x2: 0, y1: top, y2: y(0), class: "cursor", visibility: "hidden" }, timeline);
+    const hit = svg("rect", { x: left, y: top, width: w, height: h, fill: "transparent", id: "timeline-hit" }, timeline);
+    const show = (clientX) => {
+      const box = timeline.getBoundingClientRect();
+      const t = Math.min(duration, Math.max(0, (((clientX - box.left) * W) / box.width - left) * duration / w));
+      let i = 0;
+      tl.times.forEach((c, k) => { if (Math.abs(c - t) < Math.abs(tl.times[i] - t)) i = k; });
+      const row = tl.probabilities[i].map((p, c) => [tl.classes[c], p]).sort((a, b) => b[1] - a[1]);
+      cursor.setAttribute("x1", x(tl.times[i]));
+      cursor.setAttribute("x2", x(tl.times[i]));
+      cursor.setAttribute("visibility", "visible");
+      timelineTip.textContent = `${clock(tl.times[i])}: ` + row.slice(0, 3).map(([n, p]) => `${n} ${pct(p)}`).join(", ");
+    };
+    hit.addEventListener("mousemove", (e) => show(e.clientX));
+    hit.addEventListener("mouseleave", () => cursor.setAttribute("visibility", "hidden"));
+    $("timeline-segments").textContent = "Segments: " + body.segments
+      .map((s) => `${clock(s.start)}–${clock(s.end)} ${s.genre} (${pct(s.probability)})`).join(", ");
+    timeline.setAttribute("aria-label", `Genre over time: ${body.segments.map((s) => s.genre).join(", then ")}`);
+    $("timeline-legend").replaceChildren(...tl.classes.map((name, c) => {
+      const li = document.createElement("li");
+      const sw = document.createElement("span");
+      sw.className = "swatch";
+      sw.style.background = colour(c);
+      li.append(sw, document.createTextNode(name));
+      return li;
+    }));
+  }
+
+  async function fetchSaliency() {
+    const wanted = images;
+    saliencyToggle.disabled = true;
+    setStatus(`Finding the evidence for ${genre.textContent} in ${wanted.filename}…`);
+    const form = new FormData();
+    form.append("file", wanted.file, wanted.filename);
+    try {
+      const response = await fetch("/predict?saliency=true", { method: "POST", body: form });
+      const body = await response.json().catch(() => null);
+      if (wanted !== images) return; // another file was chosen meanwhile
+      if (!response.ok || !body || !body.saliency) {
+        saliencyToggle.checked = false;
+        showError("The saliency could not be computed", detailText(body) || response.statusText);
+        return;
+      }
+      images.saliency = body.saliency.image;
+      setStatus(`${wanted.filename}: evidence for ${body.saliency.genre} (${body.saliency.method})`);
+      showSpectrogram();
+    } catch (err) {
+      if (wanted === images) showError("The upload failed", `Could not reach the server (${err.message}).`);
+    } finally {
+      if (wanted === images) saliencyToggle.disabled = false;
+    }
+  }
+
+  function showSpectrogram() {
+    if (saliencyToggle.checked && !images.saliency) {
+      fetchSaliency();
+      return;
+    }
+    const overlay = saliencyToggle.checked && images.saliency;
+    spectrogram.src = overlay ? images.saliency : images.plain;
+    spectrogram.alt = `Mel spectrogram of ${images.filename}`
+      + (overlay ? `, with the evidence for ${genre.textContent} highlighted` : "");
+  }
+
+  function render(body, file) {
     genre.textContent = body.label;
     const p = body.probabilities[body.label];
     confidence.textContent = `${pct(p)} probability`;
@@ -132,9 +248,14 @@
     }));
     renderChart(body.probabilities, body.label);
     renderSimilar(body.similar);
+    renderTimeline(body);
+    images = { plain: body.spectrogram || null, saliency: null, filename: body.filename, file };
+    saliencyToggle.checked = false;
+    saliencyToggle.disabled = false;
+    saliencyControl.hidden = !images.plain;
+    $("saliency-label").textContent = `Show where the evidence for ${body.label} lies`;
     if (body.spectrogram) {
-      spectrogram.alt = `Mel spectrogram of ${body.filename}`;
-      spectrogram.src = body.spectrogram;
+      showSpectrogram();
       spectrogram.hidden = false;
     } else {
       spectrogram.removeAttribute("src");
@@ -171,7 +292,7 @@
         showError(title, detailText(body) || response.statusText);
         return;
       }
-      render(body);
+      render(body, file);
     } catch (err) {
       if (err.name === "AbortError" || seq !== requestSeq) return;
       showError("The upload failed", `Could not reach the server (${err.message}).`);
@@ -179,6 +300,8 @@
       if (seq === requestSeq) setBusy(false);
     }
   }
+
+  saliencyToggle.addEventListener("change", showSpectrogram);
 
   input.addEventListener("change", () => {
     classify(input.files[0]);
