@@ -206,3 +206,50 @@ def test_truncated_part_files_are_recomputed(small_corpus, tmp_path, monkeypatch
     assert report.resumed == 10 and report.computed == 1
     _assert_same(_contents(out), _contents(store.prepare(small_corpus, "fast", tmp_path / "clean.h5", workers=1,
                                                          progress=False).out))
+
+
+def test_augment_variants_audio():
+    sr = 16_000
+    y = audio.fix_length(0.3 * np.sin(2 * np.pi * 440 * np.arange(6 * sr) / sr).astype(np.float32), 6 * sr)
+    fast, slow = audio.augment(y, sr, "fast"), audio.augment(y, sr, "slow")
+    assert len(fast) == pytest.approx(len(y) / 1.06, abs=2) and len(slow) == pytest.approx(len(y) * 1.06, abs=2)
+    spectrum = lambda z: np.argmax(np.abs(np.fft.rfft(z[:sr]))) * sr / sr  # noqa: E731  (1-Hz bins)
+    assert spectrum(fast) == pytest.approx(440 * 1.06, abs=2) and spectrum(slow) == pytest.approx(440 / 1.06, abs=2)
+    np.testing.assert_array_equal(audio.augment(y, sr, "offset"), y[int(1.5 * sr):])
+    for name in ("bright", "dark"):
+        z = audio.augment(y, sr, name)
+        assert z.dtype == np.float32 and len(z) == len(y) and not np.allclose(z, y)
+        assert np.sqrt(np.mean(z ** 2)) == pytest.approx(np.sqrt(np.mean(y ** 2)), rel=1e-4)
+        np.testing.assert_array_equal(z, audio.augment(y, sr, name))  # deterministic
+    with pytest.raises(ValueError, match="unknown augmentation 'reverse'"):
+        audio.augment(y, sr, "reverse")
+
+
+def test_prepare_with_augment_adds_training_only_variants(small_corpus, tmp_path):
+    from melgenre.config import DataConfig
+    from melgenre.data import MelDataModule
+
+    plain, out = tmp_path / "plain.h5", tmp_path / "aug.h5"
+    store.prepare(small_corpus, "fast", plain, workers=1, progress=False)
+    report = store.prepare(small_corpus, "fast", out, workers=1, progress=False, augment=("fast", "offset"))
+    assert report.n_tracks == 10
+    with MelStore(plain) as p, MelStore(out) as s:
+        assert json.loads(s.attrs["augment"]) == ["fast", "offset"] and "augment" not in p.attrs
+        np.testing.assert_array_equal(p.variant, 0)
+        first = s.track_id == "class00/class00.00000"
+        # 4.6 s -> 2 chunks of 3 s every 1.5 s; 6 % faster (4.34 s) -> 1; 1.5 s later (3.1 s) -> 1
+        assert list(s.variant[first]) == [0, 0, 1, 2] and list(s.chunk_index[first]) == [0, 1, 0, 0]
+        assert len(s) == len(p) + int((s.variant > 0).sum())
+        np.testing.assert_array_equal(s.images(np.flatnonzero(s.variant == 0)), p.images(slice(None)))
+        assert not np.allclose(s.images(np.flatnonzero(first)[2:3]), p.images(np.flatnonzero(p.track_id == "class00/class00.00000")[:1]))
+        ids = list(dict.fromkeys(s.track_id))
+    dm = MelDataModule(out, {"train": ids[:6], "val": ids[6:8], "test": ids[8:]}, DataConfig())
+    train = dm.rows_for("train")
+    assert set(dm.store.variant[train]) == {0, 1, 2}
+    for split in ("val", "test"):
+        rows = dm.rows_for(split)
+        assert len(rows) > 0 and set(dm.store.variant[rows]) == {0}
+    with pytest.raises(StoreError, match="augment: reverse"):
+        store.prepare(small_corpus, "fast", tmp_path / "x.h5", workers=1, progress=False, augment=("reverse",))
+    with pytest.raises(StoreError, match="other inputs or settings"):  # another augment list is another plan
+        store.prepare(small_corpus, "fast", out, workers=1, progress=False, augment=("fast",))

@@ -183,6 +183,44 @@ def load(
                  source_channels=samples.shape[1])
 
 
+#: Audio variants that ``prepare`` / ``embed --augment`` add as extra training rows of a track
+#: (validation and test rows stay the original): name -> what it does.
+AUGMENTATIONS = {
+    "fast": "6 % faster (tempo and pitch up about one semitone, by resampling)",
+    "slow": "6 % slower (tempo and pitch down about one semitone)",
+    "offset": "starts 1.5 s later (windows fall between the original ones)",
+    "bright": "treble boost (first-order high-pass mixed in), loudness kept",
+    "dark": "treble cut (one-pole low-pass), loudness kept",
+}
+
+
+def _rms(y: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(y, dtype=np.float64)))) + 1e-12
+
+
+def augment(y: np.ndarray, sr: int, name: str) -> np.ndarray:
+    """One of :data:`AUGMENTATIONS` of mono float32 ``y`` at ``sr`` (deterministic).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    """
+    from scipy.signal import lfilter
+
+    if name in ("fast", "slow"):  # play at another speed: treat the samples as recorded at sr * r
+        r = 1.06 if name == "fast" else 1 / 1.06
+        out = soxr.resample(y, sr * r, sr, quality="HQ")
+    elif name == "offset":
+        out = y[int(round(1.5 * sr)):]
+    elif name in ("bright", "dark"):
+        out = y + lfilter([1.0, -0.95], [1.0], y) if name == "bright" else lfilter([0.3], [1.0, -0.7], y)
+        out = out * (_rms(y) / _rms(out))
+    else:
+        raise ValueError(f"unknown augmentation {name!r}; use one of {', '.join(AUGMENTATIONS)}")
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 def window_starts(n_samples: int, win: int, hop: int) -> list[int]:
     """Start offsets of fixed-length windows over ``n_samples``.
 

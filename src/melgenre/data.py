@@ -286,7 +286,11 @@ class RowDataset(Dataset):
 
 
 class MelDataModule(L.LightningDataModule):
-    """Train/val/test loaders over one store and a track split."""
+    """Train/val/test loaders over one store and a track split.
+
+    ``train`` takes every row of its tracks, augmented variants included (``prepare --augment``);
+    ``val`` and ``test`` take the rows of the original audio only, so scores never count a variant.
+    """
 
     def __init__(self, store_path: str | Path, splits: dict[str, list[str]], cfg: DataConfig, seed: int = 0):
         super().__init__()
@@ -297,7 +301,10 @@ class MelDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:  # noqa: D102
         if self.store is None:
             self.store = MelStore(self.store_path, in_memory=self.cfg.in_memory)
-            self.rows = {name: rows_of(self.store, ids) for name, ids in self.splits.items()}
+            # augmented variants train; every split that is scored sees the original audio only
+            original = self.store.variant == 0
+            self.rows = {name: rows if name == "train" else rows[original[rows]]
+                         for name, ids in self.splits.items() for rows in [rows_of(self.store, ids)]}
 
     def rows_for(self, split: str) -> np.ndarray:
         """Store row indices of a split (empty when the split has no tracks)."""

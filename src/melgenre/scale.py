@@ -151,7 +151,8 @@ def run_part_tasks(todo: list, total: int, description: str, address: str | None
 
 
 def prepare_ray(data, preset, out: str | Path, address: str | None = None, overwrite: bool = False,
-                progress: bool = True, max_in_flight: int | None = None, compression: str = "none"):
+                progress: bool = True, max_in_flight: int | None = None, compression: str = "none",
+                augment: tuple[str, ...] = ()):
     """:func:`melgenre.store.prepare` with the tracks computed by Ray tasks (same output, resumable).
 
     Parameters
@@ -173,6 +174,8 @@ def prepare_ray(data, preset, out: str | Path, address: str | None = None, overw
         Tasks submitted at once (default ``2 ×`` the cluster's CPUs): bounds the driver's memory.
     compression : {"none", "gzip"}
         Compression of the images (see :func:`melgenre.store.prepare`); gzip is done by the tasks.
+    augment : tuple of str
+        Audio variants stored as extra training rows (see :func:`melgenre.store.prepare`).
 
     Returns
     -------
@@ -181,7 +184,7 @@ def prepare_ray(data, preset, out: str | Path, address: str | None = None, overw
     from melgenre import store
 
     t0 = time.perf_counter()
-    prep = store.start_prepare(data, preset, out, overwrite, t0, compression)
+    prep = store.start_prepare(data, preset, out, overwrite, t0, compression, augment=augment)
     if isinstance(prep, store.PrepareReport):
         return prep
     run_part_tasks(prep.todo, len(prep.jobs), f"prepare {prep.preset.name} (ray)", address, progress, max_in_flight)

@@ -6,12 +6,15 @@ Layout of a store (``format_version`` 1)::
                                      (default) or gzip + shuffle (``compression="gzip"``)
     y            (N,)      int16     class index
     track_id     (N,)      str       "<class>/<file stem>": rows of one track share it
-    chunk_index  (N,)      int16     position of the row inside its track (0 when unchunked)
+    chunk_index  (N,)      int16     position of the row inside its track's variant (0 when unchunked)
+    variant      (N,)      int8      0 = the original audio, k = the k-th name of attrs["augment"]
+                                     (stores written before augmentation lack it: all originals)
     path         (N,)      str       source file, relative to the corpus root
     tracks/      one entry per decoded track: id, path, label, sha256, duration, source_sr,
                  channels, silent, first_row, n_rows
     attrs        format_version, classes (JSON), preset (JSON), melgenre_version,
-                 input_hash, root, layout, n_tracks, skipped (JSON list of {path, reason})
+                 input_hash, root, layout, n_tracks, skipped (JSON list of {path, reason}),
+                 embedding (JSON, stores of `melgenre embed`), augment (JSON list, when used)
 
 Why float16: images are in [0, 1], where float16 keeps ~3 significant digits (steps of at
 most 2^-11 ≈ 0.0005, i.e. 0.04 dB of an 80 dB range), at half the size of float32. Memory
@@ -40,7 +43,7 @@ import zlib
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -100,6 +103,7 @@ class _Job:
     part: str
     compression: str = "none"
     embed: dict[str, Any] | None = None  # rows are a tagger's embeddings (see melgenre embed)
+    augment: tuple[str, ...] = ()  # extra variants of the audio (melgenre.audio.AUGMENTATIONS)
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
@@ -123,41 +127,53 @@ def _compute_track(job: _Job) -> dict[str, Any]:
     info: dict[str, Any] = {"sha256": "", "error": "", "duration": 0.0, "source_sr": 0, "channels": 0,
                             "silent": False}
     rows: list[bytes] = []
+    variants = np.zeros(0, dtype=np.int8)
     try:
         data = Path(job.path).read_bytes()
         info["sha256"] = hashlib.sha256(data).hexdigest()
         clip = audio.load(data, sr=preset.sr, name=job.name)
         info.update(duration=clip.duration, source_sr=clip.source_sr, channels=clip.source_channels,
                     silent=clip.silent)
-        images = features.mel_images(features.fit_to_preset(clip.samples, preset), preset)
-        if job.embed is not None:
-            from melgenre.models.musicnn import embed_images
+        blocks = []
+        for name in ("", *job.augment):  # the original first, then each variant
+            y = audio.augment(clip.samples, preset.sr, name) if name else clip.samples
+            images = features.mel_images(features.fit_to_preset(y, preset), preset)
+            if job.embed is not None:
+                from melgenre.models.musicnn import embed_images
 
-            images = embed_images(images, job.embed)[:, None, :]  # (chunks, 1, D)
-        rows = [_chunk_bytes(img, job.compression) for img in images.astype(ROW_DTYPE)]
+                images = embed_images(images, job.embed)[:, None, :]  # (chunks, 1, D)
+            blocks.append(images)
+        variants = np.concatenate([np.full(len(b), v, dtype=np.int8) for v, b in enumerate(blocks)])
+        rows = [_chunk_bytes(img, job.compression) for b in blocks for img in b.astype(ROW_DTYPE)]
     except AudioDecodeError as exc:
         info["error"] = exc.reason
     except OSError as exc:
         info["error"] = f"cannot read file ({exc.strerror or exc})"
     _atomic_savez(Path(job.part), rows=np.frombuffer(b"".join(rows), dtype=np.uint8),
-                  sizes=np.array([len(r) for r in rows], dtype=np.int64), info=np.array(json.dumps(info)))
+                  sizes=np.array([len(r) for r in rows], dtype=np.int64), info=np.array(json.dumps(info)),
+                  variants=variants)
     return {"index": job.index, "error": info["error"]}
 
 
 def _read_part(path: Path) -> tuple[list[bytes], dict[str, Any]]:
-    """The compressed rows and the info of a part file."""
+    """The compressed rows and the info of a part file (``info["variants"]``: each row's variant)."""
     with np.load(path) as part:
         data, ends = part["rows"].tobytes(), np.cumsum(part["sizes"])
         rows = [data[a:b] for a, b in zip(np.concatenate([[0], ends[:-1]]), ends)]
-        return rows, json.loads(str(part["info"]))
+        info = json.loads(str(part["info"]))
+        info["variants"] = part["variants"] if "variants" in part.files else np.zeros(len(rows), dtype=np.int8)
+        return rows, info
 
 
 # -- parent side -------------------------------------------------------------------------------
 
-def _plan_hash(corpus: Corpus, preset: Preset, compression: str, embed: dict[str, Any] | None = None) -> str:
-    """Cheap identity of a prepare job (file names, sizes, mtimes, preset, compression, embedder) for resuming."""
+def _plan_hash(corpus: Corpus, preset: Preset, compression: str, embed: dict[str, Any] | None = None,
+               augment: tuple[str, ...] = ()) -> str:
+    """Cheap identity of a prepare job (file names, sizes, mtimes, preset, compression, embedder,
+    augmentations) for resuming."""
     h = hashlib.sha256(json.dumps(preset.to_dict(), sort_keys=True).encode())
-    h.update(json.dumps([corpus.classes, compression] + ([embed] if embed else [])).encode())
+    h.update(json.dumps([corpus.classes, compression] + ([embed] if embed else [])
+                        + ([{"augment": list(augment)}] if augment else [])).encode())
     for t in corpus.tracks:
         st = t.path.stat()
         h.update(f"{t.track_id}\0{t.label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -247,6 +263,7 @@ def prepare(
     progress: bool = True,
     compression: str = "none",
     embed: dict[str, Any] | None = None,
+    augment: Sequence[str] = (),
 ) -> PrepareReport:
     """Compute the mel images of a corpus into one HDF5 store (atomic, resumable, parallel).
 
@@ -272,6 +289,11 @@ def prepare(
         Store a pretrained tagger's embedding of each chunk instead of its image:
         ``{"model": "musicnn", "pretrained": "msd", "embedding": "pool+penultimate"}`` (see
         :func:`melgenre.models.musicnn.embed_images`); rows are then ``(1, D)``.
+    augment : sequence of str
+        Names of :data:`melgenre.audio.AUGMENTATIONS`: each adds a variant of every track's audio
+        as extra rows (column ``variant``: 0 = original, ``k`` = the k-th name). Training uses
+        every variant of its tracks; validation, test and cross-validation scores use the
+        originals only (:class:`melgenre.data.MelDataModule`).
 
     Returns
     -------
@@ -279,7 +301,7 @@ def prepare(
         Counts per class, skipped (corrupt) files with reasons, silent clips, timing.
     """
     t0 = time.perf_counter()
-    job = start_prepare(data, preset, out, overwrite, t0, compression, embed)
+    job = start_prepare(data, preset, out, overwrite, t0, compression, embed, augment)
     if isinstance(job, PrepareReport):
         return job
     with _progress(progress) as bar:
@@ -304,6 +326,7 @@ class PrepareJob:
     todo: list[_Job]  # jobs whose part file is not there yet
     compression: str
     embed: dict[str, Any] | None = None
+    augment: tuple[str, ...] = ()
 
     @property
     def resumed(self) -> int:
@@ -313,7 +336,7 @@ class PrepareJob:
 
 def start_prepare(data: str | Path | Corpus, preset: str | Path | Preset, out: str | Path, overwrite: bool,
                   t0: float, compression: str = "none",
-                  embed: dict[str, Any] | None = None) -> PrepareReport | PrepareJob:
+                  embed: dict[str, Any] | None = None, augment: Sequence[str] = ()) -> PrepareReport | PrepareJob:
     """Plan a prepare run (shared by the local and the Ray paths).
 
     Returns the report at once when ``out`` is already up to date; otherwise opens the parts
@@ -331,7 +354,12 @@ def start_prepare(data: str | Path | Corpus, preset: str | Path | Preset, out: s
         from melgenre.models.musicnn import embedding_spec
 
         embed = embedding_spec(embed, preset)
-    plan = _plan_hash(corpus, preset, compression, embed)
+    augment = tuple(augment)
+    unknown = [a for a in augment if a not in audio.AUGMENTATIONS]
+    if unknown or len(set(augment)) < len(augment):
+        raise StoreError(f"augment: {', '.join(unknown) or 'a name given twice'}; use distinct names of "
+                         f"{', '.join(audio.AUGMENTATIONS)}")
+    plan = _plan_hash(corpus, preset, compression, embed, augment)
     preset.image_shape()  # every row must have one shape: raises ConfigError when it cannot
     if out.exists():
         try:
@@ -347,10 +375,10 @@ def start_prepare(data: str | Path | Corpus, preset: str | Path | Preset, out: s
     _open_parts_dir(parts, plan)
     jobs = [_Job(index=i, path=str(t.path.resolve()), name=str(t.path.relative_to(corpus.root)),
                  preset=preset.to_dict(), part=str(parts / f"{i:06d}.npz"), compression=compression,
-                 embed=embed)
+                 embed=embed, augment=augment)
             for i, t in enumerate(corpus.tracks)]
     todo = [j for j in jobs if not _part_ok(Path(j.part))]
-    return PrepareJob(corpus, preset, out, plan, parts, jobs, todo, compression, embed)
+    return PrepareJob(corpus, preset, out, plan, parts, jobs, todo, compression, embed, augment)
 
 
 def finish_prepare(job: PrepareJob, t0: float) -> PrepareReport:
@@ -397,6 +425,7 @@ def _assemble(job: PrepareJob) -> None:
                 "track_id": f.create_dataset("track_id", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(4096,)),
                 "chunk_index": f.create_dataset("chunk_index", shape=(0,), maxshape=(None,), dtype=np.int16,
                                                 chunks=(4096,)),
+                "variant": f.create_dataset("variant", shape=(0,), maxshape=(None,), dtype=np.int8, chunks=(4096,)),
                 "path": f.create_dataset("path", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(4096,)),
             }
             n = 0
@@ -412,7 +441,9 @@ def _assemble(job: PrepareJob) -> None:
                     x.id.write_direct_chunk((n + i, 0, 0), row)
                 cols["y"][n:n + k] = track.label
                 cols["track_id"][n:n + k] = track.track_id
-                cols["chunk_index"][n:n + k] = np.arange(k)
+                variant = np.asarray(info["variants"])
+                cols["variant"][n:n + k] = variant
+                cols["chunk_index"][n:n + k] = np.arange(k) - np.searchsorted(variant, variant)  # per variant
                 cols["path"][n:n + k] = part.name
                 for key, value in (("id", track.track_id), ("path", part.name), ("label", track.label),
                                    ("first_row", n), ("n_rows", k)):
@@ -447,6 +478,7 @@ def _assemble(job: PrepareJob) -> None:
                 "n_tracks": len(hashes),
                 "skipped": json.dumps(skipped),
                 **({"embedding": json.dumps(job.embed)} if job.embed else {}),
+                **({"augment": json.dumps(list(job.augment))} if job.augment else {}),
             })
 
 
@@ -490,6 +522,8 @@ class MelStore:
         self.y: np.ndarray = f["y"][:].astype(np.int64)
         self.track_id: np.ndarray = f["track_id"].asstr()[:]
         self.chunk_index: np.ndarray = f["chunk_index"][:].astype(np.int64)
+        # 0 = the original audio, k = the k-th of attrs["augment"] (stores from before it: all 0)
+        self.variant: np.ndarray = f["variant"][:].astype(np.int64) if "variant" in f else np.zeros_like(self.y)
         self._x: np.ndarray | None = f["x"][:] if in_memory else None
 
     def _h5(self) -> h5py.File:
