@@ -196,7 +196,7 @@ def oof_outputs(cv_json: str | Path, data: str | Path | None = None, hop: float 
         model = module.model.eval()
         for split in ("val", "train"):
             rows = dm.rows_for(split)
-            rows = rows[store.chunk_index[rows] % step == 0]
+            rows = rows[(store.chunk_index[rows] % step == 0) & (store.variant[rows] == 0)]  # as predict sees them
             if len(rows) == 0:
                 continue
             out, emb = forward_outputs(model, store.images(rows), embeddings=True)
@@ -239,7 +239,7 @@ def _package_centre(module: Any, store_path: Path, hop: float | None, card: dict
         if expected and store.attrs.get("input_hash") and expected != str(store.attrs["input_hash"]):
             raise MelgenreError(f"{store_path}: not the feature file the package was trained on "
                                 "(input_hash differs from the card's training.data.input_hash)")
-        rows = np.flatnonzero(store.chunk_index % window_step(store.preset, hop) == 0)
+        rows = np.flatnonzero((store.chunk_index % window_step(store.preset, hop) == 0) & (store.variant == 0))
         _, emb = forward_outputs(module, store.images(rows), embeddings=True)
         _, index = np.unique(store.track_id[rows], return_inverse=True)
     tracks = _track_means(emb, index)
