@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from melgenre.errors import MelgenreError
-from melgenre.evaluate import RUNS_TABLE_COLUMNS, runs_table, write_runs_table
+from melgenre.evaluate import PRETRAINING_NOTE, RUNS_TABLE_COLUMNS, runs_table, write_runs_table
 
 
 def scores(accuracy: float, macro_precision: float) -> dict[str, float]:
@@ -19,13 +19,13 @@ def scores(accuracy: float, macro_precision: float) -> dict[str, float]:
 
 
 def make_run(runs: Path, name: str, row: int, dataset: str, model: dict, published: tuple = (None, None),
-             results: dict | None = None, splits: dict | None = None, **facts) -> Path:
+             results: dict | None = None, splits: dict | None = None, groups: str | None = None, **facts) -> Path:
     """A run directory as melgenre.train.fit leaves it: config.yaml, then splits.json / metrics.json."""
     run = runs / name
     run.mkdir(parents=True)
     config = {"name": run.name, "reference": {"row": row, "dataset": dataset, "test_macro_precision": published[0],
                                               "test_accuracy": published[1]},
-              "data": {"split": "stratified", "fractions": [0.8, 0.1, 0.1]}, "model": model}
+              "data": {"split": "stratified", "fractions": [0.8, 0.1, 0.1], "groups": groups}, "model": model}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     if splits:
         (run / "splits.json").write_text(json.dumps({k: [f"t{i}" for i in range(n)] for k, n in splits.items()}))
@@ -73,7 +73,8 @@ def test_runs_table_lists_runs_with_metrics_and_published_numbers(runs):
     assert lines[4] == ("| 18 | best | finished | yolov8_cls (n, gap) | v2 | stratified 800/100/100 | 212 | 111 | 3600 "
                         "| 0.750 | 0.765 | 0.812 | 0.790 | 0.864 | 0.803 | 0.800 |")
     assert lines[3].endswith("| 0.450 | 0.457 | 0.651 | 0.568 | 0.510 |")
-    assert lines[5] == ""  # row 18 finished: Table 6 and Figure 4 follow, ours empty (no per_class here)
+    assert lines[5] == "" and lines[6] == PRETRAINING_NOTE and "COCO" in PRETRAINING_NOTE  # YOLOv8 runs listed
+    # row 18 finished: Table 6 and Figure 4 follow, ours empty (no per_class here)
     assert "| blues |  | 0.692 |" in lines and "| pop |  | 0.250 |" in lines
     assert any(line.startswith("| blues |  / 9 |  / 0 |  / 1 |") for line in lines)
 
@@ -84,8 +85,11 @@ def test_runs_table_chunk_level_and_cv_runs(runs):
     (cv / "cv.json").write_text("{}")
     make_run(cv, "final", 19, "v2", {"name": "yolov8_cls"}, results={"test": {"chunk": scores(0.9, 0.91),
                                                                               "track": scores(0.95, 0.96)}})
+    make_run(cv, "group0", 19, "v2", {"name": "yolov8_cls"}, splits={"train": 131, "val": 71},
+             groups="fault_filtered")  # a fold of `cv --groups`: labelled by its protocol, not its base split
     markdown, rows = runs_table(runs, level="chunk")
-    assert [r["run"] for r in rows] == ["cnn", "base", "best", "m19-cv/final"]
+    assert [r["run"] for r in rows] == ["cnn", "base", "best", "m19-cv/final", "m19-cv/group0"]
+    assert rows[4]["split"] == "artist-disjoint (fault_filtered groups) 131/71/0"
     assert (rows[2]["test_accuracy"], rows[3]["test_macro_precision"], rows[3]["val_accuracy"]) == (0.6, 0.91, None)
     assert "test acc (chunk)" in markdown
     with pytest.raises(MelgenreError, match="level"):

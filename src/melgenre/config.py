@@ -48,6 +48,7 @@ class DataConfig:
     fractions: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])  # train/val/test share of tracks
     folds: int = 5  # kfold: number of folds over the non-test tracks
     fold: int = 0  # kfold: which fold is the validation part
+    groups: str | None = None  # set by `cv --groups` on its runs: the grouping whose held-out part is val
     batch_size: int = 8
     num_workers: int = 0  # DataLoader worker processes
     in_memory: bool = True  # load all images into RAM (see `melgenre info` for the size)

@@ -558,6 +558,14 @@ RUNS_TABLE_COLUMNS: dict[str, str] = {  # row-dict key (and CSV column) -> markd
     "ref_test_accuracy": "report test acc",
 }
 
+#: Printed under the table when it lists YOLOv8 runs: how their start differs from the report's.
+PRETRAINING_NOTE = (
+    "Note: the report's YOLOv8 rows start from keras_cv's COCO-pretrained weights (used as initialisation; "
+    "section 4 of the report). melgenre cannot download them, so its YOLOv8 runs train from scratch and "
+    "are not expected to reach the published figures at the same budget. The closest analogue here is "
+    "music pretraining: the shipped musicnn models (docs/results.md). Runs on the dev clips are not the "
+    "report's 1000-track data; `artist-disjoint` splits keep each artist on one side.")
+
 #: Table 2 row whose per-class precision (Table 6) and confusion matrix (Figure 4) are published.
 REPORT_DETAIL_ROW = 18
 
@@ -632,9 +640,10 @@ def runs_table(runs_dir: str | Path, level: str = "track") -> tuple[str, list[di
               for key, label in RUNS_TABLE_COLUMNS.items()]
     cells = ([_table_cell(row[key]).replace("|", "\\|") for key in RUNS_TABLE_COLUMNS] for row in rows)
     markdown = _markdown_table(header, cells)
+    notes = [PRETRAINING_NOTE] if any(str(r["model"]).startswith("yolov8") for r in rows) else []
     details = [_detail_section(runs_dir / row["run"], row["run"], level) for row in rows
                if row["row"] == REPORT_DETAIL_ROW and row["status"] == "finished"]
-    return "\n\n".join([markdown, *details]), rows
+    return "\n\n".join([markdown, *notes, *details]), rows
 
 
 def _detail_section(run_dir: Path, run: str, level: str) -> str:
@@ -769,8 +778,9 @@ def _model_label(model: Mapping[str, Any]) -> str:
 
 
 def _split_label(data: Mapping[str, Any], splits: Mapping[str, Any] | None) -> str:
-    """``stratified 700/100/200`` from the run's track counts, else from its fractions."""
-    kind = str(data.get("split", "?"))
+    """``stratified 700/100/200`` from the run's track counts, else from its fractions; a fold of
+    ``cv --groups`` reads ``artist-disjoint (fault_filtered groups) 131/71/0``."""
+    kind = f"artist-disjoint ({data['groups']} groups)" if data.get("groups") else str(data.get("split", "?"))
     if isinstance(splits, Mapping):
         return f"{kind} " + "/".join(str(len(splits.get(s) or [])) for s in ("train", "val", "test"))
     fractions = data.get("fractions")

@@ -544,7 +544,7 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
     fold_metrics = []
     for k, fold_split in enumerate(fold_splits):
         fold_data = (dataclasses.replace(cfg.data, split="kfold", folds=folds, fold=k) if groups is None
-                     else cfg.data)
+                     else dataclasses.replace(cfg.data, groups=groups))
         fold_cfg = dataclasses.replace(cfg, name=f"{fold_name}{k}{suffix}", data=fold_data)
         run = base / fold_cfg.name
         if not (run / "metrics.json").exists():
