@@ -236,3 +236,22 @@ def test_a_failed_start_leaves_nothing_and_a_resume_says_so(emb_store, tmp_path,
         fit(short, tmp_path / "runs", data=emb_store, progress=False)
     assert f"head: resuming from epoch 1 of 1 ({run / 'checkpoints' / 'last.ckpt'})" in caplog.text
     assert (run / "metrics.json").exists()
+
+
+def test_embed_augment_trains_on_variants_and_scores_originals(corpus, tmp_path):
+    out = tmp_path / "aug.h5"
+    result = CliRunner().invoke(app, ["embed", str(corpus), "--embedding", "penultimate", "--augment", "fast,dark",
+                                      "--out", str(out), "--workers", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    with MelStore(out) as s:  # 6.5 s -> 2 patches; 6 % faster (6.1 s) -> 2; treble cut -> 2
+        assert s.x.shape == (24 * 6, 1, 200) and np.bincount(s.variant).tolist() == [48, 48, 48]
+        assert json.loads(s.attrs["augment"]) == ["fast", "dark"]
+    run = fit(config_from_dict(HEAD), tmp_path, data=out, progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    splits = json.loads((run / "splits.json").read_text())
+    assert metrics["results"]["val"]["track"]["n"] == len(splits["val"])
+    assert metrics["results"]["val"]["chunk"]["n"] == 2 * len(splits["val"])  # original patches only
+    card = json.loads(save_package(run, tmp_path / "pkg" / "aug").read_text())
+    assert card["training"]["data"]["augment"] == ["fast", "dark"]
+    bad = CliRunner().invoke(app, ["embed", str(corpus), "--augment", "fast,loud", "--out", str(tmp_path / "x.h5")])
+    assert bad.exit_code != 0 and "augment: loud" in bad.output and "Traceback" not in bad.output

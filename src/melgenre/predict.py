@@ -459,6 +459,8 @@ def _run_card(run_dir: Path, hparams: dict[str, Any]) -> dict[str, Any]:
                      "input_hash": str(store.attrs.get("input_hash", "")), "preset": store.preset.name}
         if "embedding" in store.attrs:  # trained on cached tagger embeddings (melgenre embed)
             described["embedding"] = json.loads(store.attrs["embedding"])
+        if "augment" in store.attrs:  # audio variants among the training rows (prepare/embed --augment)
+            described["augment"] = json.loads(store.attrs["augment"])
     splits_path = run_dir / "splits.json"
     splits = _read_json(splits_path) if splits_path.exists() else {}
     card_metrics = {split: {level: _scalars(m) for level, m in levels.items()}
