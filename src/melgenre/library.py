@@ -238,9 +238,10 @@ def _open(path: Path, model: GenreModel | None = None) -> _SqliteSink | _LineSin
 def read_results(path: str | Path) -> Any:
     """A results file (SQLite, CSV or JSON Lines) as a pandas DataFrame.
 
-    One row per file (the latest, for CSV/JSON Lines files a rerun appended to), columns
-    :data:`COLUMNS` in order; ``probabilities`` holds dicts ``{genre: probability}`` (None for a
-    failed file) and ``flags`` lists of str, whatever the format.
+    One row per file, sorted by path (the latest, for CSV/JSON Lines files a rerun appended to), columns
+    :data:`COLUMNS` in order; ``probabilities`` holds dicts ``{genre: probability}`` and
+    ``flags`` lists of str, whatever the format. Missing text (``label``, ``error``, ...) is
+    None, missing numbers NaN (``size``: pandas' nullable ``Int64``).
 
     Raises
     ------
@@ -251,11 +252,11 @@ def read_results(path: str | Path) -> Any:
 
     sink = _open(Path(path))
     try:
-        rows = sink.rows()
+        rows = sorted(sink.rows(), key=lambda r: r["path"])
     finally:
         sink.close()
-    frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    return frame.astype({"size": "Int64"}) if len(frame) else frame
+    frame = pd.DataFrame(rows, columns=list(COLUMNS), dtype=object)  # text columns keep None, not NaN
+    return frame.astype({"size": "Int64", "mtime": "float64", "confidence": "float64", "duration": "float64"})
 
 
 # -- workers -------------------------------------------------------------------------------------
