@@ -687,7 +687,7 @@ def bench(
     data: Path = typer.Option(None, "--data", "-d", help="Corpus folder to take the audio files from. Default: synthetic 30-s clips."),
     n_files: int = typer.Option(None, "--files", "-n", min=1, help="Files of the preprocessing benchmark. Default: 200 (quick: 8)."),
     models: str = typer.Option(None, "--models", help="Comma-separated registered models to train. Default: all."),
-    sections: str = typer.Option(None, "--sections", help="Comma-separated: preprocessing,features,training,inference,memory. Default: all."),
+    sections: str = typer.Option(None, "--sections", help="Comma-separated: preprocessing,features,training,inference,memory,library. Default: all."),
     workers: int = typer.Option(0, "--workers", "-w", min=0, help="prepare's worker processes. Default 0 = one per CPU core."),
     note: str = typer.Option("", "--note", help="Free text stored with the results (e.g. 'under load'). Default: none."),
 ) -> None:

@@ -33,6 +33,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -501,8 +502,12 @@ def _decoded(files: list[str], model: GenreModel, workers: int | None,
             yield decode_file(f, preset_json)
         return
     with worker_pool(workers, ["melgenre.library"]) as pool:
-        yield from imap_bounded(pool, functools.partial(decode_file, preset_json=preset_json), files,
-                                in_flight or 2 * workers + 2)
+        try:
+            yield from imap_bounded(pool, functools.partial(decode_file, preset_json=preset_json), files,
+                                    in_flight or 2 * workers + 2)
+        except BrokenProcessPool:
+            raise MelgenreError("a decoding worker process died (out of memory, or killed); the rows written so "
+                                "far are kept: rerun the same command to go on") from None
 
 
 __all__ = ["COLUMNS", "FORMATS", "SCHEMA", "SCHEMA_VERSION", "LibraryReport", "decode_file", "make_row",
