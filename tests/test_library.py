@@ -271,6 +271,7 @@ def test_prepare_workers_exit_when_prepare_is_killed(tmp_path):
 @pytest.mark.slow  # ~60 s on 2 cores: Ray starts and its actors load the model; CI runs it (`pytest -m slow`)
 def test_ray_writes_the_same_database(tiny_card, songs, tmp_path):
     pytest.importorskip("ray")
+    import pandas as pd
     import ray
 
     local = tmp_path / "local.sqlite"
@@ -282,7 +283,7 @@ def test_ray_writes_the_same_database(tiny_card, songs, tmp_path):
         ray.shutdown()
     assert report.predicted == 12 and len(report.failed) == 1
     a, b = read_results(local), read_results(tmp_path / "ray.sqlite")
-    for col in ("path", "size", "mtime", "sha256", "model_id", "label", "flags", "error", "duration"):
-        assert list(a[col]) == list(b[col]), col
+    cols = ["path", "size", "mtime", "sha256", "model_id", "label", "flags", "error", "duration"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
     for pa, pb in zip(a["probabilities"], b["probabilities"]):
         assert pa == pb or pa == pytest.approx(pb, abs=2e-6)

@@ -130,7 +130,6 @@ class _SqliteSink:
         self.path = path
         try:
             self.db = sqlite3.connect(path)
-            self.db.execute("PRAGMA journal_mode=WAL")  # readers (melgenre tag) do not block the job
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         except sqlite3.DatabaseError as exc:
             raise MelgenreError(f"{path}: not an SQLite database ({exc})") from None
@@ -144,6 +143,7 @@ class _SqliteSink:
                 raise MelgenreError(f"{path}: results schema version {version[0] if version else '?'}, "
                                     f"this melgenre reads version {SCHEMA_VERSION}")
         if model is not None:
+            self.db.execute("PRAGMA journal_mode=WAL")  # readers (melgenre tag) do not block the job
             with self.db:
                 self.db.executescript(SCHEMA)
                 self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
@@ -158,10 +158,13 @@ class _SqliteSink:
         return [_parsed(dict(zip(names, r))) for r in cur]
 
     def write(self, rows: list[dict[str, Any]]) -> None:
-        with self.db:  # one transaction per batch
-            self.db.executemany(f"INSERT OR REPLACE INTO results ({', '.join(COLUMNS)}) "
-                                f"VALUES ({', '.join('?' * len(COLUMNS))})",
-                                [tuple(_stored(r)[c] for c in COLUMNS) for r in rows])
+        try:
+            with self.db:  # one transaction per batch
+                self.db.executemany(f"INSERT OR REPLACE INTO results ({', '.join(COLUMNS)}) "
+                                    f"VALUES ({', '.join('?' * len(COLUMNS))})",
+                                    [tuple(_stored(r)[c] for c in COLUMNS) for r in rows])
+        except sqlite3.Error as exc:  # a full disk, a locked or read-only database
+            raise MelgenreError(f"{self.path}: cannot write results ({exc})") from None
 
     def close(self) -> None:
         self.db.close()
