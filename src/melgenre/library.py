@@ -387,6 +387,7 @@ class LibraryReport:
     per_genre: dict[str, int]  # labels of every given file now in ``out``, most common first
     seconds: float
     superseded: int = 0  # rows of changed, failed or other-model files that this run replaced
+    load_seconds: float = 0.0  # of ``seconds``: loading the model (and exporting it to ONNX)
 
     @property
     def files_per_s(self) -> float:
@@ -449,6 +450,7 @@ def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | P
     if not files:
         raise MelgenreError(f"no audio files in {', '.join(map(str, paths))}")
     genre_model = load_model(model, backend=backend, hop=hop)
+    load_seconds = time.perf_counter() - t0
     out = Path(out)
     sink = _open(out, genre_model)
     try:
@@ -462,7 +464,7 @@ def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | P
         todo = [f for f in files if not _unchanged(previous.get(f), stats.get(f), genre_model.model_id)]
         report = LibraryReport(out=out, model_id=genre_model.model_id, backend=genre_model.backend, files=len(files),
                                skipped=len(files) - len(todo), predicted=0, failed=[], per_genre={}, seconds=0.0,
-                               superseded=sum(f in previous for f in todo))
+                               superseded=sum(f in previous for f in todo), load_seconds=load_seconds)
         labels = {f: previous[f]["label"] for f in files if f not in todo}
         if todo:
             if ray is not None:
