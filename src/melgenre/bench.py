@@ -737,11 +737,11 @@ def bench_memory(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], 
 
 def bench_library(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], None]) -> dict:
     """files/s of the per-file path (torch, ONNX) and of the library job, over the same files, per shipped model."""
-    from melgenre.library import predict_library
+    from melgenre.library import default_workers, predict_library
     from melgenre.predict import load_model, predict_paths
 
     files = inputs.files(max(settings.library_files, 1))
-    workers = settings.workers or os.cpu_count() or 1
+    workers = settings.workers or default_workers()
     result: dict[str, Any] = {"n_files": len(files), "workers": workers, "models": []}
     for source, which in _inference_sources(inputs):
         name = json.loads(Path(source).read_text())["model"]["name"]

@@ -423,7 +423,7 @@ def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | P
     hop : float, optional
         Seconds between prediction windows (see :func:`melgenre.predict.load_model`).
     workers : int, optional
-        Decoding processes (default: the CPU cores); 0 decodes in this process.
+        Decoding processes (default: :func:`default_workers`); 0 decodes in this process.
     in_flight : int, optional
         Files submitted to the workers at once (default ``2 × workers + 2``): bounds memory.
     batch : int
@@ -497,11 +497,17 @@ def _unchanged(row: dict[str, Any] | None, st: os.stat_result | None, model_id: 
             and row["size"] == st.st_size and row["mtime"] == st.st_mtime)
 
 
+def default_workers() -> int:
+    """Decoding workers of a library job: one per CPU core but one, which the model's threads use
+    (at least one). On 2 cores one worker keeps the model fed, and a second one only competes with it."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 def _decoded(files: list[str], model: GenreModel, workers: int | None,
              in_flight: int | None) -> Iterator[dict[str, Any]]:
     """:func:`decode_file` of every file, in this process (``workers=0``) or in worker processes."""
     preset_json = json.dumps(model.window_preset.to_dict())
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    workers = default_workers() if workers is None else workers
     if workers <= 0:
         for f in files:
             yield decode_file(f, preset_json)
@@ -515,5 +521,5 @@ def _decoded(files: list[str], model: GenreModel, workers: int | None,
                                 "far are kept: rerun the same command to go on") from None
 
 
-__all__ = ["COLUMNS", "FORMATS", "SCHEMA", "SCHEMA_VERSION", "LibraryReport", "decode_file", "make_row",
-           "predict_library", "read_results"]
+__all__ = ["COLUMNS", "FORMATS", "SCHEMA", "SCHEMA_VERSION", "LibraryReport", "decode_file", "default_workers",
+           "make_row", "predict_library", "read_results"]
