@@ -23,7 +23,7 @@ def _figure(fig: dict, unit: str | None = None) -> None:
 def results(tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("bench")
     settings = BenchSettings.make(quick=True, presets=("v1",), n_files=2, models=("melcnn",), infer_files=2,
-                                  infer_repeats=2, memory_sizes=(2, 4), note="test")
+                                  infer_repeats=2, memory_sizes=(2, 4), library_files=2, note="test")
     lines: list[str] = []
     returned = run_bench(out, settings, log=lines.append, command="pytest")
     assert lines  # one line per figure
@@ -100,13 +100,22 @@ def test_results_json_is_well_formed(results):
     assert 0.9 <= trust["auroc_music_vs_nonmusic"] <= 1 and 0 < trust["false_flag_rate_dev"] < 0.1
     assert trust["nonmusic_flagged"] == trust["n_nonmusic"] and "silent" in trust["nonmusic"]["silence"]["flags"]
 
+    lib = data["library"]
+    assert lib["n_files"] == 2 and lib["workers"] >= 1
+    assert [e["model"] for e in lib["models"]] == ["musicnn", "melcnn"]  # every shipped model, the default first
+    for e in lib["models"]:
+        assert e["per_file"]["torch"] > 0 and e["per_file"]["onnx"] > 0 and e["library"] > 0
+        assert e["backend"] == "onnx" and isinstance(e["meets_target"], bool)
+        assert e["speedup_vs_torch"] == pytest.approx(e["library"] / e["per_file"]["torch"], abs=0.01)
+    assert lib["models"][1]["target"] == {"speedup": 2.0, "files_per_s": 25.0}
+
 
 def test_results_markdown(results):
     _, out = results
     text = (out / "results.md").read_text()
     assert text.startswith("# melgenre benchmarks (quick)")
     for heading in ("## 1. Preprocessing", "## 2. Mel images", "## 3. Training", "## 4. Inference", "## 5. Memory",
-                    "## 6. Not music"):
+                    "## 6. Not music", "## 7. Library job"):
         assert heading in text
     assert "| melcnn |" in text and "cores" in text
 

@@ -24,6 +24,10 @@ Sections (see ``docs/benchmarks.md`` for what each figure means):
     Runtime, its breakdown into stages, and files/s over a batch of files.
 ``memory``
     peak RSS of a ``prepare`` subprocess (and of its workers) at N and 4N tracks.
+``library``
+    files/s over the same N 30-s files for every shipped model: the per-file path
+    (:func:`melgenre.predict.predict_paths`, torch and ONNX Runtime) against the library job
+    (:func:`melgenre.library.predict_library`: decoding workers, batches across files).
 
 >>> from melgenre.bench import BenchSettings, run_bench
 >>> results = run_bench("bench", BenchSettings.make(quick=True))  # doctest: +SKIP
@@ -56,12 +60,15 @@ import numpy as np
 
 from melgenre import __version__
 
-SECTIONS = ("preprocessing", "features", "training", "inference", "memory", "trust")
+SECTIONS = ("preprocessing", "features", "training", "inference", "memory", "trust", "library")
 
 #: The issues' targets: prepare vs the naive loop, and one 30-s file's end-to-end latency per model.
 TARGET_SPEEDUP = 5.0
 TARGET_LATENCY_MS = {"melcnn": 50.0, "musicnn": 150.0}
 DEFAULT_TARGET_MS = 50.0
+#: The library job's targets: files/s against the per-file path with the same model, and melcnn's files/s.
+TARGET_LIBRARY_SPEEDUP = 2.0
+TARGET_LIBRARY_FILES_PER_S = {"melcnn": 25.0}
 
 #: Models with more parameters than this skip their larger input sizes in quick mode.
 BIG_MODEL_PARAMS = 5_000_000
@@ -91,6 +98,7 @@ class BenchSettings:
     infer_files: int = 20  # files of the batch throughput figure
     memory_sizes: tuple[int, ...] = (250, 1000)  # prepare subprocess at these track counts
     memory_preset: str | None = None  # default: the last of ``presets``
+    library_files: int = 200  # files of the library section (the same files for every path)
     sections: tuple[str, ...] = SECTIONS
     note: str = ""  # free text stored with the results, e.g. "under load: a training job ran"
 
@@ -100,7 +108,8 @@ class BenchSettings:
         base: dict[str, Any] = {}
         if quick:
             base = {"quick": True, "n_files": 8, "repeats": 1, "feature_batch": 2, "train_steps": 2,
-                    "train_budget_s": 6.0, "infer_repeats": 3, "infer_files": 4, "memory_sizes": (10, 40)}
+                    "train_budget_s": 6.0, "infer_repeats": 3, "infer_files": 4, "memory_sizes": (10, 40),
+                    "library_files": 4}
         settings = cls(**{**base, **overrides})
         unknown = [s for s in settings.sections if s not in SECTIONS]
         if unknown:
@@ -308,6 +317,7 @@ class _Inputs:
             self.synthetic = False
         else:
             need = max([settings.n_files, settings.infer_files, 1]
+                       + ([settings.library_files] if "library" in settings.sections else [])
                        + list(settings.memory_sizes if "memory" in settings.sections else []))
             n_classes = 4
             synth.write_corpus(tmp / "pool", n_classes=n_classes, per_class=math.ceil(need / n_classes),
@@ -723,6 +733,48 @@ def bench_memory(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], 
     return out
 
 
+# -- 6. library ----------------------------------------------------------------------------------
+
+def bench_library(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], None]) -> dict:
+    """files/s of the per-file path (torch, ONNX) and of the library job, over the same files, per shipped model."""
+    from melgenre.library import default_workers, predict_library
+    from melgenre.predict import load_model, predict_paths
+
+    files = inputs.files(max(settings.library_files, 1))
+    workers = settings.workers or default_workers()
+    result: dict[str, Any] = {"n_files": len(files), "workers": workers, "models": []}
+    for source, which in _inference_sources(inputs):
+        name = json.loads(Path(source).read_text())["model"]["name"]
+        entry: dict[str, Any] = {"source": which, "model": name, "per_file": {}}
+        for backend in ("torch", "onnx"):
+            model = load_model(source, backend=backend)
+            model.predict(files[0])  # warm-up
+            t0 = time.perf_counter()
+            list(predict_paths(files, model, 3))
+            entry["per_file"][backend] = round(len(files) / (time.perf_counter() - t0), 2)
+        db = inputs.tmp / f"library-{name}.sqlite"
+        db.unlink(missing_ok=True)
+        report = predict_library(files, db, model=source, workers=workers, progress=False)
+        db.unlink(missing_ok=True)
+        # as for the per-file path, the model is loaded before the clock starts; the workers' start-up counts
+        entry |= {"model_id": report.model_id, "backend": report.backend,
+                  "library": round(report.predicted / (report.seconds - report.load_seconds), 2),
+                  "library_end_to_end": round(report.files_per_s, 2), "library_seconds": round(report.seconds, 2),
+                  "load_seconds": round(report.load_seconds, 2)}
+        entry["speedup_vs_torch"] = round(entry["library"] / entry["per_file"]["torch"], 2)
+        entry["speedup_vs_same_backend"] = round(entry["library"] / entry["per_file"][report.backend], 2)
+        floor = TARGET_LIBRARY_FILES_PER_S.get(name)
+        entry["target"] = {"speedup": TARGET_LIBRARY_SPEEDUP, "files_per_s": floor}
+        entry["meets_target"] = (entry["speedup_vs_torch"] >= TARGET_LIBRARY_SPEEDUP
+                                 and (floor is None or entry["library"] >= floor))
+        log(f"library {report.model_id}: per file {entry['per_file']['torch']:.1f} files/s torch, "
+            f"{entry['per_file']['onnx']:.1f} onnx; library job ({report.backend}, {workers} workers) "
+            f"{entry['library']:.1f} files/s ({entry['speedup_vs_torch']:.2f}x torch, "
+            f"{entry['speedup_vs_same_backend']:.2f}x {report.backend})")
+        result["models"].append(entry)
+    return result
+
+
 # -- the suite -----------------------------------------------------------------------------------
 
 def bench_trust(settings: BenchSettings, log: Callable[[str], None]) -> dict[str, Any]:
@@ -795,6 +847,8 @@ def run_bench(out: str | Path = "bench", settings: BenchSettings | None = None,
                 results[section] = bench_inference(settings, inputs, log)
             elif section == "trust":
                 results[section] = bench_trust(settings, log)
+            elif section == "library":
+                results[section] = bench_library(settings, inputs, log)
             else:
                 results[section] = bench_memory(settings, inputs, log)
             results.setdefault("section_seconds", {})[section] = round(time.perf_counter() - t0, 1)
@@ -897,6 +951,17 @@ def results_markdown(results: dict[str, Any]) -> str:
                   f"- false-flag rate on the dev clips: {100 * trust['false_flag_rate_dev']:.1f} %",
                   f"- non-music flagged not_music: {trust['nonmusic_not_music']} of {trust['n_nonmusic']}; "
                   f"not_music or unsure: {trust['nonmusic_flagged']}"]
+    if results.get("library"):
+        lib = results["library"]
+        lines += ["", f"## 7. Library job: {lib['n_files']} files (files/s, higher is better)", "",
+                  ("| model | per file, torch | per file, onnx | library job (backend, workers) | vs per file torch | "
+                   "vs per file, same backend | target |"), "|---|---|---|---|---|---|---|"]
+        for r in lib["models"]:
+            floor = r["target"]["files_per_s"]
+            target = f"≥ {r['target']['speedup']:g}×" + (f" and ≥ {floor:g} files/s" if floor else "")
+            lines.append(f"| {r['model_id']} | {r['per_file']['torch']:.1f} | {r['per_file']['onnx']:.1f} | "
+                         f"**{r['library']:.1f}** ({r['backend']}, {lib['workers']}) | {r['speedup_vs_torch']:.2f}× | "
+                         f"{r['speedup_vs_same_backend']:.2f}× | {target} {'met' if r['meets_target'] else 'not met'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -546,11 +546,13 @@ def predict_cmd(
     model: Path = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
     top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="Genres (tags with --tags) to list per file. Default: 3."),
     fmt: str = typer.Option("table", "--format", "-f", help="Output on stdout: table, json or csv. Default: table."),
-    backend: str = typer.Option(None, "--backend", help="Inference backend: torch or onnx. Default: torch (onnx for an .onnx model)."),
+    backend: str = typer.Option("auto", "--backend", help="Inference backend: auto (ONNX Runtime when installed, else torch), onnx or torch. Default: auto."),
     hop: float = typer.Option(None, "--hop", help=_HOP_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr when there is more than one file. Default: on."),
     ray: str = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Predict on Ray actors (the model loaded once per worker): a bare --ray (last, or before another option) starts/attaches a local Ray; --ray ADDRESS or --ray=ADDRESS joins a cluster. Needs Ray installed. Default: off."),
     tags: str = typer.Option(None, "--tags", metavar="[msd|mtt]", help="List musicnn's own 50 tags (Pons & Serra 2019) instead of genres: tags learnt from the Million Song Dataset (msd) or MagnaTagATune (mtt), not the genres of the genre model. Not with --model, --hop, --ray or --backend onnx. Default: off (genres)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write one row per file, as each finishes, to a results file: .sqlite, .csv or .jsonl (see docs/library.md); a rerun skips files unchanged since (same path, size, mtime and model) and redoes the rest. Prints a summary instead of the results. Default: none (results on stdout)."),
+    workers: int = typer.Option(None, "--workers", min=0, help="With --out: processes that decode files and compute their mel images while this one runs the model on full batches across files (0: decode here). Default: the CPU cores less one (at least 1)."),
 ) -> None:
     """Predict the genre (or, with --tags, musicnn's tags) of audio files of any length; failing files are reported and skipped (exit code 1)."""
     import json
@@ -570,6 +572,15 @@ def predict_cmd(
         if clash:
             raise typer.BadParameter(f"--tags runs musicnn's own tagger (torch, 3-s windows) and does not take "
                                      f"{', '.join(clash)}")
+    if out is not None:
+        if tags is not None:
+            raise typer.BadParameter("--out writes genre predictions; it does not take --tags")
+        from melgenre.library import predict_library
+
+        report = predict_library(paths, out, model=model, backend=backend, hop=hop, workers=workers,
+                                 progress=progress, ray=ray)
+        _library_summary(report)
+        raise typer.Exit(1 if report.failed else 0)
     files = expand_paths(paths)
     if not files:
         raise MelgenreError(f"no audio files in {', '.join(map(str, paths))}")
@@ -673,6 +684,23 @@ def explain(
     save_saliency_figure(y, genre_model.preset, expl, out)
     probs = ", ".join(f"{p:.2f}" for p in expl.window_probabilities)
     say(f"{expl.genre} ({method}) over {len(expl.window_starts)} windows (probability per window: {probs}); wrote {out}")
+
+
+def _library_summary(report) -> None:
+    """Print what ``predict --out`` did: failures on stderr, counts per genre and timing on stdout."""
+    from rich.markup import escape
+
+    for path, reason in report.failed:
+        err_console.print(f"[bold red]error:[/] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    table = Table(title=f"{report.out} (model {report.model_id}, {report.backend})")
+    table.add_column("genre")
+    table.add_column("files", justify="right")
+    for genre, n in report.per_genre.items():
+        table.add_row(escape(genre), str(n))
+    console.print(table)
+    say(f"{report.files} files: {report.predicted} predicted this run ({len(report.failed)} failed), "
+        f"{report.skipped} unchanged since an earlier run; {report.seconds:.1f} s"
+        + (f", {report.files_per_s:.1f} files/s" if report.predicted else ""))
 
 
 @app.command("export")
@@ -828,7 +856,7 @@ def bench(
     data: Path = typer.Option(None, "--data", "-d", help="Corpus folder to take the audio files from. Default: synthetic 30-s clips."),
     n_files: int = typer.Option(None, "--files", "-n", min=1, help="Files of the preprocessing benchmark. Default: 200 (quick: 8)."),
     models: str = typer.Option(None, "--models", help="Comma-separated registered models to train. Default: all."),
-    sections: str = typer.Option(None, "--sections", help="Comma-separated: preprocessing,features,training,inference,memory,trust. Default: all."),
+    sections: str = typer.Option(None, "--sections", help="Comma-separated: preprocessing,features,training,inference,memory,trust,library. Default: all."),
     workers: int = typer.Option(0, "--workers", "-w", min=0, help="prepare's worker processes. Default 0 = one per CPU core."),
     note: str = typer.Option("", "--note", help="Free text stored with the results (e.g. 'under load'). Default: none."),
 ) -> None:

@@ -52,8 +52,8 @@ CARD_FORMAT = "melgenre-model/1"
 #: Folder (an importlib resource) holding the default model package ``default.json`` + ``.safetensors``.
 DEFAULT_MODEL_DIR = resources.files("melgenre").joinpath("weights")
 
-#: Backends :func:`load_model` accepts.
-BACKENDS = ("torch", "onnx")
+#: Backends :func:`load_model` accepts (``"auto"``: :func:`auto_backend`).
+BACKENDS = ("torch", "onnx", "auto")
 
 #: Images per forward pass.
 BATCH_SIZE = 32
@@ -623,6 +623,15 @@ def _from_onnx(path: Path, hop: float | None = None) -> GenreModel:
     return model
 
 
+def auto_backend() -> str:
+    """``"onnx"`` when ONNX Runtime can be imported (faster on CPU), else ``"torch"``."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "onnx"
+
+
 def default_model_path() -> Path:
     """Path of the default package's card (``melgenre/weights/default.json``); it may not exist."""
     return shipped_model_path("default")
@@ -650,9 +659,10 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
         :func:`export_onnx_file`, or the name of a shipped package (:func:`shipped_models`:
         ``default``, ``melcnn``) when no such file exists. Default: the installed default
         package (:func:`default_model_path`).
-    backend : {"torch", "onnx"}, optional
+    backend : {"torch", "onnx", "auto"}, optional
         ``"onnx"`` runs the model with ONNX Runtime on CPU (a non-ONNX model is exported in
-        memory first). Default: ``"torch"``, or ``"onnx"`` for an ``.onnx`` file.
+        memory first); ``"auto"`` is ``"onnx"`` when ONNX Runtime is installed, else ``"torch"``.
+        Default: ``"torch"``, or ``"onnx"`` for an ``.onnx`` file.
     hop : float, optional
         Seconds between the starts of prediction windows, for chunked presets (default: the
         preset's ``chunk_hop_seconds``). The chunk length (``fast``: 3 s) gives back-to-back
@@ -679,6 +689,8 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
         path = shipped_model_path(str(path))
     is_onnx = path.suffix == ".onnx"
     backend = backend or ("onnx" if is_onnx else "torch")
+    if backend == "auto":
+        backend = "onnx" if is_onnx else auto_backend()
     if backend not in BACKENDS:
         raise MelgenreError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if is_onnx:

@@ -250,7 +250,8 @@ def predict_ray(paths: Iterable[str | Path], model: str | Path | None = None, ba
     files = expand_paths(paths)
     if not files:
         return
-    model_arg = str(Path(model).resolve()) if model is not None else None
+    # a path is made absolute for the actors; a shipped model's name (melcnn) is passed as it is
+    model_arg = str(Path(model).resolve()) if model is not None and Path(model).exists() else model
     with ray_session(address) as ray:
         from ray.util import ActorPool
 

@@ -34,13 +34,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
 import time
 import zipfile
 import zlib
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -54,7 +52,7 @@ from melgenre import __version__, audio, features
 from melgenre.datasets import Corpus, discover
 from melgenre.errors import AudioDecodeError, StoreError
 from melgenre.features import Preset
-from melgenre.utils import atomic_path
+from melgenre.utils import atomic_path, imap_bounded, worker_pool
 
 FORMAT_VERSION = 1
 ROW_DTYPE = np.float16
@@ -225,23 +223,11 @@ def _run_jobs(jobs: list, workers: int, progress: Progress | None, task, compute
                 if progress is not None:
                     progress.advance(task)
         return
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(list(dict.fromkeys(["melgenre.store", compute.__module__])))
-    pending = iter(jobs)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_blas_thread) as pool:
-        in_flight = {pool.submit(compute, j) for j in _take(pending, 2 * workers)}
-        while in_flight:
-            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-            for fut in done:
-                yield fut.result()
-                if progress is not None:
-                    progress.advance(task)
-            in_flight |= {pool.submit(compute, j) for j in _take(pending, len(done))}
-
-
-def _one_blas_thread() -> None:
-    # One process per core: BLAS threads on top only fight over the cores (2-3x slower under load).
-    threadpool_limits(1, user_api="blas")
+    with worker_pool(workers, list(dict.fromkeys(["melgenre.store", compute.__module__]))) as pool:
+        for result in imap_bounded(pool, compute, jobs, 2 * workers):
+            yield result
+            if progress is not None:
+                progress.advance(task)
 
 
 def _take(it: Iterator, n: int) -> list:

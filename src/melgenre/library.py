@@ -1,0 +1,525 @@
+"""Predict a whole music library into a results file: streamed, resumable, batched across files.
+
+:func:`predict_library` (``melgenre predict DIR --out results.sqlite``) writes one row per file as
+it finishes, into SQLite, CSV or JSON Lines (chosen by the suffix of ``out``):
+
+* **Resumable.** A rerun skips every file whose absolute path, size and mtime match a row made
+  by the same model id without an error; changed files, files of another model and failed files
+  are done again (their row is replaced). SQLite commits after every model batch (a few files);
+  CSV and JSON Lines append and ``fsync`` each row, and a rerun drops a torn last line. So a
+  ``kill -9`` at any point loses at most the files in flight.
+* **Fast.** Worker processes (:func:`melgenre.utils.worker_pool`) read, hash, decode and turn each
+  file into mel images; this process runs the model on the windows of many files at once, in
+  full batches of :data:`melgenre.predict.BATCH_SIZE`, and builds each file's result with
+  :meth:`GenreModel.prediction`, so a row holds what :meth:`GenreModel.predict` gives for that
+  file. At most ``in_flight`` files are decoded or waiting at once: memory does not grow with
+  the library. Workers exit when this process dies.
+
+The SQLite schema (version 1; see docs/library.md) is a contract other commands read
+(``melgenre tag``): columns may be added at the end, never renamed. :func:`read_results` reads
+any of the three formats into a pandas DataFrame.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import functools
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from melgenre import __version__, audio, features
+from melgenre.errors import AudioDecodeError, MelgenreError
+from melgenre.predict import BATCH_SIZE, GenreModel, Prediction, expand_paths, load_model, window_images
+from melgenre.utils import atomic_path, imap_bounded, worker_pool
+
+SCHEMA_VERSION = "1"
+
+#: Columns of a results file, in order (the SQLite ``results`` table; CSV header; JSON Lines keys).
+COLUMNS = ("path", "size", "mtime", "sha256", "model_id", "label", "confidence", "probabilities", "flags",
+           "duration", "error", "finished_at")
+
+#: The SQLite schema (``meta`` holds schema_version, model_id, classes (JSON list), melgenre_version).
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS results (
+  path TEXT PRIMARY KEY,
+  size INTEGER, mtime REAL,
+  sha256 TEXT,
+  model_id TEXT,
+  label TEXT,
+  confidence REAL,
+  probabilities TEXT,
+  flags TEXT,
+  duration REAL,
+  error TEXT,
+  finished_at TEXT
+);
+"""
+
+#: Output formats by suffix.
+FORMATS = {".sqlite": "sqlite", ".sqlite3": "sqlite", ".db": "sqlite", ".csv": "csv", ".jsonl": "jsonl"}
+
+_JSON_COLUMNS = ("probabilities", "flags")
+
+
+# -- rows ----------------------------------------------------------------------------------------
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def make_row(path: str, size: int | None, mtime: float | None, sha256: str | None, model_id: str,
+             pred: Prediction | None, error: str | None) -> dict[str, Any]:
+    """One results row (probabilities as a dict, flags as a list) of a prediction or a failure."""
+    row: dict[str, Any] = {"path": path, "size": size, "mtime": mtime, "sha256": sha256, "model_id": model_id,
+                           "label": None, "confidence": None, "probabilities": None, "flags": [],
+                           "duration": None, "error": error, "finished_at": _now()}
+    if pred is not None:
+        d = pred.to_dict()
+        row.update(label=d["label"], confidence=d["probabilities"][d["label"]], probabilities=d["probabilities"],
+                   flags=d["flags"], duration=d["duration"])
+    return row
+
+
+def _stored(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with its JSON columns as text (SQLite, CSV)."""
+    return {**row, **{k: json.dumps(row[k]) if row[k] is not None else None for k in _JSON_COLUMNS}}
+
+
+def _parsed(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row (JSON columns as text) with its JSON columns parsed."""
+    return {**row, **{k: json.loads(row[k]) if isinstance(row[k], str) and row[k] else None for k in _JSON_COLUMNS}}
+
+
+def _csv_typed(row: dict[str, str]) -> dict[str, Any]:
+    """A CSV row with SQLite's types: empty cells are None, numbers are numbers."""
+    out: dict[str, Any] = {k: (row.get(k) or None) for k in COLUMNS}
+    for key, kind in (("size", int), ("mtime", float), ("confidence", float), ("duration", float)):
+        if out[key] is not None:
+            out[key] = kind(out[key])
+    return out
+
+
+# -- outputs -------------------------------------------------------------------------------------
+
+def _format(path: Path) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise MelgenreError(f"{path}: unknown results format {path.suffix or '(no suffix)'!r}; use "
+                            f"{', '.join(FORMATS)}")
+    return fmt
+
+
+class _SqliteSink:
+    """Rows in an SQLite database: one upsert per file, committed per batch."""
+
+    def __init__(self, path: Path, model: GenreModel | None = None):
+        self.path = path
+        try:
+            self.db = sqlite3.connect(path)
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            raise MelgenreError(f"{path}: not an SQLite database ({exc})") from None
+        if tables and not {"meta", "results"} <= tables:
+            self.db.close()
+            raise MelgenreError(f"{path}: an SQLite database, but not a melgenre results database")
+        if "meta" in tables:
+            version = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if version is None or version[0] != SCHEMA_VERSION:
+                self.db.close()
+                raise MelgenreError(f"{path}: results schema version {version[0] if version else '?'}, "
+                                    f"this melgenre reads version {SCHEMA_VERSION}")
+        if model is not None:
+            self.db.execute("PRAGMA journal_mode=WAL")  # readers (melgenre tag) do not block the job
+            with self.db:
+                self.db.executescript(SCHEMA)
+                self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+                    ("schema_version", SCHEMA_VERSION), ("model_id", model.model_id),
+                    ("classes", json.dumps(model.classes)), ("melgenre_version", __version__)])
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name='results'").fetchone():
+            return []
+        cur = self.db.execute("SELECT * FROM results ORDER BY path")
+        names = [d[0] for d in cur.description]
+        return [_parsed(dict(zip(names, r))) for r in cur]
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            with self.db:  # one transaction per batch
+                self.db.executemany(f"INSERT OR REPLACE INTO results ({', '.join(COLUMNS)}) "
+                                    f"VALUES ({', '.join('?' * len(COLUMNS))})",
+                                    [tuple(_stored(r)[c] for c in COLUMNS) for r in rows])
+        except sqlite3.Error as exc:  # a full disk, a locked or read-only database
+            raise MelgenreError(f"{self.path}: cannot write results ({exc})") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class _LineSink:
+    """Rows appended to a CSV or JSON Lines file, each flushed and fsync'd; the last row per path counts."""
+
+    def __init__(self, path: Path, fmt: str, create: bool = False):
+        self.path, self.fmt = path, fmt
+        text = path.read_bytes().decode("utf-8", errors="replace") if path.is_file() else ""
+        complete = text[:text.rfind("\n") + 1]  # a torn last line (killed mid-write) is dropped
+        self._rows = self._read(complete)
+        self.fh = None
+        if create:
+            if complete != text or (fmt == "csv" and not complete):
+                self._rewrite(self._rows)
+            self.fh = open(path, "a", encoding="utf-8", newline="")
+
+    def _read(self, text: str) -> list[dict[str, Any]]:
+        if self.fmt == "jsonl":
+            rows = []
+            for n, line in enumerate(text.splitlines(), start=1):
+                try:
+                    rows.append({k: json.loads(line).get(k) for k in COLUMNS})
+                except (json.JSONDecodeError, AttributeError):
+                    raise MelgenreError(f"{self.path}:{n}: not a JSON object (is this a melgenre results file?)") \
+                        from None
+            return rows
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if text and tuple(reader.fieldnames or ())[:len(COLUMNS)] != COLUMNS:
+            raise MelgenreError(f"{self.path}: not a melgenre results CSV (its header is not {','.join(COLUMNS)})")
+        return [_parsed(_csv_typed(r)) for r in reader]
+
+    def _line(self, row: dict[str, Any]) -> str:
+        if self.fmt == "jsonl":
+            return json.dumps({k: row[k] for k in COLUMNS}) + "\n"
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow([_stored(row)[k] for k in COLUMNS])
+        return buf.getvalue()
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        with atomic_path(self.path) as tmp:
+            header = ",".join(COLUMNS) + "\n" if self.fmt == "csv" else ""
+            tmp.write_text(header + "".join(self._line(r) for r in rows), encoding="utf-8")
+
+    def rows(self) -> list[dict[str, Any]]:
+        return list({r["path"]: r for r in self._rows}.values())
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        self.fh.write("".join(self._line(r) for r in rows))
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self._rows += rows
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            latest = self.rows()
+            if len(latest) < len(self._rows):  # a redone file left an older row above: keep one per path
+                self._rewrite(latest)
+
+
+def _open(path: Path, model: GenreModel | None = None) -> _SqliteSink | _LineSink:
+    fmt = _format(path)
+    if path.is_dir():
+        raise MelgenreError(f"{path}: is a directory; --out takes the results file to write")
+    if model is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.is_file():
+        raise MelgenreError(f"{path}: no such results file")
+    return _SqliteSink(path, model) if fmt == "sqlite" else _LineSink(path, fmt, create=model is not None)
+
+
+def read_results(path: str | Path) -> Any:
+    """A results file (SQLite, CSV or JSON Lines) as a pandas DataFrame.
+
+    One row per file, sorted by path (the latest, for CSV/JSON Lines files a rerun appended to), columns
+    :data:`COLUMNS` in order; ``probabilities`` holds dicts ``{genre: probability}`` and
+    ``flags`` lists of str, whatever the format. Missing text (``label``, ``error``, ...) is
+    None, missing numbers NaN (``size``: pandas' nullable ``Int64``).
+
+    Raises
+    ------
+    MelgenreError
+        The file is missing, of an unknown suffix, or not a melgenre results file.
+    """
+    import pandas as pd
+
+    sink = _open(Path(path))
+    try:
+        rows = sorted(sink.rows(), key=lambda r: r["path"])
+    finally:
+        sink.close()
+    frame = pd.DataFrame(rows, columns=list(COLUMNS), dtype=object)  # text columns keep None, not NaN
+    return frame.astype({"size": "Int64", "mtime": "float64", "confidence": "float64", "duration": "float64"})
+
+
+# -- workers -------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=4)
+def _preset(preset_json: str) -> features.Preset:
+    return features.get_preset(json.loads(preset_json))
+
+
+def decode_file(path: str, preset_json: str) -> dict[str, Any]:
+    """Stat, read, hash and decode one file into the mel images of its prediction windows (runs in a worker).
+
+    ``preset_json`` is the model's ``window_preset`` as JSON. The result holds ``path``,
+    ``size``, ``mtime``, ``sha256`` and either ``error`` (the one-line reason) or ``images``,
+    ``starts``, ``padded``, ``silent`` and ``duration``, exactly as :meth:`GenreModel.predict`
+    computes them.
+    """
+    preset = _preset(preset_json)
+    out: dict[str, Any] = {"path": path, "size": None, "mtime": None, "sha256": None, "error": None}
+    try:
+        st = os.stat(path)
+        out.update(size=st.st_size, mtime=st.st_mtime)
+        data = Path(path).read_bytes()
+        out["sha256"] = hashlib.sha256(data).hexdigest()
+        y = audio.load(data, sr=preset.sr, name=path).samples
+        images, starts, padded = window_images(y, preset)
+        out.update(images=images, starts=starts, padded=padded, silent=audio.is_silent(y),
+                   duration=len(y) / preset.sr)
+    except AudioDecodeError as exc:
+        out["error"] = exc.reason
+    except OSError as exc:
+        out["error"] = f"cannot read file ({exc.strerror or exc})"
+    except Exception as exc:  # noqa: BLE001  (one file's failure is its row's error; the run goes on)
+        out["error"] = str(exc) if isinstance(exc, MelgenreError) else f"{type(exc).__name__}: {exc}"
+    return out
+
+
+class _Batcher:
+    """Windows of decoded files, run through the model in full batches across files.
+
+    :meth:`add` takes a decoded file; :meth:`ready` runs every full batch buffered (all windows
+    when ``final``) and returns the files whose windows are all done, as rows.
+    """
+
+    def __init__(self, model: GenreModel, batch: int):
+        self.model, self.batch = model, batch
+        self.files: list[dict[str, Any]] = []  # waiting files, in order, each with "probs" so far
+        self.images: list[np.ndarray] = []  # their windows not yet run, in order
+        self.queued = 0
+
+    def add(self, decoded: dict[str, Any]) -> None:
+        images = decoded.pop("images")
+        decoded.update(windows=len(images), probs=[])
+        self.files.append(decoded)
+        self.images.append(images)
+        self.queued += len(images)
+
+    def ready(self, final: bool = False) -> list[dict[str, Any]]:
+        n = self.queued if final else self.queued - self.queued % self.batch
+        if n:
+            windows = np.concatenate(self.images)
+            probs, rest = self.model.predict_images(windows[:n]), windows[n:]
+            self.images, self.queued = ([rest] if len(rest) else []), len(rest)
+            i = 0
+            for f in self.files:
+                need = f["windows"] - sum(map(len, f["probs"]))
+                if need and i < n:
+                    f["probs"].append(probs[i:i + need])
+                    i += len(f["probs"][-1])
+        done = [f for f in self.files if sum(map(len, f["probs"])) == f["windows"]]
+        self.files = self.files[len(done):]
+        return [self._row(f) for f in done]
+
+    def _row(self, f: dict[str, Any]) -> dict[str, Any]:
+        pred = self.model.prediction(f["path"], np.concatenate(f["probs"]), f["starts"], duration=f["duration"],
+                                     padded=f["padded"], silent=f["silent"])
+        return make_row(f["path"], f["size"], f["mtime"], f["sha256"], self.model.model_id, pred, None)
+
+
+def _decoded_rows(decoded: Iterable[dict[str, Any]], model: GenreModel, batch: int) -> Iterator[list[dict]]:
+    """Rows of decoded files (failures at once, predictions when their batch has run), a few at a time."""
+    batcher = _Batcher(model, batch)
+    for d in decoded:
+        if d["error"] is not None:
+            yield [make_row(d["path"], d["size"], d["mtime"], d["sha256"], model.model_id, None, d["error"])]
+            continue
+        batcher.add(d)
+        rows = batcher.ready()
+        if rows:
+            yield rows
+    rows = batcher.ready(final=True)
+    if rows:
+        yield rows
+
+
+def _ray_rows(files: list[str], model_source: str | Path | None, backend: str | None, hop: float | None,
+              address: str, model_id: str, stats: dict[str, os.stat_result]) -> Iterator[list[dict]]:
+    """Rows of :func:`melgenre.scale.predict_ray`'s predictions; the file is hashed here, as it finishes."""
+    from melgenre.scale import predict_ray
+
+    for path, pred, error in predict_ray(files, model_source, backend=backend, address=address, hop=hop):
+        key = str(path)
+        st = stats.get(key)
+        try:
+            sha = hashlib.sha256(Path(key).read_bytes()).hexdigest()
+        except OSError:
+            sha = None
+        yield [make_row(key, st.st_size if st else None, st.st_mtime if st else None, sha, model_id, pred, error)]
+
+
+# -- the job -------------------------------------------------------------------------------------
+
+@dataclass
+class LibraryReport:
+    """What :func:`predict_library` did; printed by the CLI."""
+
+    out: Path
+    model_id: str
+    backend: str
+    files: int  # audio files given (after expanding folders)
+    skipped: int  # unchanged files already in ``out`` for this model
+    predicted: int  # files done by this run (failures included)
+    failed: list[tuple[str, str]]  # (path, reason) of this run's failures
+    per_genre: dict[str, int]  # labels of every given file now in ``out``, most common first
+    seconds: float
+    superseded: int = 0  # rows of changed, failed or other-model files that this run replaced
+    load_seconds: float = 0.0  # of ``seconds``: loading the model (and exporting it to ONNX)
+
+    @property
+    def files_per_s(self) -> float:
+        """Files this run predicted per second of wall time (0 when it predicted none)."""
+        return self.predicted / self.seconds if self.predicted and self.seconds > 0 else 0.0
+
+
+def _bar(progress: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=Console(stderr=True),
+                    disable=not progress)
+
+
+def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | Path | None = None,
+                    backend: str | None = "auto", hop: float | None = None, workers: int | None = None,
+                    in_flight: int | None = None, batch: int = BATCH_SIZE, progress: bool = True,
+                    ray: str | None = None, on_rows: Callable[[list[dict]], None] | None = None) -> LibraryReport:
+    """Predict every audio file under ``paths`` into the results file ``out``, resuming an earlier run.
+
+    Parameters
+    ----------
+    paths : iterable of path
+        Files and folders (searched recursively, see :func:`melgenre.predict.expand_paths`).
+    out : path
+        ``.sqlite`` (also ``.sqlite3``, ``.db``), ``.csv`` or ``.jsonl``; created, or resumed.
+    model : path, optional
+        For :func:`melgenre.predict.load_model` (default: the installed default model).
+    backend : {"auto", "onnx", "torch"}
+        Inference backend; ``"auto"``: ONNX Runtime when installed, else torch.
+    hop : float, optional
+        Seconds between prediction windows (see :func:`melgenre.predict.load_model`).
+    workers : int, optional
+        Decoding processes (default: :func:`default_workers`); 0 decodes in this process.
+    in_flight : int, optional
+        Files submitted to the workers at once (default ``2 × workers + 2``): bounds memory.
+    batch : int
+        Windows per model call, across files.
+    progress : bool
+        Progress bar (with rate and ETA) on stderr.
+    ray : str, optional
+        Predict on Ray actors instead (``""``: local Ray; else an address); same rows.
+    on_rows : callable, optional
+        Called with each list of rows just written.
+
+    Returns
+    -------
+    LibraryReport
+
+    Raises
+    ------
+    MelgenreError
+        No audio files, a model that cannot be loaded, or ``out`` of an unknown suffix or not a
+        melgenre results file.
+    """
+    t0 = time.perf_counter()
+    files = [str(p.resolve()) for p in expand_paths(paths)]
+    if not files:
+        raise MelgenreError(f"no audio files in {', '.join(map(str, paths))}")
+    genre_model = load_model(model, backend=backend, hop=hop)
+    load_seconds = time.perf_counter() - t0
+    out = Path(out)
+    sink = _open(out, genre_model)
+    try:
+        previous = {r["path"]: r for r in sink.rows()}
+        stats: dict[str, os.stat_result] = {}
+        for f in files:
+            try:
+                stats[f] = os.stat(f)
+            except OSError:
+                pass
+        todo = [f for f in files if not _unchanged(previous.get(f), stats.get(f), genre_model.model_id)]
+        report = LibraryReport(out=out, model_id=genre_model.model_id, backend=genre_model.backend, files=len(files),
+                               skipped=len(files) - len(todo), predicted=0, failed=[], per_genre={}, seconds=0.0,
+                               superseded=sum(f in previous for f in todo), load_seconds=load_seconds)
+        labels = {f: previous[f]["label"] for f in files if f not in todo}
+        if todo:
+            if ray is not None:
+                batches = _ray_rows(todo, model, backend, hop, ray, genre_model.model_id, stats)
+            else:
+                batches = _decoded_rows(_decoded(todo, genre_model, workers, in_flight), genre_model, batch)
+            with _bar(progress) as bar:
+                task = bar.add_task("predict", total=len(files), completed=report.skipped, rate="")
+                started = time.perf_counter()
+                for rows in batches:
+                    sink.write(rows)
+                    if on_rows is not None:
+                        on_rows(rows)
+                    for r in rows:
+                        labels[r["path"]] = r["label"]
+                        if r["error"] is not None:
+                            report.failed.append((r["path"], r["error"]))
+                    report.predicted += len(rows)
+                    bar.update(task, advance=len(rows),
+                               rate=f"{report.predicted / (time.perf_counter() - started):.1f} files/s")
+    finally:
+        sink.close()
+    report.per_genre = dict(Counter(v for v in labels.values() if v is not None).most_common())
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _unchanged(row: dict[str, Any] | None, st: os.stat_result | None, model_id: str) -> bool:
+    return (row is not None and st is not None and row["error"] is None and row["model_id"] == model_id
+            and row["size"] == st.st_size and row["mtime"] == st.st_mtime)
+
+
+def default_workers() -> int:
+    """Decoding workers of a library job: one per CPU core but one, which the model's threads use
+    (at least one). On 2 cores one worker keeps the model fed, and a second one only competes with it."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+def _decoded(files: list[str], model: GenreModel, workers: int | None,
+             in_flight: int | None) -> Iterator[dict[str, Any]]:
+    """:func:`decode_file` of every file, in this process (``workers=0``) or in worker processes."""
+    preset_json = json.dumps(model.window_preset.to_dict())
+    workers = default_workers() if workers is None else workers
+    if workers <= 0:
+        for f in files:
+            yield decode_file(f, preset_json)
+        return
+    with worker_pool(workers, ["melgenre.library"]) as pool:
+        try:
+            yield from imap_bounded(pool, functools.partial(decode_file, preset_json=preset_json), files,
+                                    in_flight or 2 * workers + 2)
+        except BrokenProcessPool:
+            raise MelgenreError("a decoding worker process died (out of memory, or killed); the rows written so "
+                                "far are kept: rerun the same command to go on") from None
+
+
+__all__ = ["COLUMNS", "FORMATS", "SCHEMA", "SCHEMA_VERSION", "LibraryReport", "decode_file", "default_workers",
+           "make_row", "predict_library", "read_results"]
