@@ -109,7 +109,7 @@ def test_rows_equal_per_file_predictions_whatever_the_batching(tiny_card, songs,
         assert (row["size"], row["mtime"]) == (st.st_size, st.st_mtime)
         assert row["sha256"] == hashlib.sha256(Path(row["path"]).read_bytes()).hexdigest()
     flags = dict(zip(frame["path"].map(lambda p: Path(p).name), frame["flags"]))
-    assert flags["quiet.wav"] == ["silent"] and "padded" in flags["short.wav"]
+    assert flags["quiet.wav"] == ["silent", "not_music"] and "padded" in flags["short.wav"]
 
     # worker processes and another batch size give the same rows
     other = tmp_path / "w.sqlite"
@@ -122,6 +122,21 @@ def test_rows_equal_per_file_predictions_whatever_the_batching(tiny_card, songs,
         meta = dict(db.execute("SELECT key, value FROM meta"))
     assert meta["schema_version"] == "1" and meta["model_id"] == model.model_id
     assert json.loads(meta["classes"]) == model.classes
+
+
+def test_library_rows_carry_the_default_models_not_music_flag(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    sf.write(folder / "noise.wav", (0.3 * rng.standard_normal(16000 * 7)).astype(np.float32), 16000)
+    sf.write(folder / "silence.wav", np.zeros(16000 * 4, dtype=np.float32), 16000)
+    out = tmp_path / "d.sqlite"
+    predict_library([folder], out, model=None, backend="torch", workers=0, batch=3, progress=False)
+    model = load_model(None, backend="torch")
+    for row in read_results(out).to_dict("records"):
+        expected = model.predict(row["path"])
+        assert "not_music" in row["flags"] and row["flags"] == expected.flags
+        assert row["probabilities"] == pytest.approx(expected.to_dict()["probabilities"], abs=2e-6)
 
 
 def test_resume_skips_unchanged_and_redoes_changed_failed_and_other_model(tiny_card, songs, tmp_path):

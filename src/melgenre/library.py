@@ -313,7 +313,7 @@ class _Batcher:
 
     def add(self, decoded: dict[str, Any]) -> None:
         images = decoded.pop("images")
-        decoded.update(windows=len(images), probs=[])
+        decoded.update(windows=len(images), probs=[], embs=[])
         self.files.append(decoded)
         self.images.append(images)
         self.queued += len(images)
@@ -322,13 +322,15 @@ class _Batcher:
         n = self.queued if final else self.queued - self.queued % self.batch
         if n:
             windows = np.concatenate(self.images)
-            probs, rest = self.model.predict_images(windows[:n]), windows[n:]
+            (probs, emb), rest = self.model.window_outputs(windows[:n]), windows[n:]
             self.images, self.queued = ([rest] if len(rest) else []), len(rest)
             i = 0
             for f in self.files:
                 need = f["windows"] - sum(map(len, f["probs"]))
                 if need and i < n:
                     f["probs"].append(probs[i:i + need])
+                    if emb is not None:  # for the "not music" score (melgenre.trust)
+                        f["embs"].append(emb[i:i + need])
                     i += len(f["probs"][-1])
         done = [f for f in self.files if sum(map(len, f["probs"])) == f["windows"]]
         self.files = self.files[len(done):]
@@ -336,7 +338,8 @@ class _Batcher:
 
     def _row(self, f: dict[str, Any]) -> dict[str, Any]:
         pred = self.model.prediction(f["path"], np.concatenate(f["probs"]), f["starts"], duration=f["duration"],
-                                     padded=f["padded"], silent=f["silent"])
+                                     padded=f["padded"], silent=f["silent"],
+                                     window_embeddings=np.concatenate(f["embs"]) if f["embs"] else None)
         return make_row(f["path"], f["size"], f["mtime"], f["sha256"], self.model.model_id, pred, None)
 
 
