@@ -197,3 +197,12 @@ def test_real_clip_v1_v2():
         assert images.shape == shape and 0.2 < images.mean() < 0.8
         torch_images = TorchMelImages(preset)(torch.from_numpy(y)[None])[0].numpy()
         assert np.abs(torch_images - images).max() <= features.TORCH_TOLERANCE
+        # both paths against librosa itself on real music, not only against each other
+        ref = librosa.feature.melspectrogram(y=y, sr=preset.sr, n_fft=preset.n_fft, hop_length=preset.hop_length,
+                                             win_length=preset.win_length, n_mels=preset.n_mels, pad_mode="constant")
+        np.testing.assert_allclose(features.melspectrogram(y, preset), ref, rtol=1e-4, atol=1e-6 * ref.max())
+        with torch.no_grad():
+            power = TorchMelImages(preset).power_mel(torch.from_numpy(y)[None])[0].numpy()
+        assert power.shape == ref.shape
+        db = lambda p: librosa.power_to_db(p, ref=np.max, amin=features.AMIN, top_db=preset.top_db)  # noqa: E731
+        assert np.abs(db(power) - db(ref)).max() < 0.05  # dB, float32 torch FFT

@@ -223,7 +223,7 @@ def test_build_with_weights_option(tmp_path):
     assert torch.equal(model.state_dict()["fc.weight"], torch.load(path)["fc.weight"])
 
 
-@pytest.mark.parametrize("key", ["vanilla_cnn", "yolov4_cls", "yolov8_gap", "yolov8_ultralytics", "melcnn"])
+@pytest.mark.parametrize("key", ["vanilla_cnn", "yolov4_cls", "yolov8_gap", "yolov8_flatten", "yolov8_ultralytics", "melcnn"])
 def test_onnx_export_matches_torch_with_dynamic_batch(tmp_path, key):
     import onnxruntime as ort
     torch.manual_seed(0)

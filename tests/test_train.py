@@ -290,7 +290,8 @@ def test_cli_train_evaluate_table(synth_store, tmp_path):
     r = runner.invoke(app, ["evaluate", str(tmp_path / "runs" / "cli"), "--split", "test"])
     assert r.exit_code == 0, r.output
     again = json.loads((tmp_path / "runs" / "cli" / "metrics.json").read_text())["results"]
-    assert again["test"]["track"] == test and list(again) == ["test"]
+    assert again["test"]["track"] == test
+    assert list(again) == ["val", "test"] and again["val"] == trained["results"]["val"]  # val kept, not dropped
     lines = [" ".join(line.replace("│", " ").split()) for line in r.output.splitlines()]
     assert (f"test track {test['accuracy']:.3f} {test['macro_precision']:.3f} {test['macro_recall']:.3f} "
             f"{test['macro_f1']:.3f} {test['n']}") in lines

@@ -466,7 +466,11 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None, spli
                "classes": dm.classes, **(extra or {}), "results": results}
     old = run_dir / "metrics.json"
     if old.exists() and not extra:  # re-evaluation keeps training facts
-        metrics = {k: v for k, v in json.loads(old.read_text()).items() if k not in metrics} | metrics
+        before = json.loads(old.read_text())
+        if before.get("checkpoint") == metrics["checkpoint"]:  # and the other splits' results of this checkpoint
+            results = {**{k: v for k, v in (before.get("results") or {}).items() if k not in results}, **results}
+            metrics["results"] = results
+        metrics = {k: v for k, v in before.items() if k not in metrics} | metrics
     with atomic_path(run_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1))
     counts = {s: dm.class_counts(s).tolist() for s in ("train", "val", "test") if dm.splits.get(s)}
