@@ -182,6 +182,9 @@ def test_page_predicts_a_dropped_file(browser, server_url, tiny_model, library_i
     browser.find_element(By.ID, "file-input").send_keys(str(quiet))
     notes = _wait(browser, lambda d: d.find_element(By.ID, "result-notes").text or None, "the notes")
     assert "The clip is silent" in notes and "does not sound like the music the model was trained on" in notes
+    # flagged not music: no genre headline, the nearest genre named as such
+    assert browser.find_element(By.ID, "result-genre").text == "Not music?"
+    assert browser.find_element(By.ID, "result-confidence").text.startswith("nearest genre: ")
 
 
 def test_page_shows_readable_errors(browser, server_url, tmp_path):

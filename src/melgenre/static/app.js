@@ -27,7 +27,7 @@
   const SVG_NS = timeline.namespaceURI; // the SVG namespace, from the <svg> element itself
   const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
     "#bcbd22", "#17becf"];
-  let images = { plain: null, saliency: null, filename: "", file: null };
+  let images = { plain: null, saliency: null, filename: "", file: null, label: "" };
 
   let maxUploadBytes = null; // from /health; the server enforces the limit either way
   let requestSeq = 0;
@@ -192,7 +192,7 @@
   async function fetchSaliency() {
     const wanted = images;
     saliencyToggle.disabled = true;
-    setStatus(`Finding the evidence for ${genre.textContent} in ${wanted.filename}…`);
+    setStatus(`Finding the evidence for ${wanted.label} in ${wanted.filename}…`);
     const form = new FormData();
     form.append("file", wanted.file, wanted.filename);
     try {
@@ -222,13 +222,15 @@
     const overlay = saliencyToggle.checked && images.saliency;
     spectrogram.src = overlay ? images.saliency : images.plain;
     spectrogram.alt = `Mel spectrogram of ${images.filename}`
-      + (overlay ? `, with the evidence for ${genre.textContent} highlighted` : "");
+      + (overlay ? `, with the evidence for ${images.label} highlighted` : "");
   }
 
   function render(body, file) {
-    genre.textContent = body.label;
+    // a clip flagged "not music" gets no genre headline: its nearest genre is shown as such
+    const notMusic = (body.flags || []).includes("not_music");
     const p = body.probabilities[body.label];
-    confidence.textContent = `${pct(p)} probability`;
+    genre.textContent = notMusic ? "Not music?" : body.label;
+    confidence.textContent = notMusic ? `nearest genre: ${body.label}, ${pct(p)} probability` : `${pct(p)} probability`;
     const nWindows = body.windows && body.windows.starts ? body.windows.starts.length : 0;
     meta.textContent = `${body.filename} · ${Number(body.duration).toFixed(1)} s · `
       + `${nWindows} window${nWindows === 1 ? "" : "s"} averaged · model ${body.model_id}`;
@@ -249,7 +251,7 @@
     renderChart(body.probabilities, body.label);
     renderSimilar(body.similar);
     renderTimeline(body);
-    images = { plain: body.spectrogram || null, saliency: null, filename: body.filename, file };
+    images = { plain: body.spectrogram || null, saliency: null, filename: body.filename, file, label: body.label };
     saliencyToggle.checked = false;
     saliencyToggle.disabled = false;
     saliencyControl.hidden = !images.plain;
