@@ -620,8 +620,10 @@ def predict_cmd(
                 out.add_row(escape(str(path)), f"[red]error: {escape(error)}", "", "")
                 continue
             flags = ", ".join(pred.flags)
-            out.add_row(escape(str(path)), ", ".join(f"{escape(genre)} {p:.3f}" for genre, p in pred.top),
-                        str(len(pred.window_starts)), flags)
+            top = ", ".join(f"{escape(genre)} {p:.3f}" for genre, p in pred.top)
+            if "not_music" in pred.flags:  # no genre headline for what does not sound like music
+                top = f"[bold]not music?[/] [dim]nearest: {top}[/]"
+            out.add_row(escape(str(path)), top, str(len(pred.window_starts)), flags)
         console.print(out)
         from melgenre.predict import FLAGS
 
