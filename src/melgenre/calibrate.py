@@ -159,6 +159,12 @@ def window_step(store_preset: Any, hop: float | None) -> int:
     return max(1, int(round(hop / store_preset.chunk_hop_seconds)))
 
 
+def predicted_rows(store: Any, hop: float | None) -> np.ndarray:
+    """Boolean mask of the store's rows that prediction with ``hop`` would see: every
+    :func:`window_step`-th chunk of the original audio (augmented variants never)."""
+    return (store.chunk_index % window_step(store.preset, hop) == 0) & (store.variant == 0)
+
+
 def _track_means(embeddings: np.ndarray, index: np.ndarray) -> np.ndarray:
     n = int(index.max()) + 1
     sums = np.zeros((n, embeddings.shape[1]))
@@ -192,11 +198,11 @@ def oof_outputs(cv_json: str | Path, data: str | Path | None = None, hop: float 
             raise MelgenreError(f"{run}: classes differ from the other folds'")
         classes = dm.classes
         store = dm.store
-        step = window_step(store.preset, hop)
+        seen = predicted_rows(store, hop)
         model = module.model.eval()
         for split in ("val", "train"):
             rows = dm.rows_for(split)
-            rows = rows[(store.chunk_index[rows] % step == 0) & (store.variant[rows] == 0)]  # as predict sees them
+            rows = rows[seen[rows]]
             if len(rows) == 0:
                 continue
             out, emb = forward_outputs(model, store.images(rows), embeddings=True)
@@ -239,7 +245,7 @@ def _package_centre(module: Any, store_path: Path, hop: float | None, card: dict
         if expected and store.attrs.get("input_hash") and expected != str(store.attrs["input_hash"]):
             raise MelgenreError(f"{store_path}: not the feature file the package was trained on "
                                 "(input_hash differs from the card's training.data.input_hash)")
-        rows = np.flatnonzero((store.chunk_index % window_step(store.preset, hop) == 0) & (store.variant == 0))
+        rows = np.flatnonzero(predicted_rows(store, hop))
         _, emb = forward_outputs(module, store.images(rows), embeddings=True)
         _, index = np.unique(store.track_id[rows], return_inverse=True)
     tracks = _track_means(emb, index)

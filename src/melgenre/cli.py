@@ -868,8 +868,8 @@ def bench(
 
     from melgenre.bench import SECTIONS, BenchSettings, run_bench
 
-    def split(text: str | None) -> tuple[str, ...] | None:
-        return tuple(s.strip() for s in text.split(",") if s.strip()) if text else None
+    def split(text: str | None) -> tuple[str, ...] | None:  # None: not given, the bench's default
+        return _names(text) if text else None
 
     overrides = {k: v for k, v in (("presets", split(presets)), ("data", data), ("n_files", n_files),
                                    ("models", split(models)), ("sections", split(sections)),

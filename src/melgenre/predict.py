@@ -23,6 +23,7 @@ the same rule as track-level evaluation after training.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -92,9 +93,8 @@ class _JsonDict:
     """Base of the prediction dataclasses: JSON export, and ``flags`` kept in step with ``silent``/``padded``."""
 
     def __post_init__(self) -> None:
-        for flag in ("silent", "padded"):
-            if getattr(self, flag) and flag not in self.flags:
-                self.flags.append(flag)
+        derived = [flag for flag in ("silent", "padded") if getattr(self, flag)]
+        self.flags[:] = derived + [flag for flag in self.flags if flag not in derived]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form: plain lists and floats rounded to 6 decimals."""
@@ -169,23 +169,35 @@ def window_images(y: np.ndarray, preset: Preset) -> tuple[np.ndarray, list[float
     return images.astype(np.float16).astype(np.float32), starts, padded
 
 
+def _last_linear(module: nn.Module) -> nn.Linear:
+    """The model's last linear layer (its output layer): its input is the model's embedding."""
+    return [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
+
+
+@contextlib.contextmanager
+def _captured_embeddings(module: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """While open, every forward pass of ``module`` appends its last linear layer's input
+    ``(N, D)`` to the yielded list."""
+    captured: list[torch.Tensor] = []
+    handle = _last_linear(module).register_forward_hook(
+        lambda _m, inputs, _out: captured.append(inputs[0].flatten(1)))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
 def forward_outputs(module: nn.Module, images: np.ndarray, embeddings: bool = False
                     ) -> tuple[np.ndarray, np.ndarray | None]:
     """Logits ``(N, C)`` of a torch model on images ``(N, H, W)``, in batches of :data:`BATCH_SIZE`, and
     with ``embeddings`` the input of its last linear layer ``(N, D)`` from the same forward pass (else None)."""
-    last = [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
-    captured: list[torch.Tensor] = []
-    handle = last.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].flatten(1))) \
-        if embeddings else None
+    last = _last_linear(module)
     x = np.ascontiguousarray(np.asarray(images, dtype=np.float32)[:, None])
     logits = []
-    try:
+    with _captured_embeddings(module) if embeddings else contextlib.nullcontext([]) as captured:
         with torch.inference_mode():
             for i in range(0, len(x), BATCH_SIZE):
                 logits.append(module(torch.from_numpy(x[i:i + BATCH_SIZE])).float().numpy())
-    finally:
-        if handle is not None:
-            handle.remove()
     num_classes = last.out_features
     out = np.concatenate(logits) if logits else np.zeros((0, num_classes), dtype=np.float32)
     if not embeddings:
@@ -380,8 +392,7 @@ class GenreModel:
             padded=padded,
             silent=silent,
             model_id=self.model_id,
-            flags=[f for f, on in (("silent", silent), ("padded", padded)) if on]
-            + trust_flags(self.card, ranked["top"][0][1], score, silent),
+            flags=trust_flags(self.card, ranked["top"][0][1], score, silent),
             novelty=score,
             window_seconds=self.window_seconds,
             segments=timeline.segments(window_probs, window_starts, self.classes, self.window_seconds, duration),
@@ -557,15 +568,10 @@ class _WithEmbedding(nn.Module):
     def __init__(self, module: nn.Module):
         super().__init__()
         self.module = module
-        self.last = [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
-        captured: list[torch.Tensor] = []
-        handle = self.last.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].flatten(1)))
-        try:
+        with _captured_embeddings(self.module) as captured:
             logits = self.module(x)
-        finally:
-            handle.remove()
         return logits, captured[0]
 
 
