@@ -207,6 +207,10 @@ def test_bad_results_files_are_one_line_errors(tiny_card, songs, tmp_path):
     with pytest.raises(MelgenreError, match="no such results file"):
         read_results(tmp_path / "missing.sqlite")
     assert not (tmp_path / "r.txt").exists()
+    (tmp_path / "empty.db").write_bytes(b"")  # the reader opens read-only: it never makes a database
+    with pytest.raises(MelgenreError, match="empty.db: not a melgenre results database"):
+        read_results(tmp_path / "empty.db")
+    assert (tmp_path / "empty.db").stat().st_size == 0
 
 
 def test_cli_predict_out_prints_a_summary_and_exits_1_on_failures(tiny_card, songs, tmp_path):

@@ -127,15 +127,18 @@ class _SqliteSink:
     """Rows in an SQLite database: one upsert per file, committed per batch."""
 
     def __init__(self, path: Path, model: GenreModel | None = None):
+        """Open ``path`` to write the rows of ``model``, or read-only without one."""
         self.path = path
-        try:
-            self.db = sqlite3.connect(path)
+        try:  # readers (read_results, melgenre tag) open read-only: they never create or change it
+            self.db = sqlite3.connect(path) if model is not None else sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro", uri=True)
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         except sqlite3.DatabaseError as exc:
             raise MelgenreError(f"{path}: not an SQLite database ({exc})") from None
-        if tables and not {"meta", "results"} <= tables:
+        if (tables or model is None) and not {"meta", "results"} <= tables:
             self.db.close()
-            raise MelgenreError(f"{path}: an SQLite database, but not a melgenre results database")
+            raise MelgenreError(f"{path}: not a melgenre results database (an SQLite database without "
+                                f"its meta and results tables)")
         if "meta" in tables:
             version = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if version is None or version[0] != SCHEMA_VERSION:
@@ -151,11 +154,14 @@ class _SqliteSink:
                     ("classes", json.dumps(model.classes)), ("melgenre_version", __version__)])
 
     def rows(self) -> list[dict[str, Any]]:
-        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name='results'").fetchone():
-            return []
-        cur = self.db.execute("SELECT * FROM results ORDER BY path")
-        names = [d[0] for d in cur.description]
-        return [_parsed(dict(zip(names, r))) for r in cur]
+        try:
+            if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name='results'").fetchone():
+                return []
+            cur = self.db.execute("SELECT * FROM results ORDER BY path")
+            names = [d[0] for d in cur.description]
+            return [_parsed(dict(zip(names, r))) for r in cur]
+        except sqlite3.DatabaseError as exc:
+            raise MelgenreError(f"{self.path}: unreadable results database ({exc})") from None
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         try:
@@ -239,6 +245,23 @@ def _open(path: Path, model: GenreModel | None = None) -> _SqliteSink | _LineSin
     return _SqliteSink(path, model) if fmt == "sqlite" else _LineSink(path, fmt, create=model is not None)
 
 
+def result_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a results file (SQLite, CSV or JSON Lines) as dicts of :data:`COLUMNS`, sorted by path.
+
+    The latest row per file counts; ``probabilities`` and ``flags`` are parsed from JSON.
+
+    Raises
+    ------
+    MelgenreError
+        The file is missing, of an unknown suffix, or not a melgenre results file.
+    """
+    sink = _open(Path(path))
+    try:
+        return sorted(sink.rows(), key=lambda r: r["path"])
+    finally:
+        sink.close()
+
+
 def read_results(path: str | Path) -> Any:
     """A results file (SQLite, CSV or JSON Lines) as a pandas DataFrame.
 
@@ -254,12 +277,7 @@ def read_results(path: str | Path) -> Any:
     """
     import pandas as pd
 
-    sink = _open(Path(path))
-    try:
-        rows = sorted(sink.rows(), key=lambda r: r["path"])
-    finally:
-        sink.close()
-    frame = pd.DataFrame(rows, columns=list(COLUMNS), dtype=object)  # text columns keep None, not NaN
+    frame = pd.DataFrame(result_rows(path), columns=list(COLUMNS), dtype=object)  # text columns keep None, not NaN
     return frame.astype({"size": "Int64", "mtime": "float64", "confidence": "float64", "duration": "float64"})
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
 import stat
 import time
 from collections.abc import Callable
@@ -51,7 +50,6 @@ ABSENT = "absent"
 #: Genre labels whose tag spelling is not the capitalised label (ID3v1's standard names).
 GENRE_NAMES = {"hiphop": "Hip-Hop", "rnb": "R&B"}
 
-_RESULT_COLUMNS = {"path", "size", "mtime", "sha256", "model_id", "label", "confidence", "flags", "error"}
 _MTIME_TOLERANCE = 1e-6  # seconds; a REAL round trip of st_mtime
 _LOG_KEYS = {"path", "format", "had_tags", "before", "after", "sha256_before", "sha256_after"}
 
@@ -248,28 +246,15 @@ def read_results(db: str | Path, root: str | Path) -> dict[Path, Result]:
         if f.read(16) != b"SQLite format 3\x00":
             raise MelgenreError(f"{db}: not a SQLite results database (tag reads the database written by "
                                 f"`melgenre predict DIR --out results.sqlite`, not .csv or .jsonl)")
-    con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        columns = {row[1] for row in con.execute("PRAGMA table_info(results)")}
-        if not _RESULT_COLUMNS <= columns:
-            raise MelgenreError(f"{db}: not a melgenre results database (no results table with "
-                                f"{', '.join(sorted(_RESULT_COLUMNS - columns))})")
-        meta = dict(con.execute("SELECT key, value FROM meta")) if con.execute(
-            "SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone() else {}
-        if meta.get("schema_version", "1") != "1":
-            raise MelgenreError(f"{db}: results schema version {meta['schema_version']} is not supported (1)")
-        rows = con.execute("SELECT path, size, mtime, sha256, model_id, label, confidence, flags, error FROM results")
-        results = {}
-        for path, size, mtime, sha, model_id, label, conf, flags, error in rows:
-            p = Path(path)
-            if not p.is_absolute():
-                p = p if p.exists() else root / p
-            results[p.resolve()] = Result(p, size, mtime, sha, model_id, label, conf,
-                                          tuple(json.loads(flags)) if flags else (), error)
-    except sqlite3.DatabaseError as exc:
-        raise MelgenreError(f"{db}: unreadable results database ({exc})") from None
-    finally:
-        con.close()
+    from melgenre import library  # (imports torch: only when a database is read)
+
+    results = {}
+    for row in library.result_rows(db):
+        p = Path(row["path"])
+        if not p.is_absolute():
+            p = p if p.exists() else root / p
+        results[p.resolve()] = Result(p, row["size"], row["mtime"], row["sha256"], row["model_id"], row["label"],
+                                      row["confidence"], tuple(row["flags"] or ()), row["error"])
     return results
 
 
