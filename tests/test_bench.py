@@ -108,6 +108,8 @@ def test_results_json_is_well_formed(results):
         assert e["backend"] == "onnx" and isinstance(e["meets_target"], bool)
         assert e["speedup_vs_torch"] == pytest.approx(e["library"] / e["per_file"]["torch"], abs=0.01)
     assert lib["models"][1]["target"] == {"speedup": 2.0, "files_per_s": 25.0}
+    assert lib["models"][1]["int8_model_id"] == "melcnn-3bd30150b86c-int8" and lib["models"][1]["library_int8"] > 0
+    assert "library_int8" not in lib["models"][0]  # no int8 file of the default is shipped
 
 
 def test_results_markdown(results):

@@ -607,9 +607,9 @@ def _inference_sources(inputs: _Inputs) -> list[tuple[Path, str]]:
     """The packages to time: every shipped model (default first), or an untrained melcnn."""
     from melgenre.predict import shipped_model_path, shipped_models
 
-    names = shipped_models()
-    if names:
-        return [(shipped_model_path(n), f"shipped model {n!r}") for n in names]
+    packages = [n for n in shipped_models() if shipped_model_path(n).suffix == ".json"]  # an int8 file is
+    if packages:                                                                          # timed with its package
+        return [(shipped_model_path(n), f"shipped model {n!r}") for n in packages]
     return [(build_untrained_package(inputs.tmp / "pkg" / "melcnn-untrained"),
              "untrained melcnn package (no model installed)")]
 
@@ -738,7 +738,7 @@ def bench_memory(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], 
 def bench_library(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], None]) -> dict:
     """files/s of the per-file path (torch, ONNX) and of the library job, over the same files, per shipped model."""
     from melgenre.library import default_workers, predict_library
-    from melgenre.predict import load_model, predict_paths
+    from melgenre.predict import load_model, predict_paths, shipped_model_path
 
     files = inputs.files(max(settings.library_files, 1))
     workers = settings.workers or default_workers()
@@ -763,14 +763,22 @@ def bench_library(settings: BenchSettings, inputs: _Inputs, log: Callable[[str],
                   "load_seconds": round(report.load_seconds, 2)}
         entry["speedup_vs_torch"] = round(entry["library"] / entry["per_file"]["torch"], 2)
         entry["speedup_vs_same_backend"] = round(entry["library"] / entry["per_file"][report.backend], 2)
+        int8 = shipped_model_path(f"{Path(source).stem}-int8")  # its int8 file, when one is shipped
+        if int8.is_file():
+            quick = predict_library(files, db, model=int8, workers=workers, progress=False)
+            db.unlink(missing_ok=True)
+            entry |= {"int8_model_id": quick.model_id,
+                      "library_int8": round(quick.predicted / (quick.seconds - quick.load_seconds), 2)}
+        best = max(entry["library"], entry.get("library_int8", 0.0))
         floor = TARGET_LIBRARY_FILES_PER_S.get(name)
         entry["target"] = {"speedup": TARGET_LIBRARY_SPEEDUP, "files_per_s": floor}
-        entry["meets_target"] = (entry["speedup_vs_torch"] >= TARGET_LIBRARY_SPEEDUP
-                                 and (floor is None or entry["library"] >= floor))
+        entry["meets_target"] = (best / entry["per_file"]["torch"] >= TARGET_LIBRARY_SPEEDUP
+                                 and (floor is None or best >= floor))
         log(f"library {report.model_id}: per file {entry['per_file']['torch']:.1f} files/s torch, "
             f"{entry['per_file']['onnx']:.1f} onnx; library job ({report.backend}, {workers} workers) "
             f"{entry['library']:.1f} files/s ({entry['speedup_vs_torch']:.2f}x torch, "
-            f"{entry['speedup_vs_same_backend']:.2f}x {report.backend})")
+            f"{entry['speedup_vs_same_backend']:.2f}x {report.backend})"
+            + (f"; int8 {entry['library_int8']:.1f} files/s" if "library_int8" in entry else ""))
         result["models"].append(entry)
     return result
 
@@ -955,13 +963,15 @@ def results_markdown(results: dict[str, Any]) -> str:
         lib = results["library"]
         lines += ["", f"## 7. Library job: {lib['n_files']} files (files/s, higher is better)", "",
                   ("| model | per file, torch | per file, onnx | library job (backend, workers) | vs per file torch | "
-                   "vs per file, same backend | target |"), "|---|---|---|---|---|---|---|"]
+                   "vs per file, same backend | library job, int8 | target |"), "|---|---|---|---|---|---|---|---|"]
         for r in lib["models"]:
             floor = r["target"]["files_per_s"]
             target = f"≥ {r['target']['speedup']:g}×" + (f" and ≥ {floor:g} files/s" if floor else "")
             lines.append(f"| {r['model_id']} | {r['per_file']['torch']:.1f} | {r['per_file']['onnx']:.1f} | "
                          f"**{r['library']:.1f}** ({r['backend']}, {lib['workers']}) | {r['speedup_vs_torch']:.2f}× | "
-                         f"{r['speedup_vs_same_backend']:.2f}× | {target} {'met' if r['meets_target'] else 'not met'} |")
+                         f"{r['speedup_vs_same_backend']:.2f}× | "
+                         f"{'**%.1f**' % r['library_int8'] if 'library_int8' in r else '—'} | "
+                         f"{target} {'met' if r['meets_target'] else 'not met'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -707,20 +707,26 @@ def _library_summary(report) -> None:
 
 @app.command("export")
 def export_cmd(
-    source: Path = typer.Argument(..., help="A run directory, a .ckpt inside one, or a model package .json."),
+    source: Path = typer.Argument(..., help="A run directory, a .ckpt inside one, a model package .json, or a shipped package's name."),
     fmt: str = typer.Option("onnx", "--format", "-f", help="onnx (one file, card in its metadata) or package (.safetensors + .json card). Default: onnx."),
     out: Path = typer.Option(..., "--out", "-o", help="Output: model.onnx, or the package path/stem. Required (no default)."),
     estimate: list[Path] = typer.Option(None, "--estimate", help="A cross-validation result of the model's recipe (cv-groups-last.json, cv-last.json, ...) to summarise in the package's card (protocol, pooled metrics, per-genre recall); repeatable; package only. Default: none."),
     hop: float = typer.Option(None, "--hop", help="Default seconds between prediction windows, stored in the package's card (predict --hop overrides it); package only. Default: the preset's hop."),
+    int8: list[Path] = typer.Option(None, "--int8", metavar="CALIBRATION", help="Quantize to int8 (ONNX only; 2-3x faster for melcnn on CPUs with VNNI; check agreement with the float model), activation ranges from every window of up to --calibration-files of these audio files/folders (real music like the model's); repeatable. Default: off (float32)."),
+    calibration_files: int = typer.Option(32, "--calibration-files", min=1, help="The most --int8 files read (evenly spread over the sorted list). Default: 32."),
 ) -> None:
-    """Export a trained model as an ONNX file or a model package."""
+    """Export a trained model as an ONNX file (float, or int8 with --int8) or a model package.
+
+    SOURCE may also name a shipped package (default, melcnn)."""
     from melgenre.predict import export_onnx_file, save_package
 
     if fmt == "onnx":
         if estimate or hop is not None:
             raise typer.BadParameter("--estimate and --hop go with --format package")
-        say(f"wrote {export_onnx_file(source, out)}")
+        say(f"wrote {export_onnx_file(source, out, int8 or (), calibration_files)}")
     elif fmt == "package":
+        if int8:
+            raise typer.BadParameter("--int8 goes with --format onnx")
         card = save_package(source, out, estimate or (), hop=hop)
         say(f"wrote {card.with_suffix('.safetensors')} and {card}")
     else:

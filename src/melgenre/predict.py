@@ -29,7 +29,7 @@ import functools
 import hashlib
 import json
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -644,13 +644,16 @@ def default_model_path() -> Path:
 
 
 def shipped_model_path(name: str) -> Path:
-    """Card of a model package shipped in ``melgenre/weights`` by name (``default``, ``melcnn``)."""
-    return Path(str(DEFAULT_MODEL_DIR.joinpath(f"{name}.json")))
+    """A model shipped in ``melgenre/weights`` by name: a package's card (``default``, ``melcnn``) or
+    an ONNX file (``melcnn-int8``)."""
+    onnx = DEFAULT_MODEL_DIR.joinpath(f"{name}.onnx")
+    return Path(str(onnx if onnx.is_file() else DEFAULT_MODEL_DIR.joinpath(f"{name}.json")))
 
 
 def shipped_models() -> list[str]:
-    """Names of the model packages shipped with melgenre (``default`` first)."""
-    names = sorted(p.name[:-5] for p in DEFAULT_MODEL_DIR.iterdir() if p.name.endswith(".json"))
+    """Names of the models shipped with melgenre (``default`` first): packages and ONNX files."""
+    names = sorted(p.name.rsplit(".", 1)[0] for p in DEFAULT_MODEL_DIR.iterdir()
+                   if p.name.endswith((".json", ".onnx")))
     return sorted(names, key=lambda n: n != "default")
 
 
@@ -809,7 +812,8 @@ def save_package(source: str | Path, out: str | Path, estimates: Iterable[str | 
     return out.with_suffix(".json")
 
 
-def export_onnx_file(source: str | Path, out: str | Path) -> Path:
+def export_onnx_file(source: str | Path, out: str | Path, int8_calibration: Sequence[str | Path] = (),
+                     calibration_files: int = 32) -> Path:
     """Export a model to ONNX (opset 17, dynamic batch) with its card in the metadata.
 
     The graph's input is ``mel`` ``(batch, 1, H, W)`` and its output ``logits``
@@ -818,21 +822,68 @@ def export_onnx_file(source: str | Path, out: str | Path) -> Path:
 
     Parameters
     ----------
-    source : path
-        A run directory, a ``.ckpt`` inside one, or a package ``.json``/``.safetensors``.
+    source : path or str
+        A run directory, a ``.ckpt`` inside one, a package ``.json``/``.safetensors``, or the
+        name of a shipped package.
     out : path
         The ``.onnx`` file to write (atomically).
+    int8_calibration : sequence of paths, optional
+        Audio files and/or folders: when given, the model is quantized to int8
+        (:func:`melgenre.models.quantize_int8`), its activation ranges taken from every window of
+        up to ``calibration_files`` of these files (evenly spread over the sorted list). The card
+        gets ``quantization`` and the model id ``-int8``.
+    calibration_files : int
+        The most files read for calibration.
 
     Returns
     -------
     Path
         ``out``.
+
+    Raises
+    ------
+    MelgenreError
+        No calibration file could be decoded.
     """
-    module, card = _load_torch(source)
+    path = Path(source)
+    if not path.exists() and str(source) in shipped_models():
+        path = shipped_model_path(str(source))
+    module, card = _load_torch(path)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        _write_onnx(module, card, tmp, centre=_trust_centre(Path(source), card))
+    centre = _trust_centre(path, card)
+    if not int8_calibration:
+        with atomic_path(out) as tmp:
+            _write_onnx(module, card, tmp, centre=centre)
+        return out
+    from melgenre.models import quantize_int8
+    from melgenre.models.export import INT8_METHOD
+
+    windows = _calibration_windows(int8_calibration, Preset.from_dict(card["preset"]), calibration_files)
+    card = {**card, "model_id": f"{card['model_id']}-int8",
+            "quantization": {"method": INT8_METHOD, "of": card["model_id"], "calibration_files": len(windows),
+                             "calibration_windows": sum(len(w) for w in windows)}}
+    with tempfile.TemporaryDirectory(prefix="melgenre-onnx-") as tmp, atomic_path(out) as part:
+        float_path = Path(tmp) / "model.onnx"
+        _write_onnx(module, card, float_path, centre=centre)
+        quantize_int8(float_path, part, (w[:, None] for w in windows))
+    return out
+
+
+def _calibration_windows(sources: Sequence[str | Path], preset: Preset, most: int) -> list[np.ndarray]:
+    """The window images ``(W, H, W_img)`` of up to ``most`` decodable files of ``sources``."""
+    files = expand_paths(sources)
+    if len(files) > most:
+        files = [files[i * len(files) // most] for i in range(most)]
+    out = []
+    for f in files:
+        try:
+            out.append(window_images(audio.load(f, sr=preset.sr).samples, preset)[0])
+        except AudioDecodeError:
+            continue  # a calibration set is a sample: an undecodable file is left out
+    if not out:
+        raise MelgenreError(f"int8 calibration: none of the {len(files)} files could be decoded "
+                            f"({', '.join(map(str, sources))})")
     return out
 
 

@@ -1,4 +1,4 @@
-"""ONNX export with a dynamic batch axis.
+"""ONNX export with a dynamic batch axis, and int8 quantization of an exported model.
 
 Uses torch's TorchScript-based exporter (``dynamo=False``): it works offline and needs only
 the ``onnx`` package, whereas the dynamo exporter would also need ``onnxscript``.
@@ -6,10 +6,14 @@ the ``onnx`` package, whereas the dynamo exporter would also need ``onnxscript``
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -70,3 +74,60 @@ def export_onnx(
     finally:
         model.train(was_training)
     return path
+
+
+#: How :func:`quantize_int8` quantizes (recorded in the cards of the models it makes).
+INT8_METHOD = ("ONNX Runtime static quantization: QDQ, weights int8 per output channel, activations uint8 "
+               "with MinMax ranges from calibration windows")
+
+
+def quantize_int8(src: str | Path, dst: str | Path, calibration: Iterable[np.ndarray]) -> Path:
+    """Quantize an exported model to int8 (:data:`INT8_METHOD`); the metadata is kept.
+
+    On CPUs with int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI) convolutional networks
+    run 2-3× faster; check the quantized model's agreement with the float one before using it
+    (musicnn, with its wide mel-axis kernels, loses accuracy and gains no speed).
+
+    Parameters
+    ----------
+    src : path
+        A float ONNX file written by :func:`export_onnx` (input ``mel``).
+    dst : path
+        The int8 ONNX file to write.
+    calibration : iterable of np.ndarray
+        Batches ``(N, *input_shape)`` of typical inputs (real music windows): the activation
+        ranges are their minimum and maximum.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
+        quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = ({"mel": np.ascontiguousarray(b, dtype=np.float32)} for b in calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    dst = Path(dst)
+    with tempfile.TemporaryDirectory(prefix="melgenre-int8-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        with warnings.catch_warnings(), _quiet_onnx_quantization():
+            warnings.simplefilter("ignore")
+            quant_pre_process(str(src), str(prepared))
+            quantize_static(str(prepared), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+    return dst
+
+
+@contextlib.contextmanager
+def _quiet_onnx_quantization() -> Iterator[None]:
+    """Silence the quantizer's root-logger warnings (e.g. about 1-D BatchNorm weights it leaves as float)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
