@@ -255,3 +255,62 @@ def test_embed_augment_trains_on_variants_and_scores_originals(corpus, tmp_path)
     assert card["training"]["data"]["augment"] == ["fast", "dark"]
     bad = CliRunner().invoke(app, ["embed", str(corpus), "--augment", "fast,loud", "--out", str(tmp_path / "x.h5")])
     assert bad.exit_code != 0 and "augment: loud" in bad.output and "Traceback" not in bad.output
+
+
+# -- the zero-shot tag prior ---------------------------------------------------------------------
+
+PRIOR = {"weight": 0.5, "genres": {"class00": ["rock"], "class01": ["jazz", "blues"]}}
+
+
+def test_prior_map_rows():
+    from melgenre.models.musicnn import MSD_TAGS, prior_map
+
+    m = prior_map(PRIOR, ["class00", "class01", "class02"], MSD_TAGS, 3)
+    rock, jazz, blues = (MSD_TAGS.index(t) for t in ("rock", "jazz", "blues"))
+    assert m.shape == (3, 50) and m[0, rock] == 0.5 and m[1, jazz] == m[1, blues] == 0.25
+    assert torch.allclose(m[2], (m[0] + m[1]) / 2)  # a class without tags: the neutral mean
+    for bad, match in (({**PRIOR, "weight": 0}, "weight must be a number > 0"),
+                       ({**PRIOR, "genres": {"class00": ["polka"]}}, "unknown tag.*'polka' for 'class00'"),
+                       ({**PRIOR, "genres": {"other": ["rock"]}}, "no class of class00, class01, class02 has tags"),
+                       ({"weight": 1}, "tag_prior must be")):
+        with pytest.raises(ConfigError, match=match):
+            prior_map(bad, ["class00", "class01", "class02"], MSD_TAGS, 3)
+    with pytest.raises(ConfigError, match="needs the class names"):
+        build("musicnn", num_classes=3, tag_prior=PRIOR)
+    with pytest.raises(ConfigError, match="ends with penultimate"):
+        build("musicnn", num_classes=3, tag_prior=PRIOR, classes=["class00", "class01", "class02"], embedding="pool")
+
+
+def test_tag_prior_adds_the_taggers_genre_logits_in_eval_mode_only():
+    classes = ["class00", "class01", "class02"]
+    model = build("musicnn", num_classes=3, tag_prior=PRIOR, classes=classes, freeze=True, dropout=0.0).eval()
+    x = torch.rand(4, 1, 96, 187) * 3
+    with torch.no_grad():
+        feats = model.features(x)
+        head = model.head(feats["pool+penultimate"])
+        tags = feats["tag_logits"]
+        rock, jazz, blues = (model.tags.index(t) for t in ("rock", "jazz", "blues"))
+        own = torch.stack([tags[:, rock], (tags[:, jazz] + tags[:, blues]) / 2], 1) * 0.5
+        want = head + torch.cat([own, own.mean(1, keepdim=True)], 1)
+        torch.testing.assert_close(model(x), want)
+        cached = feats["pool+penultimate"][:, None, None]  # rows of an embed store give the same
+        torch.testing.assert_close(model(cached), want)
+        model.train()
+        torch.testing.assert_close(model.head.fc(model.head.norm.eval()(feats["pool+penultimate"])), model(cached))
+    assert "prior_map" in model.state_dict()  # part of the weights, and so of the model id
+
+
+def test_tag_prior_recipe_trains_packages_and_exports(emb_store, corpus, tmp_path):
+    prior = {**HEAD, "model": {**HEAD["model"], "tag_prior": PRIOR}, "train": {"max_epochs": 2, "patience": 2}}
+    plain = {**HEAD, "train": {"max_epochs": 2, "patience": 2}}
+    runs = {name: fit(config_from_dict({**cfg, "name": name}), tmp_path, data=emb_store, progress=False)
+            for name, cfg in (("prior", prior), ("plain", plain))}
+    with_prior = load_model(save_package(runs["prior"], tmp_path / "pkg" / "prior"))
+    without = load_model(save_package(runs["plain"], tmp_path / "pkg" / "plain"))
+    assert with_prior.card["model"]["tag_prior"] == PRIOR and with_prior.card["model"]["classes"] == with_prior.classes
+    assert with_prior.model_id != without.model_id  # the prior (a buffer) is part of the weights
+    clip = corpus / "class00" / "class00.00000.wav"
+    a, b = with_prior.predict(clip), without.predict(clip)
+    assert not np.allclose(a.window_probabilities, b.window_probabilities)
+    onnx = load_model(tmp_path / "pkg" / "prior.json", backend="onnx").predict(clip)
+    np.testing.assert_allclose(onnx.window_probabilities, a.window_probabilities, atol=1e-4)

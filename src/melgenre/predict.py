@@ -501,7 +501,7 @@ def _from_checkpoint(ckpt: Path) -> tuple[nn.Module, dict[str, Any]]:
         raise MelgenreError(f"{ckpt}: not inside a run directory (no {run_dir / 'config.yaml'}); "
                             "its preset is unknown")
     state = {k[len("model."):]: v for k, v in full_state.items() if k.startswith("model.")}
-    config = build_from_config({**hparams["model"], "num_classes": len(classes)}).config
+    config = build_from_config(hparams["model"], classes=classes).config
     module = _build(ckpt, config, state)
     card = {"format": CARD_FORMAT, "model": config, "classes": classes,
             "model_id": _model_id(config["name"], _weights_bytes(module)),

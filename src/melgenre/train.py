@@ -76,7 +76,7 @@ class GenreClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         n = len(classes)
-        self.model = channels_last(build_from_config({**model, "num_classes": n}))
+        self.model = channels_last(build_from_config(model, classes=classes))
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
         self.train_metrics, self.val_metrics = _metrics(n), _metrics(n)

@@ -20,6 +20,9 @@ The architecture, layer for layer as the TF graph (conv -> ReLU -> BatchNorm, ep
 
 For genres, a head (BatchNorm standardisation + dropout + linear) maps a chosen embedding to
 ``num_classes`` logits; ``freeze=True`` keeps the pretrained part fixed (a linear probe).
+``tag_prior`` adds, in eval mode only, the tagger's own logits of genre-named tags (MSD's "rock",
+"jazz", "Hip-Hop", ...) to the head's logits: a zero-shot opinion learnt from a million songs,
+which no artist of the training clips shaped (see :func:`prior_map`).
 Inputs are ``(N, 1, 96, T)`` mel images like every registry model (rows = mel bands); any T >= 32
 works for ``musicnn``, T = 187 for ``musicnn_vgg``.
 """
@@ -134,13 +137,52 @@ class GenreHead(nn.Module):
         return self.fc(self.drop(self.norm(x)))
 
 
+def prior_map(tag_prior: dict[str, Any], classes: list[str] | None, tags: tuple[str, ...],
+              num_classes: int) -> torch.Tensor:
+    """The ``(num_classes, 50)`` matrix that turns tag logits into genre prior logits.
+
+    Row ``c`` is ``weight`` × the mean of the one-hot rows of ``genres[classes[c]]``'s tags; a class
+    without tags gets the mean of the mapped rows (neutral: the softmax ignores what all classes
+    share). Genres of the mapping that are not among ``classes`` are ignored.
+
+    Raises
+    ------
+    ConfigError
+        No class names, an unknown tag, a weight that is not a number > 0, or no class with tags.
+    """
+    if not isinstance(tag_prior, dict) or set(tag_prior) != {"weight", "genres"}:
+        raise ConfigError("tag_prior must be {weight: W, genres: {genre: [tag, ...]}}")
+    weight, genres = tag_prior["weight"], tag_prior["genres"]
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+        raise ConfigError(f"tag_prior.weight must be a number > 0, got {weight!r}")
+    if classes is None or len(classes) != num_classes:
+        raise ConfigError("tag_prior needs the class names in logit order (classes; training sets them)")
+    index = {t: i for i, t in enumerate(tags)}
+    prior = torch.zeros(num_classes, len(tags))
+    for c, genre in enumerate(classes):
+        names = genres.get(genre) or []
+        unknown = [t for t in names if t not in index]
+        if unknown:
+            raise ConfigError(f"tag_prior: unknown tag(s) {', '.join(map(repr, unknown))} for {genre!r}; "
+                              f"the tags are {', '.join(tags)}")
+        for t in names:
+            prior[c, index[t]] = 1 / len(names)
+    mapped = prior.sum(1) > 0
+    if not mapped.any():
+        raise ConfigError(f"tag_prior: no class of {', '.join(classes)} has tags")
+    prior[~mapped] = prior[mapped].mean(0)
+    return float(weight) * prior
+
+
 class _Tagger(nn.Module):
-    """What both ports share: pretrained weights, the genre head, freezing, tags."""
+    """What both ports share: pretrained weights, the genre head, freezing, tags, the tag prior."""
 
     arch = ""
+    TAG_INPUT = ""  # the embedding the tag layer reads
 
     def _finish(self, num_classes: int, in_channels: int, pretrained: str | None, embedding: str,
-                dropout: float, freeze: bool) -> None:
+                dropout: float, freeze: bool, tag_prior: dict[str, Any] | None = None,
+                classes: list[str] | None = None) -> None:
         if in_channels != 1:
             raise ConfigError(f"in_channels must be 1 (musicnn takes one log-mel channel), got {in_channels}")
         if pretrained not in (None, "msd", "mtt"):
@@ -151,6 +193,13 @@ class _Tagger(nn.Module):
         self.embedding = embedding
         self.tags = TAGS[pretrained or "msd"]
         self.head = GenreHead(sizes[embedding], num_classes, dropout)
+        self.tag_prior = tag_prior is not None
+        if self.tag_prior:
+            if not embedding.endswith(self.TAG_INPUT):
+                raise ConfigError(f"tag_prior needs an embedding that ends with {self.TAG_INPUT} (the tag layer's "
+                                  f"input), got {embedding!r}")
+            # a buffer in the state dict: the prior is part of the weights (and of the model id)
+            self.register_buffer("prior_map", prior_map(tag_prior, classes, self.tags, num_classes))
         self.freeze = freeze
         if pretrained is not None:
             from safetensors.torch import load_file
@@ -180,10 +229,18 @@ class _Tagger(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Genre logits of mel patches ``(N, 1, 96, T)``, or of cached embeddings ``(N, 1, 1, D)``
-        (the rows of a ``melgenre embed`` store: training the head on them skips the tagger)."""
+        (the rows of a ``melgenre embed`` store: training the head on them skips the tagger).
+
+        With a ``tag_prior``, eval mode adds the prior's logits; training fits the head alone (trained
+        with the prior added, the head learns to cancel it on the training artists: measured)."""
         if not torch.jit.is_tracing() and x.shape[-2] == 1:  # (an export traces mel patches)
-            return self.head(x.flatten(1))
-        return self.head(self.features(x)[self.embedding])
+            emb = x.flatten(1)
+        else:
+            emb = self.features(x)[self.embedding]
+        logits = self.head(emb)
+        if self.tag_prior and not self.training:
+            logits = logits + self.tag_fc(emb[:, -self.tag_fc.in_features:]) @ self.prior_map.T
+        return logits
 
 
 @register_model(
@@ -209,12 +266,20 @@ class MusiCNN(_Tagger):
         Dropout before the head's linear layer.
     freeze : bool
         Train the head only (the tagger stays fixed, BN in eval mode).
+    tag_prior : dict, optional
+        ``{"weight": w, "genres": {genre: [tag, ...]}}``: in eval mode, add ``w`` × the mean logit of
+        each genre's tags (:func:`prior_map`). Needs ``classes`` and an embedding ending with
+        ``penultimate``.
+    classes : list of str, optional
+        The genre of each logit, in order (training sets it from the data).
     """
 
     arch = "musicnn"
+    TAG_INPUT = "penultimate"
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, pretrained: str | None = "msd",
-                 embedding: str = "pool+penultimate", dropout: float = 0.5, freeze: bool = False):
+                 embedding: str = "pool+penultimate", dropout: float = 0.5, freeze: bool = False,
+                 tag_prior: dict[str, Any] | None = None, classes: list[str] | None = None):
         super().__init__()
         self.input_bn = _bn2d(1)
         timbral = [FreqPooledConv(204, (7, int(f * N_MELS)), (3, 3)) for f in (0.4, 0.7)]
@@ -225,7 +290,7 @@ class MusiCNN(_Tagger):
         self.dense = nn.Linear(2 * 753, 200)
         self.dense_bn = _bn(200)
         self.tag_fc = nn.Linear(200, 50)
-        self._finish(num_classes, in_channels, pretrained, embedding, dropout, freeze)
+        self._finish(num_classes, in_channels, pretrained, embedding, dropout, freeze, tag_prior, classes)
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Embeddings and tag logits of ``(N, 1, 96, T)`` patches (as the TF graph computes them)."""
@@ -256,16 +321,18 @@ class MusiCNNVGG(_Tagger):
     """
 
     arch = "vgg"
+    TAG_INPUT = "pool5"
     POOLS = ((4, 1), (2, 2), (2, 2), (2, 2), (4, 4))  # (time, mel) max-pool sizes, stride (2,2) first
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, pretrained: str | None = "msd",
-                 embedding: str = "pool5", dropout: float = 0.5, freeze: bool = False):
+                 embedding: str = "pool5", dropout: float = 0.5, freeze: bool = False,
+                 tag_prior: dict[str, Any] | None = None, classes: list[str] | None = None):
         super().__init__()
         self.input_bn = _bn2d(1)
         self.convs = nn.ModuleList([nn.Conv2d(1 if i == 0 else 128, 128, 3, padding=1) for i in range(5)])
         self.bns = nn.ModuleList([_bn2d(128) for _ in range(5)])
         self.tag_fc = nn.Linear(256, 50)
-        self._finish(num_classes, in_channels, pretrained, embedding, dropout, freeze)
+        self._finish(num_classes, in_channels, pretrained, embedding, dropout, freeze, tag_prior, classes)
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``pool5`` (256) and the tag logits of ``(N, 1, 96, 187)`` patches."""

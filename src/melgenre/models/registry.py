@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,12 +135,13 @@ def build(
     return model
 
 
-def build_from_config(config: Mapping[str, Any] | str) -> nn.Module:
+def build_from_config(config: Mapping[str, Any] | str, classes: Sequence[str] | None = None) -> nn.Module:
     """Build a model from a config section (a mapping, or YAML text of one).
 
     The section holds ``name`` plus any options of :func:`build`, e.g.
     ``{name: yolov8_cls, scale: n, head: gap, dense: [256, 128, 64]}``; a document
-    whose only key is ``model`` is unwrapped. ``model.config`` round-trips.
+    whose only key is ``model`` is unwrapped. ``model.config`` round-trips. ``classes`` (the data's
+    class names) sets ``num_classes``, and ``classes`` too for models that take it (``musicnn``'s tag prior).
     """
     if isinstance(config, str):
         config = yaml.safe_load(config)
@@ -149,7 +150,12 @@ def build_from_config(config: Mapping[str, Any] | str) -> nn.Module:
     if not isinstance(config, Mapping) or "name" not in config:
         raise ConfigError("model config must be a mapping with a 'name' key")
     options = dict(config)
-    return build(options.pop("name"), **options)
+    name = options.pop("name")
+    if classes is not None:
+        options["num_classes"] = len(classes)
+        if "classes" in get_spec(name).options:
+            options["classes"] = list(classes)
+    return build(name, **options)
 
 
 def channels_last(model: nn.Module) -> nn.Module:
