@@ -24,16 +24,18 @@ MODEL_SECTIONS = sorted(MODELS.glob("*.yaml"))
 SECTIONS = ("data", "model", "optim", "train")
 REFERENCE_KEYS = {"row", "dataset", "val_macro_precision", "test_macro_precision", "test_accuracy"}
 FIGURES = ("val_macro_precision", "test_macro_precision", "test_accuracy")
+GTZAN_GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
 
 
 def _id(path: Path) -> str:
     return str(path.relative_to(CONFIGS))
 
 
-def meta_logits(section: dict, hw: tuple[int, int]) -> torch.Size:
-    """Build ``section`` on the meta device and return the logits' shape for two 1-channel images."""
+def meta_logits(section: dict, hw: tuple[int, int], classes: list[str] | None = None) -> torch.Size:
+    """Build ``section`` (for ``classes``, as training does) on the meta device and return the logits'
+    shape for two 1-channel images."""
     with torch.device("meta"):
-        model = build_from_config(section).eval()
+        model = build_from_config(section, classes=classes).eval()
         return model(torch.empty(2, 1, *hw)).shape
 
 
@@ -47,7 +49,7 @@ def test_experiment_validates_builds_and_fits_its_preset(path):
     size = {**get_spec(cfg.model["name"]).options, **cfg.model}.get("input_size")
     if size is not None and dataset:
         assert as_hw(size) == shape, f"{path}: model.input_size {size} but preset {dataset} makes {shape} images"
-    assert meta_logits({**cfg.model, "num_classes": 10}, shape) == (2, 10)
+    assert meta_logits(cfg.model, shape, GTZAN_GENRES) == (2, 10)
 
 
 def test_experiment_names_are_unique():  # a run directory is runs/<name>

@@ -158,7 +158,7 @@ def prior_map(tag_prior: dict[str, Any], classes: list[str] | None, tags: tuple[
     if classes is None or len(classes) != num_classes:
         raise ConfigError("tag_prior needs the class names in logit order (classes; training sets them)")
     index = {t: i for i, t in enumerate(tags)}
-    prior = torch.zeros(num_classes, len(tags))
+    prior = np.zeros((num_classes, len(tags)), dtype=np.float32)  # NumPy: the model may be built on "meta"
     for c, genre in enumerate(classes):
         names = genres.get(genre) or []
         unknown = [t for t in names if t not in index]
@@ -171,7 +171,7 @@ def prior_map(tag_prior: dict[str, Any], classes: list[str] | None, tags: tuple[
     if not mapped.any():
         raise ConfigError(f"tag_prior: no class of {', '.join(classes)} has tags")
     prior[~mapped] = prior[mapped].mean(0)
-    return float(weight) * prior
+    return torch.as_tensor(float(weight) * prior)
 
 
 class _Tagger(nn.Module):
