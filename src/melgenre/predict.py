@@ -650,6 +650,12 @@ def shipped_model_path(name: str) -> Path:
     return Path(str(onnx if onnx.is_file() else DEFAULT_MODEL_DIR.joinpath(f"{name}.json")))
 
 
+def _resolve_shipped(source: str | Path) -> Path:
+    """``source`` as a path; the name of a shipped model (and no such file here) is its shipped file."""
+    path = Path(source)
+    return shipped_model_path(str(source)) if not path.exists() and str(source) in shipped_models() else path
+
+
 def shipped_models() -> list[str]:
     """Names of the models shipped with melgenre (``default`` first): packages and ONNX files."""
     names = sorted(p.name.rsplit(".", 1)[0] for p in DEFAULT_MODEL_DIR.iterdir()
@@ -693,9 +699,7 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
         if not path.is_file():
             raise MelgenreError("no default model is installed; pass --model (a run directory, .ckpt, "
                                 "package .json or .onnx)")
-    path = Path(path)
-    if not path.exists() and str(path) in shipped_models():
-        path = shipped_model_path(str(path))
+    path = _resolve_shipped(path)
     is_onnx = path.suffix == ".onnx"
     backend = backend or ("onnx" if is_onnx else "torch")
     if backend == "auto":
@@ -845,9 +849,7 @@ def export_onnx_file(source: str | Path, out: str | Path, int8_calibration: Sequ
     MelgenreError
         No calibration file could be decoded.
     """
-    path = Path(source)
-    if not path.exists() and str(source) in shipped_models():
-        path = shipped_model_path(str(source))
+    path = _resolve_shipped(source)
     module, card = _load_torch(path)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
