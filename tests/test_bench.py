@@ -75,7 +75,9 @@ def test_results_json_is_well_formed(results):
     assert [(b["backend"], b["hop_s"]) for b in default["backends"]] == [("torch", 6.0), ("onnx", 6.0),
                                                                          ("torch", 3.0), ("onnx", 3.0)]
     assert [(b["backend"], b["hop_s"]) for b in fast["backends"]] == [("torch", 1.5), ("onnx", 1.5), ("torch", 3.0),
-                                                                      ("onnx", 3.0)]
+                                                                      ("onnx", 3.0), ("onnx int8", 1.5),
+                                                                      ("onnx int8", 3.0)]  # its shipped int8 file
+    assert fast["backends"][4]["model_id"] == fast["backends"][1]["model_id"] + "-int8"
     for entry in inf["models"]:
         rows = entry["backends"]
         assert rows[2]["windows_per_file"] > rows[0]["windows_per_file"] if entry is default \

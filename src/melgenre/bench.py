@@ -614,6 +614,13 @@ def _inference_sources(inputs: _Inputs) -> list[tuple[Path, str]]:
              "untrained melcnn package (no model installed)")]
 
 
+def _int8_sibling(source: Path) -> Path:
+    """The shipped int8 ONNX file of a shipped package (``melcnn`` -> ``melcnn-int8.onnx``); it may not exist."""
+    from melgenre.predict import shipped_model_path
+
+    return shipped_model_path(f"{Path(source).stem}-int8")
+
+
 def bench_inference(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], None]) -> dict:
     """End-to-end latency of one file and files/s over a batch, torch eager vs ONNX Runtime, for
     every shipped model at its default prediction hop and with back-to-back chunks."""
@@ -632,6 +639,9 @@ def bench_inference(settings: BenchSettings, inputs: _Inputs, log: Callable[[str
             hops.append(chunk)  # back-to-back windows (predict --hop <chunk length>)
         for hop, backend in itertools.product(hops, ("torch", "onnx")):
             entry["backends"].append(_time_model(source, backend, hop, files, settings, log))
+        int8 = _int8_sibling(source)
+        for hop in hops if int8.is_file() else ():
+            entry["backends"].append({**_time_model(int8, "onnx", hop, files, settings, log), "backend": "onnx int8"})
         result["models"].append(entry)
     return result
 
@@ -738,7 +748,7 @@ def bench_memory(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], 
 def bench_library(settings: BenchSettings, inputs: _Inputs, log: Callable[[str], None]) -> dict:
     """files/s of the per-file path (torch, ONNX) and of the library job, over the same files, per shipped model."""
     from melgenre.library import default_workers, predict_library
-    from melgenre.predict import load_model, predict_paths, shipped_model_path
+    from melgenre.predict import load_model, predict_paths
 
     files = inputs.files(max(settings.library_files, 1))
     workers = settings.workers or default_workers()
@@ -763,7 +773,7 @@ def bench_library(settings: BenchSettings, inputs: _Inputs, log: Callable[[str],
                   "load_seconds": round(report.load_seconds, 2)}
         entry["speedup_vs_torch"] = round(entry["library"] / entry["per_file"]["torch"], 2)
         entry["speedup_vs_same_backend"] = round(entry["library"] / entry["per_file"][report.backend], 2)
-        int8 = shipped_model_path(f"{Path(source).stem}-int8")  # its int8 file, when one is shipped
+        int8 = _int8_sibling(source)
         if int8.is_file():
             quick = predict_library(files, db, model=int8, workers=workers, progress=False)
             db.unlink(missing_ok=True)

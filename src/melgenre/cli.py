@@ -552,7 +552,7 @@ def predict_cmd(
     ray: str = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Predict on Ray actors (the model loaded once per worker): a bare --ray (last, or before another option) starts/attaches a local Ray; --ray ADDRESS or --ray=ADDRESS joins a cluster. Needs Ray installed. Default: off."),
     tags: str = typer.Option(None, "--tags", metavar="[msd|mtt]", help="List musicnn's own 50 tags (Pons & Serra 2019) instead of genres: tags learnt from the Million Song Dataset (msd) or MagnaTagATune (mtt), not the genres of the genre model. Not with --model, --hop, --ray or --backend onnx. Default: off (genres)."),
     out: Path = typer.Option(None, "--out", "-o", help="Write one row per file, as each finishes, to a results file: .sqlite, .csv or .jsonl (see docs/library.md); a rerun skips files unchanged since (same path, size, mtime and model) and redoes the rest. Prints a summary instead of the results. Default: none (results on stdout)."),
-    workers: int = typer.Option(None, "--workers", min=0, help="With --out: processes that decode files and compute their mel images while this one runs the model on full batches across files (0: decode here). Default: the CPU cores less one (at least 1)."),
+    workers: int = typer.Option(None, "--workers", min=0, help="With --out: processes that decode files and compute their mel images while this one runs the model on full batches across files (0: decode here). Default: 0 on 2 cores or fewer (measured faster there), else the CPU cores less one."),
 ) -> None:
     """Predict the genre (or, with --tags, musicnn's tags) of audio files of any length; failing files are reported and skipped (exit code 1)."""
     import json
