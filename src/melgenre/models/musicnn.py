@@ -142,8 +142,8 @@ def prior_map(tag_prior: dict[str, Any], classes: list[str] | None, tags: tuple[
     """The ``(num_classes, 50)`` matrix that turns tag logits into genre prior logits.
 
     Row ``c`` is ``weight`` × the mean of the one-hot rows of ``genres[classes[c]]``'s tags; a class
-    without tags gets the mean of the mapped rows (neutral: the softmax ignores what all classes
-    share). Genres of the mapping that are not among ``classes`` are ignored.
+    without tags gets the mean of the mapped rows (on average neither pushed up nor down against
+    them). Genres of the mapping that are not among ``classes`` are ignored.
 
     Raises
     ------
