@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -42,6 +44,9 @@ def test_int8_errors_are_one_line(tiny_card, tmp_path):
     r = runner.invoke(app, ["export", str(tiny_card), "--format", "package", "--out", str(tmp_path / "p"),
                             "--int8", str(tmp_path)])
     assert r.exit_code == 2 and "--int8 goes with --format onnx" in r.output
+    r = runner.invoke(app, ["export", "melcnn", "--format", "package", "--out", str(tmp_path / "copy")])
+    assert r.exit_code == 0, r.output  # SOURCE may name a shipped package, for either format
+    assert json.loads((tmp_path / "copy.json").read_text())["model_id"] == load_model("melcnn").model_id
     r = runner.invoke(app, ["predict", str(tiny_card.parent / "clips"), "--model", "melcnn-int8", "--backend", "torch"])
     assert r.exit_code != 0 and "runs only with the onnx backend" in r.output
 

@@ -792,7 +792,7 @@ def save_package(source: str | Path, out: str | Path, estimates: Iterable[str | 
     Path
         The card (``.json``).
     """
-    module, card = _load_torch(source)
+    module, card = _load_torch(_resolve_shipped(source))
     out = Path(out)
     weights = _weights_bytes(module)
     card = {**card, "model_id": _model_id(card["model"]["name"], weights)}
