@@ -68,6 +68,25 @@ def test_tiny_run_learns_synthetic_classes(synth_store, tmp_path):
                                    "or --overwrite")
 
 
+def test_budgeted_epochs_limit_batches_and_validate_every_nth(synth_store, tmp_path):
+    """train.limit_train_batches caps an epoch; train.val_every skips validation in between (a
+    CPU-budgeted fixed-epoch run): those epochs' history rows have no val values, not stale ones."""
+    cfg = config_from_dict({**TINY, "name": "budget",
+                            "train": {"max_epochs": 4, "limit_train_batches": 2, "val_every": 2}})
+    run = fit(cfg, tmp_path, data=synth_store, progress=False, keep_last=True)
+    history = _history(run)
+    assert [int(r["epoch"]) for r in history] == [0, 1, 2, 3]
+    assert [bool(r["val_macro_precision"]) for r in history] == [False, True, False, True]
+    assert history[1]["val_loss"] != history[3]["val_loss"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 4 and metrics["results"]["val"]["track"]["n"] == 12
+    assert (run / "history.png").is_file()
+    with pytest.raises(ConfigError, match="train.val_every: the plateau schedule"):
+        config_from_dict({**TINY, "optim": {"schedule": "plateau"}, "train": {"val_every": 2}})
+    with pytest.raises(ConfigError, match="train.val_every: must be a finite number >= 1"):
+        config_from_dict({**TINY, "train": {"val_every": 0}})
+
+
 def test_resume_after_kill_restarts_from_last_ckpt(synth_store, tmp_path, monkeypatch):
     cfg = {**TINY, "name": "killed", "train": {"max_epochs": 6, "patience": 50}}
     config = tmp_path / "killed.yaml"

@@ -83,6 +83,7 @@ class TrainConfig:
     num_nodes: int = 1
     precision: str = "32-true"
     limit_train_batches: float = 1.0  # fraction (<= 1.0) or number (> 1) of batches per epoch
+    val_every: int = 1  # validate after epochs n, 2n, ... only (faster fixed-epoch runs); patience counts validations
     deterministic: bool = False  # torch deterministic algorithms (slower)
 
 
@@ -100,6 +101,7 @@ RANGES: dict[str, tuple[float, float | None, bool]] = {
     "train.max_epochs": (1, None, False), "train.patience": (0, None, False),
     "train.label_smoothing": (0, 0.999, False), "train.grad_clip": (0, None, False),
     "train.num_nodes": (1, None, False), "train.limit_train_batches": (0, None, True),
+    "train.val_every": (1, None, False),
 }
 
 
@@ -144,6 +146,9 @@ class ExperimentConfig:
                 bound = f"> {lo:g}" if open_lo else f">= {lo:g}"
                 raise ConfigError(f"{key}: must be a finite number {bound}" + (f" and <= {hi:g}" if hi is not None else "")
                                   + f", got {value!r}")
+        if self.train.val_every > 1 and self.optim.schedule == "plateau":
+            raise ConfigError("train.val_every: the plateau schedule steps on every epoch's validation; "
+                              "use val_every 1 or another schedule")
         if not isinstance(self.model.get("name"), str):
             raise ConfigError("model.name: missing (a registered model name, see `melgenre models`)")
         from melgenre.models import get_spec

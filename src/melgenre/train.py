@@ -129,6 +129,7 @@ class GenreClassifier(L.LightningModule):
         self.train_loss.reset()
         self.log_dict({k: v for k, v in row.items() if k != "epoch"}, sync_dist=True)
         row |= self._val
+        self._val = {}  # an epoch without validation (train.val_every > 1) gets none in its row
         row["lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"])
         self.history.append(row)
         if self.trainer.is_global_zero:
@@ -213,6 +214,14 @@ def _batches_limit(value: float) -> float | int | None:
     if value == 1.0:
         return None
     return int(value) if value > 1 else value
+
+
+def _train_batches(rows: int, cfg: ExperimentConfig) -> int:
+    """Training batches per epoch (after ``train.limit_train_batches``)."""
+    batches, limit = rows // cfg.data.batch_size, _batches_limit(cfg.train.limit_train_batches)
+    if limit is None:
+        return batches
+    return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
 
 
 def _mode(monitor: str) -> str:
@@ -332,10 +341,11 @@ def fit(cfg: ExperimentConfig, runs_dir: str | Path = "runs", data: str | Path |
         precision=cfg.train.precision, gradient_clip_val=cfg.train.grad_clip or None,
         deterministic=cfg.train.deterministic,
         limit_train_batches=_batches_limit(cfg.train.limit_train_batches),
+        check_val_every_n_epoch=cfg.train.val_every,
         callbacks=[*callbacks, LearningRateMonitor(logging_interval="epoch")], limit_val_batches=None if has_val else 0,
         logger=TensorBoardLogger(save_dir=run_dir, name="tb", version=""),
         enable_progress_bar=progress, enable_model_summary=progress, num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(10, len(dm.rows_for("train")) // cfg.data.batch_size)),
+        log_every_n_steps=max(1, min(10, _train_batches(len(dm.rows_for("train")), cfg))),
     )
     last = ckpt_dir / "last.ckpt"
     started = time.perf_counter()
