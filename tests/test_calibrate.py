@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from melgenre import calibrate, synth, trust
 from melgenre.cli import app
 from melgenre.config import config_from_dict
+from melgenre.errors import MelgenreError
 from melgenre.predict import _softmax, export_onnx_file, forward_outputs, load_model, save_package
 from melgenre.store import prepare
 from melgenre.train import cross_validate
@@ -78,9 +79,18 @@ def test_thresholds_and_auroc():
 
 
 def test_novelty_and_flags():
-    centre = np.zeros(4)
-    windows = np.array([[3.0, 4.0, 0, 0], [0, 0, 0, 1.0]])
-    assert trust.novelty(windows, centre) == pytest.approx(3.0)
+    windows = np.array([[3.0, 4.0, 0, 0], [3.0, 4.0, 0, 2.0]])  # mean (3, 4, 0, 1)
+    centres = trust.class_centres(np.array([[0.0, 0, 0, 0], [0, 0, 0, 2], [3, 4, 0, 3], [3, 4, 0, 5]]),
+                                  np.array([0, 0, 2, 2]))
+    np.testing.assert_allclose(centres, [[0, 0, 0, 1], [3, 4, 0, 4]])  # one row per class present
+    assert trust.novelty(windows, centres) == pytest.approx(3.0)  # the clip mean to the nearest centre
+    assert trust.novelty(windows, centres[:1]) == pytest.approx(5.0)
+    # packages calibrated before class centres: the windows' mean distance to their one centre
+    assert trust.novelty(windows, np.zeros(4), trust.LEGACY_METHOD) == pytest.approx((5.0 + 29 ** 0.5) / 2)
+    with pytest.raises(MelgenreError, match="unknown novelty method 'knn'"):
+        trust.novelty(windows, centres, "knn")
+    with pytest.raises(MelgenreError, match="no training tracks"):
+        trust.class_centres(np.zeros((0, 4)), np.zeros(0))
     card = {"trust": {"unsure_below": 0.5, "not_music_above": 2.0}}
     assert trust.trust_flags(card, 0.9, 1.0, silent=False) == []
     assert trust.trust_flags(card, 0.4, 3.0, silent=False) == ["not_music", "unsure"]
@@ -131,6 +141,7 @@ def test_calibrate_writes_the_card_and_reference(calibrated):
     assert 0 <= cal["ece_after"] <= 1 and 0 <= cal["ece_before"] <= 1 and cal["nll_after"] <= cal["nll_before"] + 1e-9
     assert cal["n"] == tr["n"] > 0
     assert tr["not_music_above"] > 0 and 0 <= tr["false_flag_rate_dev"] <= 0.5
+    assert tr["novelty"] == trust.NOVELTY_METHOD and tr["not_music_rule"].startswith("98th percentile")
     assert 0 <= tr["evaluation"]["auroc_music_vs_nonmusic"] <= 1 and tr["evaluation"]["n_nonmusic"] >= 14
     npz = card_path.with_name("tiny.trust.npz")
     assert tr["reference"]["file"] == npz.name
@@ -142,13 +153,18 @@ def test_calibrate_writes_the_card_and_reference(calibrated):
     assert f"temperature {cal['temperature']:.3f}" in calibrated["output"] and "tiny.trust.npz" in calibrated["output"]
     # the card still loads as a package (round trip) and the reference is found
     model = load_model(card_path)
-    assert model.temperature == cal["temperature"] and model.trust_centre is not None
+    assert model.temperature == cal["temperature"] and model.trust_centres.shape[0] == 3  # one centre per class
+    with np.load(card_path.with_name("tiny.trust.npz")) as npz:
+        np.testing.assert_allclose(npz["centres"], model.trust_centres)
+        music = npz["music_novelty"]
+    # the threshold flags about 2 % of the out-of-fold music (of the few tiny dev clips here: the top one)
+    assert tr["not_music_above"] == pytest.approx(np.quantile(music, 1 - trust.FALSE_FLAG_RATE), abs=1e-6)
 
 
 def test_predictions_use_the_calibrated_probabilities(calibrated):
     card_path, plain = calibrated["card"], calibrated["plain"]
     torch_model, onnx_model, raw = load_model(card_path), load_model(card_path, backend="onnx"), load_model(plain)
-    assert raw.temperature == 1.0 and raw.trust_centre is None
+    assert raw.temperature == 1.0 and raw.trust_centres is None
     clip = synth.synth_clip(1, 3, 4.0, SR, np.random.default_rng(5))
     images, _, _ = torch_model.clip_images(clip)
     logits = forward_outputs(raw._module, images)[0]
@@ -159,7 +175,7 @@ def test_predictions_use_the_calibrated_probabilities(calibrated):
     np.testing.assert_allclose(p_torch.window_probabilities, p_onnx.window_probabilities, atol=1e-4)
     assert p_torch.novelty == pytest.approx(p_onnx.novelty, rel=1e-4) and p_torch.flags == p_onnx.flags
     assert "novelty" in p_torch.to_dict()
-    # an exported ONNX file carries the calibration and the centre
+    # an exported ONNX file carries the calibration and the class centres
     onnx_file = export_onnx_file(card_path, calibrated["root"] / "tiny.onnx")
     from_file = load_model(onnx_file).predict(clip, sr=SR)
     np.testing.assert_allclose(from_file.window_probabilities, p_torch.window_probabilities, atol=1e-4)
@@ -217,6 +233,30 @@ def test_calibrate_errors_are_one_line(calibrated, tmp_path):
         bad.write_bytes(saved)
 
 
+def test_a_package_calibrated_before_class_centres_keeps_its_score(calibrated, tmp_path):
+    """An older package: one centre in its .trust.npz and no trust.novelty in its card. It loads,
+    and its score is the windows' mean distance to that centre, the score its threshold was set on."""
+    import shutil
+
+    old_dir = tmp_path / "old"
+    shutil.copytree(calibrated["card"].parent, old_dir)
+    card_path = old_dir / "tiny.json"
+    card = json.loads(card_path.read_text())
+    with np.load(old_dir / "tiny.trust.npz") as npz:
+        centre, music = npz["centres"].mean(axis=0), npz["music_novelty"]
+    np.savez(old_dir / "tiny.trust.npz", centre=centre, music_novelty=music)
+    del card["trust"]["novelty"]
+    card["trust"]["reference"]["sha256"] = hashlib.sha256((old_dir / "tiny.trust.npz").read_bytes()).hexdigest()
+    card_path.write_text(json.dumps(card))
+    model = load_model(card_path)
+    assert model.trust_centres.shape == (1, centre.shape[0])
+    clip = synth.synth_clip(2, 3, 4.0, SR, np.random.default_rng(6))
+    images, _, _ = model.clip_images(clip)
+    _, emb = model.window_outputs(images)
+    assert model.predict(clip, sr=SR).novelty == pytest.approx(
+        float(np.mean(np.linalg.norm(emb - centre, axis=1))), rel=1e-5)
+
+
 # -- the shipped default model ----------------------------------------------------------------------
 
 def test_default_model_is_calibrated_and_flags_non_music():
@@ -224,7 +264,7 @@ def test_default_model_is_calibrated_and_flags_non_music():
     cal, tr = model.card["calibration"], model.card["trust"]
     assert model.temperature == cal["temperature"] != 1.0 and cal["ece_after"] < cal["ece_before"]
     assert tr["evaluation"]["auroc_music_vs_nonmusic"] >= 0.95 and tr["false_flag_rate_dev"] <= 0.1
-    assert model.trust_centre is not None and model.trust_centre.shape == (1706,)
+    assert model.trust_centres.shape == (10, 1706) and model.card["trust"]["novelty"] == trust.NOVELTY_METHOD
     clips = trust.nonmusic_clips(sr=model.preset.sr, seconds=6.0, with_speech=False)
     for name in ("silence", "noise-white-0", "noise-pink-0", "tone-1000hz"):
         pred = model.predict(clips[name], sr=model.preset.sr, name=name)

@@ -115,7 +115,8 @@ class OutOfFold:
     ``tracks`` (T,) track ids, ``labels`` (T,) their classes, ``fold`` (T,) the fold that scored
     each; ``window_logits`` (N, C), ``window_embeddings`` (N, D) and ``track_index`` (N,) the scored
     windows; ``train_embeddings[k]`` the track-mean embeddings of fold ``k``'s training tracks, from
-    fold ``k``'s model (the reference a scored track is compared with, see :mod:`melgenre.trust`).
+    fold ``k``'s model, and ``train_labels[k]`` their classes (the reference a scored track is
+    compared with, see :mod:`melgenre.trust`).
     """
 
     classes: list[str]
@@ -126,6 +127,7 @@ class OutOfFold:
     window_embeddings: np.ndarray
     track_index: np.ndarray
     train_embeddings: list[np.ndarray]
+    train_labels: list[np.ndarray]
 
 
 def fold_dirs(cv_json: str | Path) -> list[Path]:
@@ -172,6 +174,13 @@ def _track_means(embeddings: np.ndarray, index: np.ndarray) -> np.ndarray:
     return (sums / np.bincount(index, minlength=n)[:, None]).astype(np.float32)
 
 
+def _track_labels(row_labels: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """The class of each track ``0..index.max()`` from its rows' labels."""
+    out = np.zeros(int(index.max()) + 1, dtype=np.int64)
+    out[index] = row_labels
+    return out
+
+
 def oof_outputs(cv_json: str | Path, data: str | Path | None = None, hop: float | None = None) -> OutOfFold:
     """Window logits and embeddings of every out-of-fold track of a cross-validation.
 
@@ -190,7 +199,7 @@ def oof_outputs(cv_json: str | Path, data: str | Path | None = None, hop: float 
     from melgenre.predict import forward_outputs
     from melgenre.train import _load_run
 
-    logits, embs, index, tracks, labels, fold, train_refs = [], [], [], [], [], [], []
+    logits, embs, index, tracks, labels, fold, train_refs, train_labels = [], [], [], [], [], [], [], []
     classes: list[str] | None = None
     for k, run in enumerate(fold_dirs(cv_json)):
         _, _, module, dm = _load_run(run, data=data)
@@ -209,10 +218,11 @@ def oof_outputs(cv_json: str | Path, data: str | Path | None = None, hop: float 
             ids, inverse = np.unique(store.track_id[rows], return_inverse=True)
             if split == "train":
                 train_refs.append(_track_means(emb, inverse))
+                train_labels.append(_track_labels(store.y[rows], inverse))
                 continue
             index.append(inverse + len(tracks))
             tracks += ids.tolist()
-            labels += [int(store.y[rows][inverse == i][0]) for i in range(len(ids))]
+            labels += _track_labels(store.y[rows], inverse).tolist()
             fold += [k] * len(ids)
             logits.append(out)
             embs.append(emb)
@@ -220,7 +230,7 @@ def oof_outputs(cv_json: str | Path, data: str | Path | None = None, hop: float 
         raise MelgenreError(f"{cv_json}: the folds score no tracks")
     return OutOfFold(classes=classes, tracks=np.array(tracks), labels=np.array(labels), fold=np.array(fold),
                      window_logits=np.concatenate(logits), window_embeddings=np.concatenate(embs),
-                     track_index=np.concatenate(index), train_embeddings=train_refs)
+                     track_index=np.concatenate(index), train_embeddings=train_refs, train_labels=train_labels)
 
 
 # -- fitting a package ------------------------------------------------------------------------------
@@ -235,10 +245,11 @@ def _store_of(cv_json: Path, data: str | Path | None) -> Path:
     return Path((cfg.get("data") or {}).get("path", ""))
 
 
-def _package_centre(module: Any, store_path: Path, hop: float | None, card: dict[str, Any]) -> tuple[np.ndarray, int]:
-    """Mean of the training tracks' mean embeddings under the package's own model, and the track count."""
+def _package_centres(module: Any, store_path: Path, hop: float | None, card: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """Class centres of the training tracks' mean embeddings under the package's own model, and the track count."""
     from melgenre.predict import forward_outputs
     from melgenre.store import MelStore
+    from melgenre.trust import class_centres
 
     with MelStore(store_path) as store:
         expected = ((card.get("training") or {}).get("data") or {}).get("input_hash")
@@ -248,21 +259,22 @@ def _package_centre(module: Any, store_path: Path, hop: float | None, card: dict
         rows = np.flatnonzero(predicted_rows(store, hop))
         _, emb = forward_outputs(module, store.images(rows), embeddings=True)
         _, index = np.unique(store.track_id[rows], return_inverse=True)
+        labels = _track_labels(store.y[rows], index)
     tracks = _track_means(emb, index)
-    return tracks.mean(axis=0), len(tracks)
+    return class_centres(tracks, labels), len(tracks)
 
 
 def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path | None = None,
                       plot: str | Path | None = None, report: str | Path | None = None,
-                      nonmusic_seconds: float = 30.0) -> dict[str, Any]:
+                      nonmusic_seconds: float = 30.0, false_flag_rate: float | None = None) -> dict[str, Any]:
     """Fit a package's temperature and trust thresholds on a cross-validation of its recipe; write them into its card.
 
     Steps: out-of-fold window logits and embeddings (:func:`oof_outputs`, at the card's
     ``predict_hop``); the temperature (:func:`fit_temperature`) and the ECE before/after; the
     "unsure" threshold on the calibrated out-of-fold top probabilities
     (:func:`melgenre.trust.unsure_threshold`); the "not music" threshold on the out-of-fold
-    novelty (:func:`melgenre.trust.novelty_threshold`, each fold's tracks against the centre of
-    that fold's training tracks); the package's own centre over all its training tracks, written to
+    novelty (:func:`melgenre.trust.novelty_threshold`, each fold's tracks against the class centres
+    of that fold's training tracks); the package's own class centres over all its training tracks, written to
     ``<stem>.trust.npz``; then the card's ``calibration`` and ``trust`` (both files atomically). Last,
     the generated non-music set (:func:`melgenre.trust.nonmusic_clips`) is predicted with the
     updated package to measure the AUROC of music (out-of-fold) against non-music.
@@ -281,6 +293,9 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
         Write every figure and per-clip score (JSON) there.
     nonmusic_seconds : float
         Length of the generated non-music clips (the GTZAN dev clips are 30 s).
+    false_flag_rate : float, optional
+        Share of the out-of-fold dev clips the "not music" threshold flags (default
+        :data:`melgenre.trust.FALSE_FLAG_RATE`, 0.02).
 
     Returns
     -------
@@ -298,6 +313,9 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
     if Path(package).suffix not in (".json", ".safetensors"):
         raise MelgenreError(f"{package}: calibrate needs a model package .json (export a run with "
                             "`melgenre export --format package` first)")
+    false_flag_rate = trust.FALSE_FLAG_RATE if false_flag_rate is None else false_flag_rate
+    if not 0 < false_flag_rate < 1:
+        raise MelgenreError(f"false flag rate must be between 0 and 1, got {false_flag_rate}")
     module, card = _load_torch(card_path)
     cv_json = Path(cv_json)
     oof = oof_outputs(cv_json, data, card.get("predict_hop"))
@@ -308,10 +326,11 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
     after = track_probabilities(oof.window_logits, oof.track_index, temperature)
     correct = after.argmax(axis=1) == oof.labels
     unsure_below = trust.unsure_threshold(after.max(axis=1), correct)
-    music = np.array([trust.novelty(oof.window_embeddings[oof.track_index == i], oof.train_embeddings[oof.fold[i]].mean(0))
+    fold_centres = [trust.class_centres(e, y) for e, y in zip(oof.train_embeddings, oof.train_labels)]
+    music = np.array([trust.novelty(oof.window_embeddings[oof.track_index == i], fold_centres[oof.fold[i]])
                       for i in range(len(oof.tracks))])
-    not_music_above = trust.novelty_threshold(music)
-    centre, n_reference = _package_centre(module, _store_of(cv_json, data), card.get("predict_hop"), card)
+    not_music_above = trust.novelty_threshold(music, false_flag_rate)
+    centres, n_reference = _package_centres(module, _store_of(cv_json, data), card.get("predict_hop"), card)
 
     source = f"{cv_json.parent.name}/{cv_json.name}"
     calibration = {"temperature": round(temperature, 6), "fitted_on": source,
@@ -322,7 +341,7 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
                    "ece_bins": ECE_BINS, "nll_before": round(nll(before, oof.labels), 6),
                    "nll_after": round(nll(after, oof.labels), 6), "n": len(oof.tracks)}
     buf = io.BytesIO()
-    np.savez(buf, centre=centre.astype(np.float32), music_novelty=music.astype(np.float32))
+    np.savez(buf, centres=centres, music_novelty=music.astype(np.float32))
     reference_bytes = buf.getvalue()
     flagged_unsure = after.max(axis=1) < unsure_below
     trust_card = {
@@ -331,9 +350,10 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
         "unsure_rate_dev": round(float(flagged_unsure.mean()), 6),
         "accuracy_unsure_dev": round(float(correct[flagged_unsure].mean()), 6) if flagged_unsure.any() else None,
         "accuracy_sure_dev": round(float(correct[~flagged_unsure].mean()), 6) if (~flagged_unsure).any() else None,
+        "novelty": trust.NOVELTY_METHOD,
         "not_music_above": round(not_music_above, 6),
-        "not_music_rule": f"{100 * (1 - trust.FALSE_FLAG_RATE):.0f}th percentile of the out-of-fold dev clips' "
-                          "novelty (mean distance of the windows' embeddings to the training tracks' centre)",
+        "not_music_rule": f"{100 * (1 - false_flag_rate):g}th percentile of the out-of-fold dev clips' novelty "
+                          "(distance of the clip's mean embedding to the nearest class centre of the training tracks)",
         "false_flag_rate_dev": round(float(np.mean(music > not_music_above)), 6),
         "fitted_on": source,
         "n": len(oof.tracks),

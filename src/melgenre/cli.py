@@ -805,13 +805,14 @@ def calibrate(
     plot: Path = typer.Option(None, "--plot", help="Write a reliability diagram (PNG) there. Default: none."),
     report: Path = typer.Option(None, "--report", help="Write every figure and per-clip score (JSON) there. Default: none."),
     nonmusic_seconds: float = typer.Option(30.0, "--nonmusic-seconds", min=1.0, help="Length of the generated non-music clips (speech, noise, tones, silence, clicks) the AUROC is measured on. Default: 30 (as the GTZAN clips)."),
+    false_flag_rate: float = typer.Option(0.02, "--false-flag-rate", min=0.001, max=0.5, help="Share of the out-of-fold dev clips (music) the 'not music' threshold flags: lower flags less music and catches less non-music. Default: 0.02."),
 ) -> None:
     """Calibrate a package's probabilities and set its "unsure" / "not music" thresholds on out-of-fold predictions."""
     from melgenre.calibrate import calibrate_package
 
     _quiet_lightning()
     result = calibrate_package(package, cv_result, data=data, plot=plot, report=report,
-                               nonmusic_seconds=nonmusic_seconds)
+                               nonmusic_seconds=nonmusic_seconds, false_flag_rate=false_flag_rate)
     c, t, e = result["calibration"], result["trust"], result["evaluation"]
     say(f"temperature {c['temperature']:.3f} on {c['n']} out-of-fold tracks ({c['fitted_on']}): "
         f"ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f} ({c['ece_after_cross_fitted']:.3f} cross-fitted over the folds; {c['ece_bins']} bins)")

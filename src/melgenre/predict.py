@@ -240,7 +240,7 @@ class GenreModel:
         #: Window logits are divided by it before the softmax (the card's calibration; 1 without one).
         self.temperature = float((card.get("calibration") or {}).get("temperature", 1.0))
         #: Centre of the training tracks' embeddings for the "not music" score (melgenre.trust); None: unknown.
-        self.trust_centre: np.ndarray | None = None
+        self.trust_centres: np.ndarray | None = None
         self.backend = "torch" if module is not None else "onnx"
         self._module = channels_last(module.eval()) if module is not None else None
         self._session = session
@@ -278,11 +278,11 @@ class GenreModel:
     def window_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`predict_images`'s probabilities and, from the same forward pass, the images'
         embeddings (:meth:`embed_images`) when the "not music" score can use them (a stored
-        :attr:`trust_centre`, and with ONNX a graph with an ``embedding`` output), else None."""
+        :attr:`trust_centres`, and with ONNX a graph with an ``embedding`` output), else None."""
         if self._module is not None:
-            logits, emb = forward_outputs(self._module, images, embeddings=self.trust_centre is not None)
+            logits, emb = forward_outputs(self._module, images, embeddings=self.trust_centres is not None)
         else:
-            names = ["logits"] + (["embedding"] if self.trust_centre is not None and self._has_embedding else [])
+            names = ["logits"] + (["embedding"] if self.trust_centres is not None and self._has_embedding else [])
             x = np.ascontiguousarray(np.asarray(images, dtype=np.float32)[:, None])
             out = [self._session.run(names, {"mel": x[i:i + BATCH_SIZE]}) for i in range(0, len(x), BATCH_SIZE)]
             logits = np.concatenate([o[0] for o in out]) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
@@ -378,11 +378,12 @@ class GenreModel:
         "not_music" flags follow the card's ``trust`` thresholds (:func:`melgenre.trust.trust_flags`);
         "not_music" needs ``window_embeddings`` (from :meth:`window_outputs`) except for silent clips.
         """
-        from melgenre.trust import novelty, trust_flags
+        from melgenre.trust import LEGACY_METHOD, novelty, trust_flags
 
         ranked = _ranked(self.classes, window_probs, top_k)
-        score = (novelty(window_embeddings, self.trust_centre)
-                 if window_embeddings is not None and self.trust_centre is not None and len(window_embeddings) else None)
+        method = (self.card.get("trust") or {}).get("novelty", LEGACY_METHOD)
+        score = (novelty(window_embeddings, self.trust_centres, method)
+                 if window_embeddings is not None and self.trust_centres is not None and len(window_embeddings) else None)
         return Prediction(
             source=source,
             **ranked,
@@ -575,9 +576,9 @@ class _WithEmbedding(nn.Module):
         return logits, captured[0]
 
 
-def _write_onnx(module: nn.Module, card: dict[str, Any], path: Path, centre: np.ndarray | None = None) -> None:
-    """Export ``module`` to ``path`` with the card (and a "not music" ``centre``, if any) in the ONNX
-    metadata; the graph outputs ``logits`` and ``embedding`` (the last linear layer's input)."""
+def _write_onnx(module: nn.Module, card: dict[str, Any], path: Path, centres: np.ndarray | None = None) -> None:
+    """Export ``module`` to ``path`` with the card (and the "not music" ``centres`` (K, D), if any) in the
+    ONNX metadata; the graph outputs ``logits`` and ``embedding`` (the last linear layer's input)."""
     import base64
 
     import onnx
@@ -589,8 +590,10 @@ def _write_onnx(module: nn.Module, card: dict[str, Any], path: Path, centre: np.
     proto = onnx.load(str(path))
     props = {"melgenre_card": json.dumps(card), "classes": json.dumps(card["classes"]),
              "preset": json.dumps(card["preset"])}
-    if centre is not None:
-        props["melgenre_trust_centre"] = base64.b64encode(np.asarray(centre, dtype="<f4").tobytes()).decode()
+    if centres is not None:
+        centres = np.atleast_2d(np.asarray(centres, dtype="<f4"))
+        props["melgenre_trust_centres"] = base64.b64encode(centres.tobytes()).decode()
+        props["melgenre_trust_dim"] = str(centres.shape[1])
     for key, value in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -622,10 +625,13 @@ def _from_onnx(path: Path, hop: float | None = None) -> GenreModel:
     except json.JSONDecodeError:
         raise MelgenreError(f"{path}: the melgenre card in the ONNX metadata is not valid JSON") from None
     model = GenreModel(_check_card(path, card), session=session, hop=hop)
-    if "melgenre_trust_centre" in meta:
-        import base64
+    import base64
 
-        model.trust_centre = np.frombuffer(base64.b64decode(meta["melgenre_trust_centre"]), dtype="<f4").copy()
+    if "melgenre_trust_centres" in meta:
+        values = np.frombuffer(base64.b64decode(meta["melgenre_trust_centres"]), dtype="<f4")
+        model.trust_centres = values.reshape(-1, int(meta["melgenre_trust_dim"])).copy()
+    elif "melgenre_trust_centre" in meta:  # exported before class centres: one centre
+        model.trust_centres = np.frombuffer(base64.b64decode(meta["melgenre_trust_centre"]), dtype="<f4")[None].copy()
     return model
 
 
@@ -711,7 +717,7 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
             raise MelgenreError(f"{path}: an ONNX model runs only with the onnx backend")
         return _from_onnx(path, hop)
     module, card = _load_torch(path)
-    centre = _trust_centre(path, card)
+    centres = _trust_centres(path, card)
     if backend == "torch":
         model = GenreModel(card, module=module, hop=hop)
     else:
@@ -719,18 +725,18 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
             onnx_path = Path(tmp) / "model.onnx"
             _write_onnx(module, card, onnx_path)
             model = GenreModel(card, session=_onnx_session(onnx_path.read_bytes(), str(path)), hop=hop)
-    model.trust_centre = centre
+    model.trust_centres = centres
     return model
 
 
-def _trust_centre(path: Path, card: dict[str, Any]) -> np.ndarray | None:
-    """The "not music" centre stored beside a package (see :mod:`melgenre.trust`); None for other sources."""
+def _trust_centres(path: Path, card: dict[str, Any]) -> np.ndarray | None:
+    """The "not music" class centres (K, D) stored beside a package (see :mod:`melgenre.trust`); None for other sources."""
     if path.suffix not in (".json", ".safetensors"):
         return None
     from melgenre.trust import load_reference
 
     reference = load_reference(path.with_suffix(".json"), card)
-    return None if reference is None else reference["centre"]
+    return None if reference is None else reference["centres"]
 
 
 # -- writing models ----------------------------------------------------------------------------
@@ -853,10 +859,10 @@ def export_onnx_file(source: str | Path, out: str | Path, int8_calibration: Sequ
     module, card = _load_torch(path)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    centre = _trust_centre(path, card)
+    centres = _trust_centres(path, card)
     if not int8_calibration:
         with atomic_path(out) as tmp:
-            _write_onnx(module, card, tmp, centre=centre)
+            _write_onnx(module, card, tmp, centres=centres)
         return out
     from melgenre.models import quantize_int8
     from melgenre.models.export import INT8_METHOD
@@ -867,7 +873,7 @@ def export_onnx_file(source: str | Path, out: str | Path, int8_calibration: Sequ
                              "calibration_windows": sum(len(w) for w in windows)}}
     with tempfile.TemporaryDirectory(prefix="melgenre-onnx-") as tmp, atomic_path(out) as part:
         float_path = Path(tmp) / "model.onnx"
-        _write_onnx(module, card, float_path, centre=centre)
+        _write_onnx(module, card, float_path, centres=centres)
         quantize_int8(float_path, part, (w[:, None] for w in windows))
     return out
 

@@ -7,15 +7,19 @@ Two scores, both documented in docs/model-card.md:
   :func:`unsure_threshold`: the largest top probability below which the predictions are right less
   than half of the time (the genre shown is then more likely wrong than right).
 * **not music**: :func:`novelty` of the clip's embeddings (the model's penultimate features, one per
-  window): the mean over the clip's windows of the Euclidean distance to the centre (mean) of the
-  training tracks' embeddings, stored with the package (``<stem>.trust.npz``, written by
-  :func:`melgenre.calibrate.calibrate_package`). Flagged above the card's
-  ``trust.not_music_above``, chosen by :func:`novelty_threshold` as the 95th percentile of the
+  window): the Euclidean distance of the clip's mean embedding to the nearest **class centre**
+  (the mean embedding of each genre's training tracks; Lee et al. 2018's class-conditional
+  distance with the head's per-dimension standardisation), the centres stored with the package
+  (``<stem>.trust.npz``, written by :func:`melgenre.calibrate.calibrate_package`). Flagged above the
+  card's ``trust.not_music_above``, chosen by :func:`novelty_threshold` as the 98th percentile of the
   out-of-fold dev clips' scores (each scored by the fold model that did not train on it, against
-  that fold's training tracks): a false-flag rate of about 5 % on music like the training music.
-  A silent clip is always "not music". Without a stored centre (an old package, a run directory,
-  or an ONNX file exported before its graph had an ``embedding`` output) "not music" is set for
-  silent clips only, and "unsure" still applies. ONNX files carry the centre in their metadata.
+  that fold's training tracks): a false-flag rate of about 2 % on music like the training music,
+  by artists the model has not heard. A silent clip is always "not music". Packages calibrated
+  before melgenre 0.x had one centre of all training tracks and scored the windows' mean distance to
+  it (card ``trust.novelty`` absent: :data:`LEGACY_METHOD`); they keep that score. Without stored
+  centres (an old package, a run directory, or an ONNX file exported before its graph had an
+  ``embedding`` output) "not music" is set for silent clips only, and "unsure" still applies. ONNX
+  files carry the centres in their metadata.
 
 The non-music evaluation set (:func:`nonmusic_clips`) is generated, never downloaded: speech from
 ``espeak-ng`` (when installed), white/pink/brown noise, sine tones, silence and click trains.
@@ -34,7 +38,14 @@ import numpy as np
 from melgenre.errors import MelgenreError
 
 #: Out-of-fold false-flag rate :func:`novelty_threshold` aims at.
-FALSE_FLAG_RATE = 0.05
+FALSE_FLAG_RATE = 0.02
+
+#: The "not music" score of packages calibrated now (card ``trust.novelty``): the clip's mean
+#: embedding's distance to the nearest class centre.
+NOVELTY_METHOD = "nearest-class-centre"
+#: The score of packages calibrated before (no ``trust.novelty`` in the card): the windows' mean
+#: distance to the one centre of all training tracks.
+LEGACY_METHOD = "centre"
 
 #: Sentences spoken by espeak-ng for the speech part of :func:`nonmusic_clips` (voice, text).
 SPEECH = [
@@ -120,12 +131,29 @@ def nonmusic_clips(sr: int = 16000, seconds: float = 30.0, seed: int = 0,
 
 # -- scores and thresholds -----------------------------------------------------------------------
 
-def novelty(window_embeddings: np.ndarray, centre: np.ndarray) -> float:
-    """How unlike the training tracks a clip is: the mean over its windows ``(W, D)`` of the
-    Euclidean distance of the window's embedding to ``centre`` ``(D,)``, the mean of the training
-    tracks' embeddings."""
-    diff = np.asarray(window_embeddings, dtype=np.float64) - np.asarray(centre, dtype=np.float64)
-    return float(np.mean(np.linalg.norm(diff, axis=1)))
+def novelty(window_embeddings: np.ndarray, centres: np.ndarray, method: str = NOVELTY_METHOD) -> float:
+    """How unlike the training tracks a clip is, from its windows' embeddings ``(W, D)``.
+
+    ``nearest-class-centre``: the Euclidean distance of the windows' mean to the nearest row of
+    ``centres`` ``(K, D)`` (:func:`class_centres`). ``centre`` (packages calibrated before it): the
+    mean over the windows of the distance to ``centres``' one row (the training tracks' mean).
+    A ``(D,)`` centre is read as one row.
+    """
+    windows = np.asarray(window_embeddings, dtype=np.float64)
+    centres = np.atleast_2d(np.asarray(centres, dtype=np.float64))
+    if method == LEGACY_METHOD:
+        return float(np.mean(np.linalg.norm(windows - centres[0], axis=1)))
+    if method != NOVELTY_METHOD:
+        raise MelgenreError(f"unknown novelty method {method!r} (a card from a newer melgenre?)")
+    return float(np.min(np.linalg.norm(windows.mean(axis=0) - centres, axis=1)))
+
+
+def class_centres(track_embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The mean track embedding of every class present in ``labels``, ``(K, D)`` float32 (class order)."""
+    emb, labels = np.asarray(track_embeddings, dtype=np.float64), np.asarray(labels)
+    if len(emb) == 0:
+        raise MelgenreError("class centres: no training tracks")
+    return np.stack([emb[labels == c].mean(axis=0) for c in np.unique(labels)]).astype(np.float32)
 
 
 def novelty_threshold(music_scores: np.ndarray, false_flag_rate: float = FALSE_FLAG_RATE) -> float:
@@ -176,7 +204,7 @@ def trust_flags(card: dict[str, Any], top_prob: float, novelty_score: float | No
     return flags
 
 
-#: Suffix of the side file beside a package's card that holds the training embeddings' centre.
+#: Suffix of the side file beside a package's card that holds the training embeddings' class centres.
 REFERENCE_SUFFIX = ".trust.npz"
 
 
@@ -187,9 +215,10 @@ def reference_path(card_path: str | Path) -> Path:
 
 
 def load_reference(card_path: str | Path, card: dict[str, Any]) -> dict[str, np.ndarray] | None:
-    """The arrays of a package's ``<stem>.trust.npz``: ``centre`` (D,), the centre of the training
-    tracks' embeddings, and ``music_novelty`` (T,), the out-of-fold novelty of the dev clips the
-    thresholds were chosen on. None when the card has no ``trust.reference`` (an old package) or the
+    """The arrays of a package's ``<stem>.trust.npz``: ``centres`` (K, D), the class centres of the
+    training tracks' embeddings (one row, the centre of all, in a package calibrated before class
+    centres), and ``music_novelty`` (T,), the out-of-fold novelty of the dev clips the thresholds
+    were chosen on. None when the card has no ``trust.reference`` (an old package) or the
     file is missing (the "not music" score then falls back to silence only).
 
     Raises
@@ -210,7 +239,10 @@ def load_reference(card_path: str | Path, card: dict[str, Any]) -> dict[str, np.
     if hashlib.sha256(data).hexdigest() != reference.get("sha256"):
         raise MelgenreError(f"{path}: does not match the card's trust.reference (sha256)")
     with np.load(io.BytesIO(data)) as npz:
-        return {k: npz[k].astype(np.float32) for k in npz.files}
+        arrays = {k: npz[k].astype(np.float32) for k in npz.files}
+    if "centres" not in arrays and "centre" in arrays:
+        arrays["centres"] = arrays.pop("centre")[None]
+    return arrays
 
 
 def evaluate_package(card_path: str | Path | None = None, music_novelty: np.ndarray | None = None,
@@ -233,7 +265,7 @@ def evaluate_package(card_path: str | Path | None = None, music_novelty: np.ndar
     card_path = Path(card_path) if card_path is not None else default_model_path()
     model = load_model(card_path)
     reference = load_reference(card_path.with_suffix(".json"), model.card)
-    if reference is None or model.trust_centre is None:
+    if reference is None or model.trust_centres is None:
         raise MelgenreError(f"{card_path}: no trust reference; run `melgenre calibrate` on the package first")
     music = reference["music_novelty"] if music_novelty is None else np.asarray(music_novelty)
     clips = nonmusic_clips(sr=model.preset.sr, seconds=seconds, with_speech=with_speech)
