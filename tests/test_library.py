@@ -169,6 +169,31 @@ def test_resume_skips_unchanged_and_redoes_changed_failed_and_other_model(tiny_c
     assert set(read_results(out)["model_id"]) == {fourth.model_id}
 
 
+def test_a_recalibrated_model_redoes_every_file(tiny_card, songs, tmp_path):
+    """The same weights (model id) with another calibration give other probabilities and flags:
+    the database's meta notices it and every file is predicted again, once."""
+    import shutil
+
+    out = tmp_path / "r.sqlite"
+    first = predict_library([songs], out, model=tiny_card, workers=0, progress=False)
+    other = tmp_path / "recal"
+    shutil.copytree(tiny_card.parent, other, ignore=shutil.ignore_patterns("clips", "runs", "*.h5"))
+    card = json.loads((other / tiny_card.name).read_text())
+    card["calibration"] = {"temperature": 3.0}
+    (other / tiny_card.name).write_text(json.dumps(card))
+    recal = load_model(other / tiny_card.name)
+    assert recal.model_id == first.model_id and recal.calibration_id != load_model(tiny_card).calibration_id
+    second = predict_library([songs], out, model=other / tiny_card.name, workers=0, progress=False)
+    assert second.recalibrated and (second.skipped, second.predicted) == (0, 12) and not first.recalibrated
+    rows = read_results(out).set_index("path")
+    key = str((songs / "class00" / "class00.00000.wav").resolve())
+    assert rows.loc[key, "confidence"] == pytest.approx(recal.predict(key).top[0][1], abs=1e-5)
+    with closing(sqlite3.connect(out)) as db:
+        assert dict(db.execute("SELECT key, value FROM meta").fetchall())["calibration_id"] == recal.calibration_id
+    third = predict_library([songs], out, model=other / tiny_card.name, workers=0, progress=False)
+    assert not third.recalibrated and third.skipped == 11  # (the broken file is retried)
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_line_formats_resume_and_tolerate_a_torn_last_line(tiny_card, songs, tmp_path, suffix):
     out = tmp_path / f"r{suffix}"

@@ -700,6 +700,9 @@ def _library_summary(report) -> None:
     for genre, n in report.per_genre.items():
         table.add_row(escape(genre), str(n))
     console.print(table)
+    if report.recalibrated:
+        say(f"model {report.model_id} was recalibrated since the last run into {report.out}: its probabilities "
+            "and flags changed, so every file was predicted again")
     say(f"{report.files} files: {report.predicted} predicted this run ({len(report.failed)} failed), "
         f"{report.skipped} unchanged since an earlier run; {report.seconds:.1f} s"
         + (f", {report.files_per_s:.1f} files/s" if report.predicted else ""))

@@ -52,7 +52,8 @@ SCHEMA_VERSION = "1"
 COLUMNS = ("path", "size", "mtime", "sha256", "model_id", "label", "confidence", "probabilities", "flags",
            "duration", "error", "finished_at")
 
-#: The SQLite schema (``meta`` holds schema_version, model_id, classes (JSON list), melgenre_version).
+#: The SQLite schema (``meta`` holds schema_version, model_id, calibration_id, classes (JSON list),
+#: melgenre_version).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS results (
@@ -146,13 +147,23 @@ class _SqliteSink:
                 self.db.close()
                 raise MelgenreError(f"{path}: results schema version {version[0] if version else '?'}, "
                                     f"this melgenre reads version {SCHEMA_VERSION}")
+        #: The previous run's model id and calibration id (meta), None for a new database.
+        self.previous: tuple[str | None, str | None] | None = None
+        if "meta" in tables:
+            meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+            self.previous = (meta.get("model_id"), meta.get("calibration_id", ""))
         if model is not None:
             self.db.execute("PRAGMA journal_mode=WAL")  # readers (melgenre tag) do not block the job
             with self.db:
                 self.db.executescript(SCHEMA)
                 self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
                     ("schema_version", SCHEMA_VERSION), ("model_id", model.model_id),
+                    ("calibration_id", model.calibration_id),
                     ("classes", json.dumps(model.classes)), ("melgenre_version", __version__)])
+
+    def recalibrated(self, model: GenreModel) -> bool:
+        """Whether the previous run used the same weights with another calibration (its rows' probabilities and flags are stale)."""
+        return self.previous is not None and self.previous[0] == model.model_id and self.previous[1] != model.calibration_id
 
     def rows(self) -> list[dict[str, Any]]:
         try:
@@ -410,6 +421,7 @@ class LibraryReport:
     seconds: float
     superseded: int = 0  # rows of changed, failed or other-model files that this run replaced
     load_seconds: float = 0.0  # of ``seconds``: loading the model (and exporting it to ONNX)
+    recalibrated: bool = False  # the database's rows came from the same weights with another calibration
 
     @property
     def files_per_s(self) -> float:
@@ -477,6 +489,9 @@ def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | P
     sink = _open(out, genre_model)
     try:
         previous = {r["path"]: r for r in sink.rows()}
+        recalibrated = isinstance(sink, _SqliteSink) and sink.recalibrated(genre_model)
+        if recalibrated:  # the same weights, other probabilities and flags: no row is current
+            previous = {path: {**row, "model_id": None} for path, row in previous.items()}
         stats: dict[str, os.stat_result] = {}
         for f in files:
             try:
@@ -486,7 +501,8 @@ def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | P
         todo = [f for f in files if not _unchanged(previous.get(f), stats.get(f), genre_model.model_id)]
         report = LibraryReport(out=out, model_id=genre_model.model_id, backend=genre_model.backend, files=len(files),
                                skipped=len(files) - len(todo), predicted=0, failed=[], per_genre={}, seconds=0.0,
-                               superseded=sum(f in previous for f in todo), load_seconds=load_seconds)
+                               superseded=sum(f in previous for f in todo), load_seconds=load_seconds,
+                               recalibrated=recalibrated)
         labels = {f: previous[f]["label"] for f in files if f not in todo}
         if todo:
             if ray is not None:

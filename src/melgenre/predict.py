@@ -239,11 +239,18 @@ class GenreModel:
         self.model_id: str = card["model_id"]
         #: Window logits are divided by it before the softmax (the card's calibration; 1 without one).
         self.temperature = float((card.get("calibration") or {}).get("temperature", 1.0))
-        #: Centre of the training tracks' embeddings for the "not music" score (melgenre.trust); None: unknown.
+        #: Class centres of the training tracks' embeddings for the "not music" score (melgenre.trust); None: unknown.
         self.trust_centres: np.ndarray | None = None
         self.backend = "torch" if module is not None else "onnx"
         self._module = channels_last(module.eval()) if module is not None else None
         self._session = session
+
+    @property
+    def calibration_id(self) -> str:
+        """12 hex digits of the card's ``calibration`` and ``trust`` entries: the same weights (model
+        id) recalibrated give other probabilities and flags ("" for an uncalibrated model)."""
+        parts = {k: self.card[k] for k in ("calibration", "trust") if k in self.card}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12] if parts else ""
 
     def __repr__(self) -> str:
         return (f"GenreModel({self.model_id!r}, backend={self.backend!r}, preset={self.preset.name!r}, "
