@@ -15,7 +15,7 @@ Two scores, both documented in docs/model-card.md:
   out-of-fold dev clips' scores (each scored by the fold model that did not train on it, against
   that fold's training tracks): a false-flag rate of about 2 % on music like the training music,
   by artists the model has not heard. A silent clip is always "not music". Packages calibrated
-  before melgenre 0.x had one centre of all training tracks and scored the windows' mean distance to
+  before class centres had one centre of all training tracks and scored the windows' mean distance to
   it (card ``trust.novelty`` absent: :data:`LEGACY_METHOD`); they keep that score. Without stored
   centres (an old package, a run directory, or an ONNX file exported before its graph had an
   ``embedding`` output) "not music" is set for silent clips only, and "unsure" still applies. ONNX
