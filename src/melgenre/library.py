@@ -141,17 +141,15 @@ class _SqliteSink:
             self.db.close()
             raise MelgenreError(f"{path}: not a melgenre results database (an SQLite database without "
                                 f"its meta and results tables)")
+        #: The previous run's ``meta`` (model_id, calibration_id, ...); empty for a new database.
+        self.previous: dict[str, str] = {}
         if "meta" in tables:
-            version = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if version is None or version[0] != SCHEMA_VERSION:
+            self.previous = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+            version = self.previous.get("schema_version")
+            if version != SCHEMA_VERSION:
                 self.db.close()
-                raise MelgenreError(f"{path}: results schema version {version[0] if version else '?'}, "
+                raise MelgenreError(f"{path}: results schema version {version or '?'}, "
                                     f"this melgenre reads version {SCHEMA_VERSION}")
-        #: The previous run's model id and calibration id (meta), None for a new database.
-        self.previous: tuple[str | None, str | None] | None = None
-        if "meta" in tables:
-            meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
-            self.previous = (meta.get("model_id"), meta.get("calibration_id", ""))
         if model is not None:
             self.db.execute("PRAGMA journal_mode=WAL")  # readers (melgenre tag) do not block the job
             with self.db:
@@ -163,7 +161,8 @@ class _SqliteSink:
 
     def recalibrated(self, model: GenreModel) -> bool:
         """Whether the previous run used the same weights with another calibration (its rows' probabilities and flags are stale)."""
-        return self.previous is not None and self.previous[0] == model.model_id and self.previous[1] != model.calibration_id
+        return (self.previous.get("model_id") == model.model_id
+                and self.previous.get("calibration_id", "") != model.calibration_id)
 
     def rows(self) -> list[dict[str, Any]]:
         try:
@@ -489,16 +488,16 @@ def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | P
     sink = _open(out, genre_model)
     try:
         previous = {r["path"]: r for r in sink.rows()}
+        # the same weights recalibrated: other probabilities and flags, so no row is current
         recalibrated = isinstance(sink, _SqliteSink) and sink.recalibrated(genre_model)
-        if recalibrated:  # the same weights, other probabilities and flags: no row is current
-            previous = {path: {**row, "model_id": None} for path, row in previous.items()}
         stats: dict[str, os.stat_result] = {}
         for f in files:
             try:
                 stats[f] = os.stat(f)
             except OSError:
                 pass
-        todo = [f for f in files if not _unchanged(previous.get(f), stats.get(f), genre_model.model_id)]
+        todo = [f for f in files
+                if recalibrated or not _unchanged(previous.get(f), stats.get(f), genre_model.model_id)]
         report = LibraryReport(out=out, model_id=genre_model.model_id, backend=genre_model.backend, files=len(files),
                                skipped=len(files) - len(todo), predicted=0, failed=[], per_genre={}, seconds=0.0,
                                superseded=sum(f in previous for f in todo), load_seconds=load_seconds,
