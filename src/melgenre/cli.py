@@ -513,7 +513,8 @@ def table(
 # -- prediction and export ---------------------------------------------------------------------
 
 _MODEL_HELP = ("Model: a run directory, a .ckpt, a package .json/.safetensors, an exported .onnx, or a shipped "
-               "model by name: default (musicnn-linear-aug) or melcnn (the fast from-scratch CNN). Default: the "
+               "model by name: default (the pretrained musicnn tagger with a genre head; `melgenre models` and "
+               "docs/model-card.md say which recipe) or melcnn (the fast from-scratch CNN). Default: the "
                "installed default model (melgenre/weights/default.json).")
 
 

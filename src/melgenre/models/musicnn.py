@@ -201,7 +201,8 @@ class _Tagger(nn.Module):
             # a buffer in the state dict: the prior is part of the weights (and of the model id)
             self.register_buffer("prior_map", prior_map(tag_prior, classes, self.tags, num_classes))
         self.freeze = freeze
-        if pretrained is not None:
+        # on the meta device (parameter counts) there is nothing to load the weights into
+        if pretrained is not None and not self.head.fc.weight.is_meta:
             from safetensors.torch import load_file
 
             path = resources.files("melgenre.weights").joinpath(weights_file(self.arch, pretrained))
