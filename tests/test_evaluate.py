@@ -119,7 +119,8 @@ def test_track_aggregation_fixes_chunk_errors():
     assert result["track"]["n"] == 2 and result["track"]["accuracy"] == 1.0
     assert result["track"]["confusion"] == [[1, 0], [0, 1]]
     unchunked = evaluate.evaluate_predictions(probs, y, np.array([f"t{i}" for i in range(6)]), ["a", "b"])
-    assert unchunked["chunk"] == unchunked["track"]
+    assert unchunked["chunk"] == {k: v for k, v in unchunked["track"].items() if k != "intervals"}
+    assert result["track"]["intervals"]["accuracy"] == [1.0, 1.0] and "intervals" not in result["chunk"]
 
 
 def write_history(path: Path) -> Path:
@@ -198,6 +199,9 @@ def test_write_report(tmp_path, results):
             m = results[split][level]
             assert (f"| {split} | {level} | {m['n']} | {m['accuracy']:.3f} | {m['macro_precision']:.3f} "
                     f"| {m['macro_recall']:.3f} | {m['macro_f1']:.3f} |") in text
+        ci = results[split]["track"]["intervals"]
+        assert (f"95% bootstrap intervals, {split}, track level" in text
+                and f"accuracy [{ci['accuracy'][0]:.3f}, {ci['accuracy'][1]:.3f}]" in text)
     assert "## Per class (test, track level)" in text
     assert "| class | precision | recall | F1 | support |" in text
     assert "trained 3 epochs" in text
@@ -233,3 +237,66 @@ def test_pooled_metrics_balanced_against_a_hand_computed_matrix():
     assert even["balanced"]["accuracy"] == pytest.approx(even["accuracy"]) == pytest.approx(5 / 8)
     assert even["balanced"]["macro_precision"] == pytest.approx(even["macro_precision"])
     assert even["balanced"]["macro_f1"] == pytest.approx(even["macro_f1"])
+
+
+def test_confusion_scores_match_compute_metrics():
+    """The vectorised scores behind the intervals are compute_metrics' figures, matrix by matrix."""
+    rng = np.random.default_rng(3)
+    matrices = []
+    for n_classes in (2, 4, 7):
+        y = rng.integers(0, n_classes, 60)
+        pred = np.where(rng.random(60) < 0.6, y, rng.integers(0, n_classes, 60))
+        y[:3] = 0  # every matrix has a class 0 row, and some classes may be missing or never predicted
+        m = evaluate.compute_metrics(np.eye(n_classes)[pred], y, [f"c{i}" for i in range(n_classes)])
+        scores = evaluate.confusion_scores(np.array(m["confusion"]))
+        for key in evaluate.INTERVAL_METRICS:
+            assert float(scores[key]) == pytest.approx(m[key], abs=1e-6), (n_classes, key)
+        matrices.append(m["confusion"])
+    stacked = evaluate.confusion_scores(np.array([matrices[1], matrices[1]]))
+    assert stacked["accuracy"].shape == (2,)
+
+
+def test_bootstrap_intervals():
+    """Intervals bracket the figure, are reproducible, narrow with more tracks, match the binomial
+    spread of one class's recall, and are degenerate for a perfect classifier."""
+    confusion = [[14, 4, 2], [3, 5, 0], [1, 1, 6]]
+    ci = evaluate.bootstrap_intervals(confusion)
+    point = evaluate.confusion_scores(np.array(confusion))
+    assert ci["level"] == 0.95 and ci["samples"] == evaluate.BOOTSTRAP_SAMPLES
+    for key in evaluate.INTERVAL_METRICS:
+        low, high = ci[key]
+        assert low < float(point[key]) < high, key
+    assert evaluate.bootstrap_intervals(confusion) == ci  # seeded
+    assert evaluate.bootstrap_intervals(confusion, seed=1) != ci
+    tenfold = evaluate.bootstrap_intervals(np.array(confusion) * 10)
+    for key in evaluate.INTERVAL_METRICS:
+        assert tenfold[key][1] - tenfold[key][0] < 0.5 * (ci[key][1] - ci[key][0]), key
+    # one class scored 100 times, 70 right: recall's spread is the binomial one, ±1.96·sqrt(.7·.3/100)
+    one = evaluate.bootstrap_intervals([[70, 30], [0, 0]])
+    half_width = 1.96 * np.sqrt(0.7 * 0.3 / 100)
+    assert one["balanced_accuracy"] == pytest.approx([0.7 - half_width, 0.7 + half_width], abs=0.02)
+    assert evaluate.bootstrap_intervals([[5, 0], [0, 3]])["accuracy"] == [1.0, 1.0]
+    # rows= restricts the balanced accuracy to those classes: class 2 alone is 6 of 8 right
+    assert evaluate.confusion_scores(np.array(confusion), rows=[2])["balanced_accuracy"] == pytest.approx(0.75)
+    assert evaluate.with_interval(0.7182, [0.65, 0.781]) == "0.718 [0.650, 0.781]"
+    assert evaluate.with_interval(0.7182, None) == "0.718"
+
+
+def test_pooled_metrics_of_the_classes_every_fold_learnt():
+    """A class scored in a fold that never trained on it (GTZAN dev: country, all in one part) is
+    left out of the 'learnable' balanced accuracy, which gets its own interval."""
+    classes = ["a", "b", "c", "d"]
+    fold1 = [[5, 1, 0, 0], [1, 1, 0, 0], [2, 3, 6, 1], [0, 0, 0, 0]]
+    fold2 = [[3, 1, 0, 0], [0, 2, 0, 0], [2, 2, 4, 0], [0, 0, 0, 0]]
+    scored = np.sum([fold1, fold2], axis=(0, 2))
+    learnable = evaluate.learnable_classes(classes, scored, [[], ["c"]])
+    assert learnable == ["a", "b"]  # c untrained in fold 1, d never scored
+    metrics = evaluate.pooled_metrics([fold1, fold2], classes, learnable)
+    assert metrics["learnable"]["classes"] == ["a", "b"]
+    assert metrics["learnable"]["balanced_accuracy"] == pytest.approx((8 / 10 + 3 / 4) / 2)
+    low, high = metrics["learnable"]["interval"]
+    assert low < metrics["learnable"]["balanced_accuracy"] < high
+    assert metrics["balanced_accuracy"] == pytest.approx((8 / 10 + 3 / 4 + 10 / 20) / 3)
+    assert "learnable" not in evaluate.pooled_metrics([fold1, fold2], classes)
+    assert metrics["intervals"]["balanced_accuracy"][0] < metrics["balanced_accuracy"] < metrics["intervals"][
+        "balanced_accuracy"][1]

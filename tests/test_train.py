@@ -251,6 +251,11 @@ def test_artist_disjoint_cross_validation(gtzan_like_store, tmp_path):
     md = (tmp_path / "cv" / "cv-groups-last.md").read_text()
     assert "artist-disjoint (fault-filtered groups)" in md and "| 2 | fault_filtered part test | 6 |" in md
     assert "2 tracks outside every group" in md
+    ci = pooled["intervals"]  # bootstrap intervals over the pooled tracks, in the JSON and the markdown
+    assert ci["level"] == 0.95 and ci["accuracy"][0] - 1e-6 <= pooled["accuracy"] <= ci["accuracy"][1] + 1e-6
+    assert (f"balanced accuracy {pooled['balanced_accuracy']:.3f} [{ci['balanced_accuracy'][0]:.3f}, "
+            f"{ci['balanced_accuracy'][1]:.3f}]") in md
+    assert "learnable" not in pooled and "classes every fold trained on" not in md  # every fold trained every class
     assert not (tmp_path / "cv" / "cv-last.json").exists() and not list((tmp_path / "cv").glob("fold*"))
 
     # the CLI reuses the finished folds and names the protocol

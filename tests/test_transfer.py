@@ -172,6 +172,8 @@ def test_fusion_of_cross_validations(emb_store, tmp_path):
                                       "--out", str(tmp_path / "f.json")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "f.json").read_text())["pooled"]["n"] == a["pooled"]["n"]
+    ci = both["pooled"]["intervals"]["balanced_accuracy"]
+    assert f"balanced accuracy {both['pooled']['balanced_accuracy']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" in result.output
     assert a["final_epochs"] is None and not (tmp_path / "head" / "final-last").exists()  # final_retrain=False
     # a package's card summarises the recipe's CV (export --estimate)
     result = CliRunner().invoke(app, ["export", str(tmp_path / "head" / "fold0-last"), "--format", "package",
@@ -181,6 +183,7 @@ def test_fusion_of_cross_validations(emb_store, tmp_path):
     assert estimate["protocol"] == "stratified k-fold (same artists on both sides: optimistic)"
     assert estimate["track"]["n"] == a["pooled"]["n"] and estimate["folds"] == 3
     assert estimate["track"]["balanced_accuracy"] == pytest.approx(a["pooled"]["balanced_accuracy"], abs=1e-6)
+    assert estimate["intervals"] == a["pooled"]["intervals"]  # the card carries the estimate's uncertainty
 
 
 def test_finetune_recipe_trains_the_whole_tagger(corpus, tmp_path):

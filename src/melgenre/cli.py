@@ -452,14 +452,28 @@ def cv(
     say(f"folds (track level, {result['selection']}): val accuracy {acc['mean']:.3f} ± {acc['std']:.3f}, "
         f"macro precision {prec['mean']:.3f} ± {prec['std']:.3f}"
         + (f"; final retrain {result['final_epochs']} epochs" if final else "; no final retrain"))
-    say(f"pooled over the folds ({pooled['n']} tracks): accuracy {pooled['accuracy']:.3f}, balanced accuracy "
-        f"{pooled['balanced_accuracy']:.3f}, macro precision {pooled['macro_precision']:.3f} "
-        f"({pooled['balanced']['macro_precision']:.3f} with equal class counts)")
+    say(f"pooled over the folds ({pooled['n']} tracks), [95 % bootstrap intervals]: " + _pooled_summary(pooled))
     if result["test"]:
         t = result["test"]["track"]
         say(f"final model on test: accuracy {t['accuracy']:.3f}, macro precision {t['macro_precision']:.3f}")
     stem = "cv-groups" if groups else "cv"
     say(f"details: {out / cfg.name / (stem + ('-last' if fixed_epochs else '') + '.md')}")
+
+
+def _pooled_summary(pooled: dict) -> str:
+    """One line of pooled CV metrics with their bootstrap intervals (``melgenre.evaluate.pooled_metrics``)."""
+    from melgenre.evaluate import with_interval
+
+    ci = pooled["intervals"]
+    text = (f"accuracy {with_interval(pooled['accuracy'], ci['accuracy'])}, balanced accuracy "
+            f"{with_interval(pooled['balanced_accuracy'], ci['balanced_accuracy'])}, macro precision "
+            f"{with_interval(pooled['macro_precision'], ci['macro_precision'])} "
+            f"({pooled['balanced']['macro_precision']:.3f} with equal class counts)")
+    if "learnable" in pooled:
+        lc = pooled["learnable"]
+        text += (f"; balanced accuracy over the {len(lc['classes'])} classes every fold trained on "
+                 f"{with_interval(lc['balanced_accuracy'], lc['interval'])}")
+    return text
 
 
 @app.command()
@@ -482,8 +496,7 @@ def fuse(
     result = fuse_cv(cv_dirs, groups=groups, fixed_epochs=fixed_epochs, weights=w)
     say(f"fusion of {', '.join(map(str, result['recipes']))} ({result['protocol']}), weights {result['weights']}")
     for name, m in [("fusion", result["pooled"]), *result["each"].items()]:
-        say(f"  {name}: {m['n']} tracks, accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
-            f"macro precision {m['macro_precision']:.3f} ({m['balanced']['macro_precision']:.3f} with equal class counts)")
+        say(f"  {name}: {m['n']} tracks, " + _pooled_summary(m))
     if out is not None:
         from melgenre.utils import atomic_path
 

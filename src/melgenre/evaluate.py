@@ -44,6 +44,9 @@ SUMMARY_METRICS = (
     ("macro_recall", "macro recall"), ("macro_f1", "macro F1"),
 )
 LEVELS = ("chunk", "track")
+INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
+BOOTSTRAP_SAMPLES = 2000
+INTERVAL_LEVEL = 0.95
 
 
 def track_level(
@@ -176,20 +179,28 @@ def evaluate_predictions(
     Returns
     -------
     dict
-        ``{"chunk": metrics, "track": metrics}``, each a :func:`compute_metrics` dict. For
-        unchunked data (one row per track) both are equal.
+        ``{"chunk": metrics, "track": metrics}``, each a :func:`compute_metrics` dict; the track
+        level also has ``intervals`` (:func:`bootstrap_intervals`; chunks of one track are not
+        independent, so the chunk level has none). For unchunked data (one row per track) both
+        levels are equal.
     """
     track_probs, track_y, _ = track_level(probs, y, track_ids)
-    return {"chunk": compute_metrics(probs, y, classes), "track": compute_metrics(track_probs, track_y, classes)}
+    track = compute_metrics(track_probs, track_y, classes)
+    track["intervals"] = bootstrap_intervals(track["confusion"])
+    return {"chunk": compute_metrics(probs, y, classes), "track": track}
 
 
-def pooled_metrics(confusions: Iterable[Sequence[Sequence[int]]], classes: Sequence[str]) -> dict[str, Any]:
+def pooled_metrics(confusions: Iterable[Sequence[Sequence[int]]], classes: Sequence[str],
+                   learnable: Sequence[str] | None = None) -> dict[str, Any]:
     """Metrics of the summed confusion matrices of disjoint evaluations (e.g. the folds of a CV).
 
     Returns :func:`compute_metrics` of the pooled predictions plus ``balanced``: accuracy,
     macro precision and macro F1 after reweighting every row (true class) to the same count,
     i.e. what the same per-class recalls and confusions would score on a class-balanced test
-    set such as the full GTZAN. Classes with no rows are left out of ``balanced``.
+    set such as the full GTZAN. Classes with no rows are left out of ``balanced``. Also
+    ``intervals`` (:func:`bootstrap_intervals`) and, when ``learnable`` names classes (those every
+    scoring fold trained on, :func:`learnable_classes`), ``learnable``: their balanced accuracy
+    and its interval.
     """
     total = np.sum([np.asarray(c, dtype=np.int64) for c in confusions], axis=0)
     true, pred = np.nonzero(total)
@@ -205,7 +216,85 @@ def pooled_metrics(confusions: Iterable[Sequence[Sequence[int]]], classes: Seque
                    where=precision + recall > 0)
     metrics["balanced"] = {"accuracy": float(recall.mean()), "macro_precision": float(precision.mean()),
                            "macro_f1": float(f1.mean())}
+    metrics["intervals"] = bootstrap_intervals(total)
+    if learnable is not None:
+        rows = [classes.index(c) for c in learnable]
+        metrics["learnable"] = {
+            "classes": list(learnable),
+            "balanced_accuracy": float(confusion_scores(total, rows)["balanced_accuracy"]),
+            "interval": bootstrap_intervals(total, rows=rows)["balanced_accuracy"],
+        }
     return metrics
+
+
+def learnable_classes(classes: Sequence[str], scored: Sequence[int], untrained: Iterable[Iterable[str]]) -> list[str]:
+    """The scored classes (``scored[i]`` tracks of ``classes[i]``) that no fold scored without training on them."""
+    missing = {c for fold in untrained for c in fold}
+    return [c for c, n in zip(classes, scored) if n > 0 and c not in missing]
+
+
+def confusion_scores(confusions: np.ndarray, rows: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """Accuracy, balanced accuracy and macro scores of confusion matrices, vectorised.
+
+    ``confusions`` is ``(..., C, C)`` (rows = true class); each score has the leading shape.
+    Macro averages follow :func:`compute_metrics` (classes present in the true labels or the
+    predictions). ``rows`` restricts ``balanced_accuracy`` to those true classes (the others
+    are left as they are).
+    """
+    conf = np.asarray(confusions, dtype=np.float64)
+    diag = np.diagonal(conf, axis1=-2, axis2=-1)
+    support, predicted = conf.sum(-1), conf.sum(-2)
+    present = (support > 0) | (predicted > 0)
+    recall = np.divide(diag, support, out=np.zeros_like(diag), where=support > 0)
+    precision = np.divide(diag, predicted, out=np.zeros_like(diag), where=predicted > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(diag),
+                   where=precision + recall > 0)
+    scored = support > 0
+    if rows is not None:
+        only = np.zeros(conf.shape[-1], dtype=bool)
+        only[list(rows)] = True
+        scored = scored & only
+
+    def mean(values: np.ndarray, where: np.ndarray) -> np.ndarray:
+        return (values * where).sum(-1) / np.maximum(where.sum(-1), 1)
+
+    return {"accuracy": diag.sum(-1) / np.maximum(support.sum(-1), 1),
+            "balanced_accuracy": mean(recall, scored), "macro_precision": mean(precision, present),
+            "macro_recall": mean(recall, present), "macro_f1": mean(f1, present)}
+
+
+def bootstrap_intervals(confusion: Sequence[Sequence[int]], rows: Sequence[int] | None = None,
+                        samples: int = BOOTSTRAP_SAMPLES, level: float = INTERVAL_LEVEL,
+                        seed: int = 0) -> dict[str, Any]:
+    """Percentile bootstrap intervals of :data:`INTERVAL_METRICS` from a confusion matrix.
+
+    The scored tracks are resampled with replacement within each true class (each row of the
+    confusion matrix drawn from a multinomial with its own count and proportions), so the class
+    counts stay as the evaluation fixed them. The intervals say how much the figures could move
+    with other tracks of the same classes; they do not widen for tracks that share an artist
+    (GTZAN's parts hold several songs per artist, whose errors go together), so read them as
+    lower bounds on the uncertainty. Deterministic for a given ``seed``.
+
+    Returns
+    -------
+    dict
+        ``{"level", "samples", "method", <metric>: [low, high], ...}``.
+    """
+    conf = np.asarray(confusion, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    draws = np.zeros((samples, *conf.shape), dtype=np.int64)
+    for c, n in enumerate(conf.sum(axis=1)):
+        if n > 0:
+            draws[:, c, :] = rng.multinomial(n, conf[c] / n, size=samples)
+    scores = confusion_scores(draws, rows)
+    tail = (1 - level) / 2
+    return {"level": level, "samples": samples, "method": "percentile bootstrap, tracks resampled within each class",
+            **{k: [float(v) for v in np.quantile(scores[k], [tail, 1 - tail])] for k in INTERVAL_METRICS}}
+
+
+def with_interval(value: float, interval: Sequence[float] | None) -> str:
+    """``0.718 [0.652, 0.781]``: a figure with its interval, when there is one."""
+    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
 def read_history(history_csv: str | Path) -> dict[str, np.ndarray]:
@@ -444,6 +533,13 @@ def write_report(
     ))
     lines += ["", ("Macro averages are over the classes present in the true labels or the predictions "
                    '(scikit-learn\'s `average="macro", zero_division=0`); macro precision is the report\'s "mAP".')]
+    for split, levels in results.items():
+        ci = levels["track"].get("intervals")
+        if ci:
+            lines += ["", f"{ci['level']:.0%} bootstrap intervals, {split}, track level ({ci['method']}; "
+                      f"{levels['track']['n']} tracks): "
+                      + ", ".join(f"{label} [{ci[key][0]:.3f}, {ci[key][1]:.3f}]" for key, label in SUMMARY_METRICS)
+                      + "."]
     extra = list(extra_lines)
     if extra:
         lines += ["", *extra]

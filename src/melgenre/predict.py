@@ -777,6 +777,8 @@ def estimate_from_cv(path: str | Path) -> dict[str, Any]:
         "recall": {c["class"]: round(float(c["recall"]), 3) for c in pooled.get("per_class", [])},
         "balanced": _scalars(pooled.get("balanced", {})),
         "untrained_classes": cv.get("untrained_classes"),
+        **({"intervals": pooled["intervals"]} if "intervals" in pooled else {}),
+        **({"learnable": pooled["learnable"]} if "learnable" in pooled else {}),
     }
 
 

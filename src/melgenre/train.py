@@ -417,7 +417,7 @@ def fuse_cv(cv_dirs: list[str | Path], groups: bool = False, fixed_epochs: bool 
     folds are pooled as in :func:`cross_validate`. Returns the ``pooled`` metrics, the protocol,
     the recipes and weights, and each recipe's own pooled metrics on the same tracks.
     """
-    from melgenre.evaluate import compute_metrics, pooled_metrics
+    from melgenre.evaluate import compute_metrics, learnable_classes, pooled_metrics
 
     cv_dirs = [Path(d) for d in cv_dirs]
     if len(cv_dirs) < 2:
@@ -449,10 +449,13 @@ def fuse_cv(cv_dirs: list[str | Path], groups: bool = False, fixed_epochs: bool 
         confusions["fusion"].append(compute_metrics(fused, y, classes)["confusion"])
         for d, p in zip(cv_dirs, aligned):
             confusions[str(d)].append(compute_metrics(p, y, classes)["confusion"])
+    untrained = summaries[0].get("untrained_classes") or []
+    learnable = (learnable_classes(classes, np.sum(confusions["fusion"], axis=(0, 2)), untrained)
+                 if any(untrained) else None)
     return {
         "protocol": summaries[0].get("protocol"), "recipes": [s.get("name") for s in summaries],
-        "weights": weights, "pooled": pooled_metrics(confusions["fusion"], classes),
-        "each": {d: pooled_metrics(c, classes) for d, c in confusions.items() if d != "fusion"},
+        "weights": weights, "pooled": pooled_metrics(confusions["fusion"], classes, learnable),
+        "each": {d: pooled_metrics(c, classes, learnable) for d, c in confusions.items() if d != "fusion"},
     }
 
 
@@ -522,7 +525,7 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
     only: no final model, no test result).
     """
     from melgenre.data import GROUPINGS, group_kfold_splits, group_names, kfold_split, track_table
-    from melgenre.evaluate import pooled_metrics
+    from melgenre.evaluate import learnable_classes, pooled_metrics, with_interval
     from melgenre.store import MelStore
 
     if groups is not None and groups not in GROUPINGS:
@@ -583,8 +586,10 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
         values = [m["results"]["val"][level][key] for m in fold_metrics]
         return {"folds": values, "mean": float(np.mean(values)), "std": float(np.std(values))}
 
-    pooled = pooled_metrics([m["results"]["val"]["track"]["confusion"] for m in fold_metrics],
-                            fold_metrics[0]["classes"])
+    confusions = [m["results"]["val"]["track"]["confusion"] for m in fold_metrics]
+    scored = np.sum(confusions, axis=(0, 2))
+    learnable = learnable_classes(classes, scored, untrained) if any(untrained) else None
+    pooled = pooled_metrics(confusions, classes, learnable)
     result = {
         "name": cfg.name, "protocol": protocol, "groups": groups, "folds": folds,
         "final_epochs": epochs if final_retrain else None,
@@ -611,14 +616,21 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
     acc, prec = result["val"]["track"]["accuracy"], result["val"]["track"]["macro_precision"]
     lines.append(f"| mean ± std | | | | {acc['mean']:.3f} ± {acc['std']:.3f} | "
                  f"{prec['mean']:.3f} ± {prec['std']:.3f} |")
-    bal = pooled["balanced"]
-    lines += ["", f"Pooled over the folds ({pooled['n']} tracks): accuracy {pooled['accuracy']:.3f}, macro precision "
-              f"{pooled['macro_precision']:.3f}, balanced accuracy {pooled['balanced_accuracy']:.3f}, macro F1 "
-              f"{pooled['macro_f1']:.3f}; reweighted to equal class counts: macro precision "
+    bal, ci = pooled["balanced"], pooled["intervals"]
+    lines += ["", f"Pooled over the folds ({pooled['n']} tracks), with {ci['level']:.0%} bootstrap intervals "
+              f"(tracks resampled within each class; they ignore songs shared by an artist, so they are if anything "
+              f"too narrow): accuracy {with_interval(pooled['accuracy'], ci['accuracy'])}, balanced accuracy "
+              f"{with_interval(pooled['balanced_accuracy'], ci['balanced_accuracy'])}, macro precision "
+              f"{with_interval(pooled['macro_precision'], ci['macro_precision'])}, macro F1 "
+              f"{with_interval(pooled['macro_f1'], ci['macro_f1'])}; reweighted to equal class counts: macro precision "
               f"{bal['macro_precision']:.3f}, macro F1 {bal['macro_f1']:.3f}."]
     for k, missing in enumerate(untrained):
         if missing:
             lines += ["", f"Fold {k} scores class(es) {', '.join(missing)} that its training side lacks."]
+    if "learnable" in pooled:
+        lc = pooled["learnable"]
+        lines += ["", f"Balanced accuracy over the {len(lc['classes'])} classes every fold trained on before scoring "
+                  f"them: {with_interval(lc['balanced_accuracy'], lc['interval'])}."]
     if groups:
         outside = len(ids) - sum(result["fold_tracks"])
         lines += ["", f"{outside} tracks outside every group trained in every fold and were never scored."]
