@@ -96,7 +96,7 @@ def test_group_kfold_splits_hold_out_each_fault_filtered_part_once(caplog):
     assert folds[0]["train"] == ["a/2", "b/1", "b/2", "x"]
     assert "lacks" not in caplog.text
     group_kfold_splits(["a", "b", "c"], [0, 1, 0], {"a": "A", "b": "B"})
-    assert "group 'B' of the grouping holds out class(es) [1]" in caplog.text
+    assert "group 'B' of the grouping holds out class(es) 1 (e.g. b) that its training side lacks" in caplog.text
 
 
 def test_group_kfold_splits_errors():

@@ -209,7 +209,8 @@ def group_kfold_splits(ids: Sequence[str] | np.ndarray, labels: Sequence[int] | 
         if label_of:
             unseen = sorted({label_of[t] for t in held} - {label_of[t] for t in train})
             if unseen:
-                log.warning("group %r of %s holds out class(es) %s that its training side lacks", name, what, unseen)
+                examples = ", ".join(f"{u} (e.g. {next(t for t in held if label_of[t] == u)})" for u in unseen)
+                log.warning("group %r of %s holds out class(es) %s that its training side lacks", name, what, examples)
         folds.append({"train": train, "val": held, "test": []})
     return folds
 
