@@ -300,3 +300,35 @@ def test_pooled_metrics_of_the_classes_every_fold_learnt():
     assert "learnable" not in evaluate.pooled_metrics([fold1, fold2], classes)
     assert metrics["intervals"]["balanced_accuracy"][0] < metrics["balanced_accuracy"] < metrics["intervals"][
         "balanced_accuracy"][1]
+
+
+def test_paired_bootstrap_of_two_classifiers():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 120)
+    a = np.where(rng.random(120) < 0.8, y, (y + 1) % 3)
+    b = np.where(rng.random(120) < 0.85, a, (a + 2) % 3)  # mostly a's answers, a few changed
+    result = evaluate.paired_bootstrap(y, a, b, 3, learnable=["x", "z"], classes=["x", "y", "z"])
+    assert result["n"] == 120 and result["learnable"] == ["x", "z"]
+    for pred, side in ((a, "a"), (b, "b")):
+        m = evaluate.compute_metrics(np.eye(3)[pred], y, ["x", "y", "z"])
+        for key in evaluate.INTERVAL_METRICS:
+            assert result["metrics"][key][side] == pytest.approx(m[key], abs=1e-6)
+        recall = [c["recall"] for c in m["per_class"]]
+        assert result["metrics"]["balanced_accuracy_learnable"][side] == pytest.approx((recall[0] + recall[2]) / 2)
+    right_a, right_b = a == y, b == y
+    assert result["discordant"] == {"a_only": int(np.sum(right_a & ~right_b)), "b_only": int(np.sum(right_b & ~right_a))}
+    acc = result["metrics"]["accuracy"]
+    assert acc["difference"] == pytest.approx(acc["a"] - acc["b"]) and acc["interval"][0] < acc["difference"] < acc[
+        "interval"][1]
+    # pairing: the difference's interval is narrower than either classifier's own interval
+    own = evaluate.bootstrap_intervals(evaluate.compute_metrics(np.eye(3)[a], y, ["x", "y", "z"])["confusion"])
+    assert acc["interval"][1] - acc["interval"][0] < own["accuracy"][1] - own["accuracy"][0]
+    # a classifier against itself: no difference at all; against a strictly worse one: always better
+    same = evaluate.paired_bootstrap(y, a, a, 3)
+    assert same["metrics"]["accuracy"]["interval"] == [0.0, 0.0] and same["metrics"]["accuracy"]["a_better"] == 0
+    assert same["discordant"] == {"a_only": 0, "b_only": 0} and "balanced_accuracy_learnable" not in same["metrics"]
+    perfect = evaluate.paired_bootstrap(y, y, a, 3)
+    assert perfect["metrics"]["balanced_accuracy"]["a_better"] == 1.0
+    assert perfect["metrics"]["balanced_accuracy"]["interval"][0] > 0
+    with pytest.raises(MelgenreError, match="equal, non-empty rows"):
+        evaluate.paired_bootstrap(y, a[:-1], b, 3)

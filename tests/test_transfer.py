@@ -175,6 +175,22 @@ def test_fusion_of_cross_validations(emb_store, tmp_path):
     ci = both["pooled"]["intervals"]["balanced_accuracy"]
     assert f"balanced accuracy {both['pooled']['balanced_accuracy']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" in result.output
     assert a["final_epochs"] is None and not (tmp_path / "head" / "final-last").exists()  # final_retrain=False
+    # a paired comparison of the two recipes on the same out-of-fold tracks
+    from melgenre.train import compare_cv
+
+    compared = compare_cv(tmp_path / "head", tmp_path / "other", fixed_epochs=True)
+    assert compared["recipes"] == ["head", "other"] and compared["n"] == a["pooled"]["n"]
+    acc = compared["metrics"]["accuracy"]
+    assert acc["a"] == pytest.approx(a["pooled"]["accuracy"], abs=1e-6)
+    assert acc["b"] == pytest.approx(both["each"][str(tmp_path / "other")]["accuracy"], abs=1e-6)
+    assert compare_cv(tmp_path / "head", tmp_path / "head", fixed_epochs=True)["metrics"]["accuracy"]["interval"] == [0, 0]
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "head"), str(tmp_path / "other"), "--fixed-epochs",
+                                      "--out", str(tmp_path / "c.json")])
+    assert result.exit_code == 0, result.output
+    assert f"{acc['difference']:+.3f}" in result.output and "only B:" in result.output
+    assert json.loads((tmp_path / "c.json").read_text())["metrics"]["accuracy"]["a"] == pytest.approx(acc["a"])
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "head"), str(tmp_path / "other"), "--groups"])
+    assert result.exit_code == 2 and "no cv-groups.json (run melgenre cv with the same protocol first)" in result.output
     # a package's card summarises the recipe's CV (export --estimate)
     result = CliRunner().invoke(app, ["export", str(tmp_path / "head" / "fold0-last"), "--format", "package",
                                       "--out", str(tmp_path / "pkg"), "--estimate", str(tmp_path / "head" / "cv-last.json")])

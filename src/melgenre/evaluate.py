@@ -292,6 +292,70 @@ def bootstrap_intervals(confusion: Sequence[Sequence[int]], rows: Sequence[int] 
             **{k: [float(v) for v in np.quantile(scores[k], [tail, 1 - tail])] for k in INTERVAL_METRICS}}
 
 
+def paired_bootstrap(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n_classes: int,
+                     learnable: Sequence[str] | None = None, classes: Sequence[str] | None = None,
+                     samples: int = BOOTSTRAP_SAMPLES, level: float = INTERVAL_LEVEL, seed: int = 0) -> dict[str, Any]:
+    """Paired bootstrap of the difference between two classifiers' predictions of the same tracks.
+
+    Tracks are resampled with replacement within each true class, as in
+    :func:`bootstrap_intervals`, and each resample scores both classifiers on the same tracks, so
+    what the two share (easy and hard tracks) cancels out of the difference.
+
+    Parameters
+    ----------
+    y, pred_a, pred_b : np.ndarray
+        ``(N,)`` true classes and the two classifiers' predicted classes.
+    n_classes : int
+        Number of classes ``C``.
+    learnable, classes : sequences of str, optional
+        With both, also ``balanced_accuracy_learnable``: the balanced accuracy over the
+        ``learnable`` classes only (:func:`learnable_classes`).
+
+    Returns
+    -------
+    dict
+        ``n``, ``level``, ``samples``, ``method``; ``metrics``: per metric ``{"a", "b",
+        "difference" (a - b), "interval" (of the difference), "a_better" (share of resamples in
+        which a scores higher)}``; ``discordant``: tracks only a gets right (``a_only``) and only b
+        (``b_only``).
+    """
+    y, pred_a, pred_b = (np.asarray(v, dtype=np.int64) for v in (y, pred_a, pred_b))
+    if not len(y) == len(pred_a) == len(pred_b) or not len(y):
+        raise MelgenreError(f"paired bootstrap: need equal, non-empty rows, got {len(y)}, {len(pred_a)}, {len(pred_b)}")
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((samples, len(y)))
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        counts[:, rows] = rng.multinomial(len(rows), np.full(len(rows), 1 / len(rows)), size=samples)
+    rows = [list(classes).index(c) for c in learnable] if learnable is not None and classes is not None else None
+
+    def confusions(pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # the observed one, and one per resample
+        cells = np.zeros((len(y), n_classes * n_classes))
+        cells[np.arange(len(y)), y * n_classes + pred] = 1
+        return cells.sum(0).reshape(n_classes, n_classes), (counts @ cells).reshape(samples, n_classes, n_classes)
+
+    def scores(conf: np.ndarray) -> dict[str, np.ndarray]:
+        out = confusion_scores(conf)
+        if rows is not None:
+            out["balanced_accuracy_learnable"] = confusion_scores(conf, rows)["balanced_accuracy"]
+        return out
+
+    (point_a, draws_a), (point_b, draws_b) = ((scores(p), scores(d)) for p, d in map(confusions, (pred_a, pred_b)))
+    point_a, point_b = ({k: float(v) for k, v in p.items()} for p in (point_a, point_b))
+    tail = (1 - level) / 2
+    metrics = {}
+    for key in point_a:
+        diff = draws_a[key] - draws_b[key]
+        metrics[key] = {"a": point_a[key], "b": point_b[key], "difference": point_a[key] - point_b[key],
+                        "interval": [float(v) for v in np.quantile(diff, [tail, 1 - tail])],
+                        "a_better": float(np.mean(diff > 0))}
+    right_a, right_b = pred_a == y, pred_b == y
+    return {"n": len(y), "level": level, "samples": samples,
+            "method": "paired percentile bootstrap, tracks resampled within each class",
+            "metrics": metrics, "learnable": list(learnable) if rows is not None else None,
+            "discordant": {"a_only": int(np.sum(right_a & ~right_b)), "b_only": int(np.sum(right_b & ~right_a))}}
+
+
 def with_interval(value: float, interval: Sequence[float] | None) -> str:
     """``0.718 [0.652, 0.781]``: a figure with its interval, when there is one."""
     return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")

@@ -406,25 +406,17 @@ def track_probabilities(run_dir: str | Path, split: str = "val") -> tuple[np.nda
     return tracks, track_probs, track_y, dm.classes
 
 
-def fuse_cv(cv_dirs: list[str | Path], groups: bool = False, fixed_epochs: bool = False,
-            weights: list[float] | None = None) -> dict[str, Any]:
-    """Late fusion of cross-validated recipes: average their out-of-fold track probabilities.
+def out_of_fold(cv_dirs: list[str | Path], groups: bool = False,
+                fixed_epochs: bool = False) -> tuple[list[dict[str, Any]], list[str], list[tuple[np.ndarray, list[np.ndarray]]]]:
+    """The aligned out-of-fold track predictions of cross-validated recipes.
 
     Every ``cv_dir`` is a ``RUNS_DIR/<name>`` of :func:`cross_validate` run with the same
     protocol (``groups`` / ``fixed_epochs`` as given here) on the same tracks, e.g. melcnn on a
     ``fast`` store and a musicnn head on an embedding store: fold ``k`` of each holds out the
-    same tracks. Each fold's tracks get the weighted mean of the recipes' probabilities; the
-    folds are pooled as in :func:`cross_validate`. Returns the ``pooled`` metrics, the protocol,
-    the recipes and weights, and each recipe's own pooled metrics on the same tracks.
+    same tracks. Returns the recipes' CV summaries, the classes, and per fold ``(labels,
+    [probabilities of each recipe])`` with the rows in one track order.
     """
-    from melgenre.evaluate import compute_metrics, learnable_classes, pooled_metrics
-
     cv_dirs = [Path(d) for d in cv_dirs]
-    if len(cv_dirs) < 2:
-        raise ConfigError("fuse: need at least two cross-validation directories")
-    weights = [1.0] * len(cv_dirs) if weights is None else list(weights)
-    if len(weights) != len(cv_dirs) or any(not w >= 0 for w in weights) or sum(weights) <= 0:
-        raise ConfigError(f"fuse: need one non-negative weight per directory, not all zero; got {weights}")
     stem = ("cv-groups" if groups else "cv") + ("-last" if fixed_epochs else "")
     prefix, suffix = ("group" if groups else "fold"), ("-last" if fixed_epochs else "")
     summaries = []
@@ -434,29 +426,72 @@ def fuse_cv(cv_dirs: list[str | Path], groups: bool = False, fixed_epochs: bool 
         summaries.append(json.loads((d / f"{stem}.json").read_text()))
     folds = {s["folds"] for s in summaries}
     if len(folds) != 1:
-        raise ConfigError(f"fuse: the cross-validations have different numbers of folds: {sorted(folds)}")
-    classes, confusions = None, {name: [] for name in ["fusion", *(str(d) for d in cv_dirs)]}
+        raise ConfigError(f"the cross-validations have different numbers of folds: {sorted(folds)}")
+    classes, aligned = None, []
     for k in range(folds.pop()):
         parts = [track_probabilities(d / f"{prefix}{k}{suffix}") for d in cv_dirs]
         tracks, _, labels, classes = parts[0]
-        order = np.argsort(tracks)
-        for d, (other, probs, other_labels, other_classes) in zip(cv_dirs, parts):
+        for d, (other, _, _, other_classes) in zip(cv_dirs, parts):
             if other_classes != classes or sorted(other) != sorted(tracks):
                 raise MelgenreError(f"{d}: fold {k} holds out other tracks or classes than {cv_dirs[0]}")
-        aligned = [p[np.argsort(t)] for t, p, _, _ in parts]
-        fused = sum(w * p for w, p in zip(weights, aligned)) / sum(weights)
-        y = labels[order]
-        confusions["fusion"].append(compute_metrics(fused, y, classes)["confusion"])
-        for d, p in zip(cv_dirs, aligned):
-            confusions[str(d)].append(compute_metrics(p, y, classes)["confusion"])
+        aligned.append((labels[np.argsort(tracks)], [p[np.argsort(t)] for t, p, _, _ in parts]))
+    return summaries, classes, aligned
+
+
+def _learnable(summaries: list[dict[str, Any]], classes: list[str], y: np.ndarray) -> list[str] | None:
+    from melgenre.evaluate import learnable_classes
+
     untrained = summaries[0].get("untrained_classes") or []
-    learnable = (learnable_classes(classes, np.sum(confusions["fusion"], axis=(0, 2)), untrained)
-                 if any(untrained) else None)
+    return learnable_classes(classes, np.bincount(y, minlength=len(classes)), untrained) if any(untrained) else None
+
+
+def fuse_cv(cv_dirs: list[str | Path], groups: bool = False, fixed_epochs: bool = False,
+            weights: list[float] | None = None) -> dict[str, Any]:
+    """Late fusion of cross-validated recipes: average their out-of-fold track probabilities.
+
+    The recipes' folds are aligned by :func:`out_of_fold`; each fold's tracks get the weighted
+    mean of the recipes' probabilities, and the folds are pooled as in :func:`cross_validate`.
+    Returns the ``pooled`` metrics, the protocol, the recipes and weights, and each recipe's own
+    pooled metrics on the same tracks.
+    """
+    from melgenre.evaluate import compute_metrics, pooled_metrics
+
+    if len(cv_dirs) < 2:
+        raise ConfigError("fuse: need at least two cross-validation directories")
+    weights = [1.0] * len(cv_dirs) if weights is None else list(weights)
+    if len(weights) != len(cv_dirs) or any(not w >= 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"fuse: need one non-negative weight per directory, not all zero; got {weights}")
+    summaries, classes, folds = out_of_fold(cv_dirs, groups, fixed_epochs)
+    names = [str(Path(d)) for d in cv_dirs]
+    confusions: dict[str, list] = {name: [] for name in ["fusion", *names]}
+    for y, probs in folds:
+        fused = sum(w * p for w, p in zip(weights, probs)) / sum(weights)
+        confusions["fusion"].append(compute_metrics(fused, y, classes)["confusion"])
+        for name, p in zip(names, probs):
+            confusions[name].append(compute_metrics(p, y, classes)["confusion"])
+    learnable = _learnable(summaries, classes, np.concatenate([y for y, _ in folds]))
     return {
         "protocol": summaries[0].get("protocol"), "recipes": [s.get("name") for s in summaries],
         "weights": weights, "pooled": pooled_metrics(confusions["fusion"], classes, learnable),
         "each": {d: pooled_metrics(c, classes, learnable) for d, c in confusions.items() if d != "fusion"},
     }
+
+
+def compare_cv(cv_a: str | Path, cv_b: str | Path, groups: bool = False, fixed_epochs: bool = False) -> dict[str, Any]:
+    """Paired comparison of two cross-validated recipes on the same out-of-fold tracks.
+
+    Both recipes' predictions of each track are resampled together (:func:`melgenre.evaluate.paired_bootstrap`),
+    so the interval of a difference is much narrower than the two recipes' own intervals side
+    by side. Returns the protocol, the recipe names and :func:`~melgenre.evaluate.paired_bootstrap`'s
+    result (differences are A - B).
+    """
+    from melgenre.evaluate import paired_bootstrap
+
+    summaries, classes, folds = out_of_fold([cv_a, cv_b], groups, fixed_epochs)
+    y = np.concatenate([y for y, _ in folds])
+    pred_a, pred_b = (np.concatenate([probs[i].argmax(1) for _, probs in folds]) for i in (0, 1))
+    return {"protocol": summaries[0].get("protocol"), "recipes": [s.get("name") for s in summaries],
+            **paired_bootstrap(y, pred_a, pred_b, len(classes), _learnable(summaries, classes, y), classes)}
 
 
 def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None, splits: tuple[str, ...] = ("val", "test"),
