@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from conftest import fit_tiny_cnn
 from typer.testing import CliRunner
@@ -190,7 +191,11 @@ def test_cli_explain(tiny_card, tmp_path):
     out = tmp_path / "why.png"
     r = runner.invoke(app, ["explain", str(clip), "--model", str(tiny_card), "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert "gradcam" in r.output and out.stat().st_size > 10_000
+    assert "gradcam" in r.output and out.stat().st_size > 10_000 and "silent:" not in r.output
+    silent = tmp_path / "silent.wav"  # a silent clip's saliency comes with its warning
+    sf.write(silent, np.zeros(22_050 * 4, dtype=np.float32), 22_050)
+    r = runner.invoke(app, ["explain", str(silent), "--model", str(tiny_card), "--out", str(tmp_path / "s.png")])
+    assert r.exit_code == 0 and "silent: the clip is silent, so the genre means little" in r.output
     r = runner.invoke(app, ["explain", str(clip), "--model", str(tiny_card), "--genre", "polka", "--out",
                             str(tmp_path / "no.png")])
     assert r.exit_code == 2 and "unknown genre 'polka'" in r.output and not (tmp_path / "no.png").exists()

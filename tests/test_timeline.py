@@ -142,3 +142,8 @@ def test_cli_timeline(tiny_card, tmp_path):
     assert r.exit_code == 2 and "bad.wav" in r.output and not (tmp_path / "b.png").exists()
     r = runner.invoke(app, ["timeline", str(clip), "--model", str(tiny_card), "-f", "csv"])
     assert r.exit_code == 2 and "--format" in r.output
+    silent = tmp_path / "silent.wav"  # the segments of a silent clip come with its warning
+    sf.write(silent, np.zeros(22_050 * 4, dtype=np.float32), 22_050)
+    r = runner.invoke(app, ["timeline", str(silent), "--model", str(tiny_card)])
+    assert r.exit_code == 0 and "silent: the clip is silent, so the genre means little" in r.output
+    assert "silent:" not in runner.invoke(app, ["timeline", str(clip), "--model", str(tiny_card)]).output

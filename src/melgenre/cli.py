@@ -677,10 +677,7 @@ def predict_cmd(
                 top = f"[bold]not music?[/] [dim]nearest: {top}[/]"
             out.add_row(escape(str(path)), top, str(len(pred.window_starts)), flags)
         console.print(out)
-        from melgenre.predict import FLAGS
-
-        for flag in dict.fromkeys(f for _, pred, _ in results if pred is not None for f in pred.flags):
-            console.print(f"{flag}: {FLAGS.get(flag, '')}", markup=False, highlight=False)  # the flags in words
+        _say_flags(f for _, pred, _ in results if pred is not None for f in pred.flags)
     if any(error is not None for _, _, error in results):
         raise typer.Exit(1)
 
@@ -715,6 +712,7 @@ def timeline(
         typer.echo(json.dumps(pred.to_dict(), indent=1))
     else:
         say(tl.describe(pred.segments))
+        _say_flags(pred.flags)
         if out is not None:
             say(f"wrote {out}")
 
@@ -738,6 +736,15 @@ def explain(
     save_saliency_figure(y, genre_model.preset, expl, out)
     probs = ", ".join(f"{p:.2f}" for p in expl.window_probabilities)
     say(f"{expl.genre} ({method}) over {len(expl.window_starts)} windows (probability per window: {probs}); wrote {out}")
+    _say_flags(genre_model.predict(y, sr=genre_model.preset.sr, name=str(path)).flags)
+
+
+def _say_flags(flags) -> None:
+    """Each distinct prediction flag (``melgenre.predict.FLAGS``), in words, one line each."""
+    from melgenre.predict import FLAGS
+
+    for flag in dict.fromkeys(flags):
+        console.print(f"{flag}: {FLAGS.get(flag, '')}", markup=False, highlight=False)
 
 
 def _library_summary(report) -> None:
