@@ -244,6 +244,7 @@ def test_cli_predict_out_prints_a_summary_and_exits_1_on_failures(tiny_card, son
                             "--no-progress"])
     assert r.exit_code == 1, r.output
     assert "12 files: 12 predicted this run (1 failed)" in r.output and "broken.wav" in r.output
+    assert f"{out}: model {load_model(tiny_card).model_id}, backend " in r.output  # one line, not a wrapped title
     assert len(read_results(out)) == 12
     r = runner.invoke(app, ["predict", str(songs), "--out", str(out), "--no-progress", "--tags", "msd"])
     assert r.exit_code == 2 and "does not take --tags" in " ".join(r.output.split())

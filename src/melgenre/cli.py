@@ -753,11 +753,12 @@ def _library_summary(report) -> None:
 
     for path, reason in report.failed:
         err_console.print(f"[bold red]error:[/] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
-    table = Table(title=f"{report.out} (model {report.model_id}, {report.backend})")
+    table = Table()
     table.add_column("genre")
     table.add_column("files", justify="right")
     for genre, n in report.per_genre.items():
         table.add_row(escape(genre), str(n))
+    say(f"{report.out}: model {report.model_id}, backend {report.backend}")
     console.print(table)
     if report.recalibrated:
         say(f"model {report.model_id} was recalibrated since the last run into {report.out}: its probabilities "
