@@ -109,6 +109,17 @@ def test_joined_clips_give_two_segments_split_near_the_join(separating_model, tm
     out = tl.save_timeline_figure(pred, tmp_path / "t.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
 
+    def label_heights(segs):
+        fig = tl.timeline_figure(pred, segs)
+        texts = [t for t in fig.axes[0].texts if t.get_text().split()[0] in ("slow", "fast")]
+        return [t.get_position()[1] for t in texts]
+
+    assert label_heights(pred.segments) == [1.02, 1.02]  # two wide segments: one row of labels
+    narrow = [tl.Segment(0.0, 14.0, "slow", 0.9), tl.Segment(14.0, 15.0, "fast", 0.6), tl.Segment(15.0, 16.0, "slow", 0.6),
+              tl.Segment(16.0, 30.0, "fast", 0.8)]
+    heights = label_heights(narrow)  # labels of 1-s segments would overlap: every other one goes up a row
+    assert heights[0] == heights[3] == 1.02 and heights[1] != heights[2]
+
 
 def test_default_model_on_two_real_clips():
     root = shared_path("gtzan-dev")

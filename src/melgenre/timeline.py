@@ -31,6 +31,8 @@ from melgenre.utils import save_png
 
 #: Windows averaged by :func:`smooth` (centred, odd).
 SMOOTH_WINDOWS = 3
+#: Width of one character of a segment label, as a fraction of the figure's time axis.
+LABEL_CHAR_FRACTION = 0.011
 
 #: Default shortest segment in seconds; shorter runs are merged into a neighbour.
 MIN_SEGMENT = 10.0
@@ -163,15 +165,20 @@ def timeline_figure(pred, segs: Sequence[Segment] | None = None, title: str = ""
     fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
     colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")(np.arange(len(classes)))
     ax.stackplot(times, probs.T, labels=classes, colors=colours, alpha=0.85)
+    right_edge = [-np.inf, -np.inf]  # where the last label of each row ends, in seconds
     for seg in segs:
         ax.axvline(seg.start, color="black", lw=1.2)
-        ax.text((seg.start + seg.end) / 2, 1.02, f"{seg.genre} {seg.probability:.0%}", ha="center", va="bottom",
-                fontsize=9, transform=ax.get_xaxis_transform())
+        label, centre = f"{seg.genre} {seg.probability:.0%}", (seg.start + seg.end) / 2
+        half = len(label) * LABEL_CHAR_FRACTION * end / 2
+        row = 0 if centre - half > right_edge[0] else 1  # a label that would overlap the last one goes up a row
+        right_edge[row] = centre + half
+        ax.text(centre, 1.02 + 0.07 * row, label, ha="center", va="bottom", fontsize=9,
+                transform=ax.get_xaxis_transform())
     ax.set_xlim(0, end)
     ax.set_ylim(0, 1)
     ax.set_xlabel("time (s)")
     ax.set_ylabel(f"probability (mean of {SMOOTH_WINDOWS} windows)")
-    ax.set_title(title or Path(pred.source).name, pad=18)
+    ax.set_title(title or Path(pred.source).name, pad=18 if right_edge[1] == -np.inf else 32)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
