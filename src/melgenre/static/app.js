@@ -329,11 +329,35 @@
   window.addEventListener("dragover", (e) => e.preventDefault());
   window.addEventListener("drop", (e) => e.preventDefault());
 
+  // How right the model is expected to be: the card's first cross-validation estimate (artist-disjoint
+  // ones come first), with its 95 % bootstrap intervals when the card has them.
+  function estimateLine(card) {
+    const estimate = ((card.metrics || {}).estimates || [])[0];
+    if (!estimate || !estimate.track) return "";
+    const ci = estimate.intervals || {};
+    const figure = (key, label) => {
+      const value = estimate.track[key];
+      if (typeof value !== "number") return "";
+      const range = ci[key] ? ` (95 % interval ${ci[key][0].toFixed(2)}–${ci[key][1].toFixed(2)})` : "";
+      return `${label} ${value.toFixed(2)}${range}`;
+    };
+    const figures = [figure("accuracy", "accuracy"), figure("balanced_accuracy", "balanced accuracy")].filter(Boolean);
+    if (!figures.length) return "";
+    const where = /artist-disjoint/.test(estimate.protocol || "")
+      ? "on artists it never heard" : `same artists in training and test, optimistic (${estimate.protocol || "cross-validation"})`;
+    return `Expected ${where}, from ${estimate.track.n} cross-validated clips: ${figures.join(", ")}.`;
+  }
+
   fetch("/model")
     .then((r) => (r.ok ? r.json() : Promise.reject(new Error(`HTTP ${r.status}`))))
     .then((card) => {
       const classes = card.classes || [];
       $("model-info").textContent = `Model ${card.model_id} · ${classes.length} genres: ${classes.join(", ")}`;
+      const line = estimateLine(card);
+      if (line) {
+        $("model-estimate").textContent = line;
+        $("model-estimate").hidden = false;
+      }
     })
     .catch(() => { $("model-info").textContent = "Model information unavailable."; });
 
