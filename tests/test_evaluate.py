@@ -291,6 +291,7 @@ def test_pooled_metrics_of_the_classes_every_fold_learnt():
     scored = np.sum([fold1, fold2], axis=(0, 2))
     learnable = evaluate.learnable_classes(classes, scored, [[], ["c"]])
     assert learnable == ["a", "b"]  # c untrained in fold 1, d never scored
+    assert evaluate.learnable_classes(classes, scored, [[], []]) is None  # every fold trained every class
     metrics = evaluate.pooled_metrics([fold1, fold2], classes, learnable)
     assert metrics["learnable"]["classes"] == ["a", "b"]
     assert metrics["learnable"]["balanced_accuracy"] == pytest.approx((8 / 10 + 3 / 4) / 2)

@@ -227,10 +227,12 @@ def pooled_metrics(confusions: Iterable[Sequence[Sequence[int]]], classes: Seque
     return metrics
 
 
-def learnable_classes(classes: Sequence[str], scored: Sequence[int], untrained: Iterable[Iterable[str]]) -> list[str]:
-    """The scored classes (``scored[i]`` tracks of ``classes[i]``) that no fold scored without training on them."""
+def learnable_classes(classes: Sequence[str], scored: Sequence[int],
+                      untrained: Iterable[Iterable[str]]) -> list[str] | None:
+    """The scored classes (``scored[i]`` tracks of ``classes[i]``) that no fold scored without
+    training on them, given each fold's ``untrained`` classes; None when no fold lacked any."""
     missing = {c for fold in untrained for c in fold}
-    return [c for c, n in zip(classes, scored) if n > 0 and c not in missing]
+    return [c for c, n in zip(classes, scored) if n > 0 and c not in missing] if missing else None
 
 
 def confusion_scores(confusions: np.ndarray, rows: Sequence[int] | None = None) -> dict[str, np.ndarray]:

@@ -439,10 +439,10 @@ def out_of_fold(cv_dirs: list[str | Path], groups: bool = False,
 
 
 def _learnable(summaries: list[dict[str, Any]], classes: list[str], y: np.ndarray) -> list[str] | None:
+    """:func:`melgenre.evaluate.learnable_classes` of aligned CVs scoring labels ``y``."""
     from melgenre.evaluate import learnable_classes
 
-    untrained = summaries[0].get("untrained_classes") or []
-    return learnable_classes(classes, np.bincount(y, minlength=len(classes)), untrained) if any(untrained) else None
+    return learnable_classes(classes, np.bincount(y, minlength=len(classes)), summaries[0].get("untrained_classes") or [])
 
 
 def fuse_cv(cv_dirs: list[str | Path], groups: bool = False, fixed_epochs: bool = False,
@@ -622,9 +622,7 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
         return {"folds": values, "mean": float(np.mean(values)), "std": float(np.std(values))}
 
     confusions = [m["results"]["val"]["track"]["confusion"] for m in fold_metrics]
-    scored = np.sum(confusions, axis=(0, 2))
-    learnable = learnable_classes(classes, scored, untrained) if any(untrained) else None
-    pooled = pooled_metrics(confusions, classes, learnable)
+    pooled = pooled_metrics(confusions, classes, learnable_classes(classes, np.sum(confusions, axis=(0, 2)), untrained))
     result = {
         "name": cfg.name, "protocol": protocol, "groups": groups, "folds": folds,
         "final_epochs": epochs if final_retrain else None,
