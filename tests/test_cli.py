@@ -116,7 +116,7 @@ def test_help_shows_defaults():
     assert r.exit_code == 0 and "default: v1" in r.output.replace("[", "").replace("]", "")
 
 
-@pytest.mark.parametrize("command", ["prepare", "predict", "fuse", "compare", "cv", "embed", "train", "serve", "bench", "tag",
+@pytest.mark.parametrize("command", ["prepare", "predict", "fuse", "compare", "score", "cv", "embed", "train", "serve", "bench", "tag",
                                      "index", "similar"])
 def test_help_has_no_stray_metavars(command):
     r = invoke(command, "--help")

@@ -14,6 +14,7 @@ with its (possibly zero) score. The report's "mAP" (Cheng & Kuo) is ``macro_prec
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -595,7 +596,7 @@ def write_report(
     lines.append(_markdown_table(
         ("split", "level", "n", *(label for _, label in SUMMARY_METRICS)),
         ([split, level, str(levels[level]["n"]), *(f"{levels[level][key]:.3f}" for key, _ in SUMMARY_METRICS)]
-         for split, levels in results.items() for level in LEVELS),
+         for split, levels in results.items() for level in LEVELS if level in levels),
     ))
     lines += ["", ("Macro averages are over the classes present in the true labels or the predictions "
                    '(scikit-learn\'s `average="macro", zero_division=0`); macro precision is the report\'s "mAP".')]
@@ -659,6 +660,103 @@ def save_all_plots(
     if (run_dir / "history.csv").exists():
         paths.append(plot_history(run_dir / "history.csv", run_dir / "history.png"))
     return paths
+
+
+def training_tracks(card: Mapping[str, Any]) -> set[str]:
+    """The file stems (``blues.00012``) of the tracks a model package trained on, from its card's
+    ``training.data.tracks`` (empty for cards written before they listed them)."""
+    tracks = ((card.get("training") or {}).get("data") or {}).get("tracks") or []
+    return {Path(t).name for t in tracks}
+
+
+def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None = None, backend: str = "auto",
+                 include_training: bool = False, workers: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Score a model on a labelled corpus of audio files: the class folders are the truth.
+
+    Every file is predicted by :func:`melgenre.library.predict_library` into
+    ``out_dir/predictions.sqlite`` (a rerun resumes it and redoes only new or changed files),
+    then scored at track level with :func:`compute_metrics` and :func:`bootstrap_intervals`;
+    ``out_dir`` also gets ``report.md``, ``scores.json`` and the confusion and per-class plots.
+
+    Parameters
+    ----------
+    root : path
+        ``<class>/<file>`` folders (or GTZAN's ``genres/``), every class one of the model's.
+    out_dir : path
+        Folder for the outputs (created).
+    model : path, optional
+        For :func:`melgenre.predict.load_model` (default: the installed default model).
+    backend, workers, progress
+        As for :func:`melgenre.library.predict_library`.
+    include_training : bool
+        Score files whose name (``blues.00012``) is one the model trained on (its card's
+        ``training.data.tracks``) too, which flatters the figures. Default: leave them out.
+
+    Returns
+    -------
+    dict
+        ``model_id``, ``root``, ``n`` (files scored), ``training_files`` (files named like
+        training tracks) and ``excluded`` (those left out),
+        ``failed`` (``[path, reason]``), ``track`` (:func:`compute_metrics` with ``intervals``) and
+        ``flags``: per flag, how many scored files carry it and how many of those are right.
+
+    Raises
+    ------
+    MelgenreError
+        A class folder that is not one of the model's genres, or nothing left to score.
+    """
+    from melgenre.datasets import discover
+    from melgenre.library import predict_library, result_rows
+    from melgenre.predict import load_model
+
+    genre_model = load_model(model)
+    corpus = discover(root)
+    unknown = [c for c in corpus.classes if c not in genre_model.classes]
+    if unknown:
+        raise MelgenreError(f"{root}: class folder(s) {', '.join(unknown)} are not genres of model "
+                            f"{genre_model.model_id} ({', '.join(genre_model.classes)})")
+    known = training_tracks(genre_model.card or {})
+    seen = sum(Path(t.track_id).name in known for t in corpus.tracks)  # files named like training tracks
+    truth = {str(t.path.resolve()): genre_model.classes.index(corpus.classes[t.label]) for t in corpus.tracks
+             if include_training or Path(t.track_id).name not in known}
+    if not truth:
+        raise MelgenreError(f"{root}: every file is one the model trained on; nothing to score "
+                            "(--include-training scores them anyway, optimistically)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predict_library(sorted(truth), out_dir / "predictions.sqlite", model=model, backend=backend, workers=workers,
+                    progress=progress)
+    rows = [r for r in result_rows(out_dir / "predictions.sqlite") if r["path"] in truth]
+    failed = [[r["path"], r["error"]] for r in rows if r["error"] is not None]
+    done = [r for r in rows if r["error"] is None]
+    if not done:
+        raise MelgenreError(f"{root}: no file could be predicted ({len(failed)} failed)")
+    classes = list(genre_model.classes)
+    probs = np.array([[r["probabilities"][c] for c in classes] for r in done])
+    y = np.array([truth[r["path"]] for r in done])
+    track = compute_metrics(probs, y, classes)
+    track["intervals"] = bootstrap_intervals(track["confusion"])
+    right = probs.argmax(1) == y
+    flags = {}
+    for flag in sorted({f for r in done for f in r["flags"]}):
+        has = np.array([flag in r["flags"] for r in done])
+        flags[flag] = {"files": int(has.sum()), "right": int(right[has].sum())}
+    result = {"model_id": genre_model.model_id, "root": str(root), "n": len(done), "training_files": seen,
+              "excluded": 0 if include_training else seen, "failed": failed, "track": track, "flags": flags}
+    with atomic_path(out_dir / "scores.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    save_all_plots(out_dir, {"corpus": {"track": track}}, classes)
+    notes = [f"Model {genre_model.model_id} on {len(done)} files of {root} (class folders as the truth)."]
+    if seen:
+        notes.append(f"{seen} file(s) are named like tracks the model trained on: "
+                     + ("scored too (--include-training), so the figures are optimistic." if include_training
+                        else "left out."))
+    if failed:
+        notes.append(f"Not scored: {len(failed)} file(s) that could not be predicted (see scores.json).")
+    notes += [f"Flag `{flag}`: {f['files']} file(s), right on {f['right']}." for flag, f in flags.items()]
+    write_report(out_dir, f"{genre_model.model_id} on {Path(root).name}", {"model": str(model or "default"),
+                 "root": str(root)}, {"corpus": {"track": track}}, extra_lines=notes)
+    return result
 
 
 def _check_rows(probs: np.ndarray, *columns: np.ndarray) -> None:
@@ -810,7 +908,6 @@ def runs_table(runs_dir: str | Path, level: str = "track") -> tuple[str, list[di
 
 def _detail_section(run_dir: Path, run: str, level: str) -> str:
     """Row 18: our per-class test precision beside Table 6, our confusion matrix beside Figure 4."""
-    import json
 
     published = report_numbers()
     classes, ref = published["classes"], published["row18"]
@@ -874,7 +971,6 @@ def _run_dirs(runs_dir: Path) -> list[Path]:
 
 def _run_row(run_dir: Path, runs_dir: Path, level: str) -> dict[str, Any]:
     """One row of :func:`runs_table`."""
-    import json
 
     def read(name: str, parse) -> tuple[Any, bool]:  # (content or None, readable)
         path = run_dir / name
@@ -920,7 +1016,6 @@ def _run_row(run_dir: Path, runs_dir: Path, level: str) -> dict[str, Any]:
 def _cv_fold_means(run_dir: Path, runs_dir: Path, level: str) -> dict[str, Any]:
     """``{accuracy, macro_precision}``: fold means of ``melgenre cv``'s ``cv.json`` beside a
     ``<name>/final`` run (which has no validation part); empty for any other run."""
-    import json
 
     cv_json = run_dir.parent / "cv.json"
     if run_dir.parent == runs_dir or not cv_json.is_file():

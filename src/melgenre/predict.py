@@ -482,6 +482,8 @@ def _run_card(run_dir: Path, hparams: dict[str, Any]) -> dict[str, Any]:
             described["augment"] = json.loads(store.attrs["augment"])
     splits_path = run_dir / "splits.json"
     splits = _read_json(splits_path) if splits_path.exists() else {}
+    if splits.get("train"):  # `melgenre score` leaves these out of an evaluation
+        described["tracks"] = sorted(splits["train"])
     card_metrics = {split: {level: _scalars(m) for level, m in levels.items()}
                     for split, levels in metrics.get("results", {}).items()}
     card_metrics["split_tracks"] = {k: len(v) for k, v in splits.items()}
