@@ -38,6 +38,9 @@ def test_score_leaves_out_the_training_files_and_matches_predict(tiny_card, tmp_
         assert (tmp_path / "s" / name).is_file(), name
     report = (tmp_path / "s" / "report.md").read_text()
     assert f"{len(trained)} file(s) are named like tracks the model trained on: left out." in report
+    ci = result["track"]["intervals"]["balanced_accuracy"]
+    assert f"balanced accuracy (mean recall over the genres present) {result['track']['balanced_accuracy']:.3f} [" \
+           f"{ci[0]:.3f}, {ci[1]:.3f}]" in report
     assert json.loads((tmp_path / "s" / "scores.json").read_text())["n"] == result["n"]
 
     everything = score_corpus(clips, tmp_path / "all", model=tiny_card, backend="torch", workers=0, progress=False,

@@ -746,7 +746,9 @@ def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None
     with atomic_path(out_dir / "scores.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     save_all_plots(out_dir, {"corpus": {"track": track}}, classes)
-    notes = [f"Model {genre_model.model_id} on {len(done)} files of {root} (class folders as the truth)."]
+    notes = [f"Model {genre_model.model_id} on {len(done)} files of {root} (class folders as the truth): balanced "
+             f"accuracy (mean recall over the genres present) "
+             f"{with_interval(track['balanced_accuracy'], track['intervals']['balanced_accuracy'])}."]
     if seen:
         notes.append(f"{seen} file(s) are named like tracks the model trained on: "
                      + ("scored too (--include-training), so the figures are optimistic." if include_training
