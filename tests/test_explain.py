@@ -83,12 +83,14 @@ def test_occlusion_finds_the_patch_that_matters():
         p = images[:, 8:16, 20:30].mean(axis=(1, 2))
         return np.stack([1 - p, p], axis=1)
 
-    images = np.zeros((1, 32, 40), dtype=np.float32)
-    images[0, 8:16, 20:30] = 1.0
-    maps = ex.occlusion(predict, images, class_index=1, patch=(4, 5))
+    images = np.zeros((2, 32, 40), dtype=np.float32)
+    images[:, 8:16, 20:30] = 1.0
+    done = []
+    maps = ex.occlusion(predict, images, class_index=1, patch=(4, 5), on_image=lambda i, n: done.append((i, n)))
     assert maps.shape == images.shape and maps.min() >= 0
     inside, outside = maps[0, 8:16, 20:30].mean(), np.delete(maps[0], np.s_[4:20], axis=0).mean()
     assert inside > 0.01 and outside == 0.0
+    assert done == [(1, 2), (2, 2)]  # progress: after each image
 
 
 # -- band test -----------------------------------------------------------------------------------

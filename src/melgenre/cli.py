@@ -726,13 +726,21 @@ def explain(
     model: Path = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
 ) -> None:
     """Saliency: where on the mel image the evidence for a genre lies (Grad-CAM or occlusion), drawn over the image."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from melgenre.explain import METHODS, explain_file, save_saliency_figure
     from melgenre.predict import load_model
 
     if method not in METHODS:
         raise typer.BadParameter(f"--method must be {' or '.join(METHODS)}")
-    genre_model = load_model(model)
-    expl, y = explain_file(genre_model, path, genre, method)
+    # Grad-CAM needs the torch module; occlusion is many forward passes, faster with ONNX Runtime
+    genre_model = load_model(model, backend="auto" if method == "occlusion" else None)
+    bar = Progress(TextColumn("occlusion"), BarColumn(), MofNCompleteColumn(), TextColumn("windows"),
+                   TimeRemainingColumn(), console=err_console, transient=True, disable=method != "occlusion")
+    with bar:
+        task = bar.add_task("occlusion", total=None)
+        expl, y = explain_file(genre_model, path, genre, method,
+                               on_window=lambda done, total: bar.update(task, completed=done, total=total))
     save_saliency_figure(y, genre_model.preset, expl, out)
     probs = ", ".join(f"{p:.2f}" for p in expl.window_probabilities)
     say(f"{expl.genre} ({method}) over {len(expl.window_starts)} windows (probability per window: {probs}); wrote {out}")

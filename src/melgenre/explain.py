@@ -184,7 +184,8 @@ def gradcam(module: nn.Module, images: np.ndarray, class_index: int, batch: int 
 
 
 def occlusion(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, class_index: int,
-              patch: tuple[int, int] | None = None, stride: tuple[int, int] | None = None) -> np.ndarray:
+              patch: tuple[int, int] | None = None, stride: tuple[int, int] | None = None,
+              on_image: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Occlusion maps: the drop in one class's probability when a patch is covered.
 
     Parameters
@@ -200,6 +201,8 @@ def occlusion(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, c
         (musicnn's 96 x 187 patches: 16 x 46, 11 x 7 positions).
     stride : (int, int), optional
         Steps between patches. Default: half the patch; the last patch always touches the edges.
+    on_image : callable, optional
+        Called as ``on_image(done, total)`` after each image (e.g. to advance a progress bar).
 
     Returns
     -------
@@ -226,6 +229,8 @@ def occlusion(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, c
         drops = np.maximum(base - predict(variants)[:, class_index], 0.0)
         for k, (r, c) in enumerate((r, c) for r in rows for c in cols):
             out[i, r:r + ph, c:c + pw] += drops[k]
+        if on_image is not None:
+            on_image(i + 1, n)
     return out / cover
 
 
@@ -245,7 +250,7 @@ class Explanation:
 
 
 def explain(model, y: np.ndarray, genre: str | None = None, method: str = "gradcam",
-            source: str = "<array>") -> Explanation:
+            source: str = "<array>", on_window: Callable[[int, int], None] | None = None) -> Explanation:
     """Saliency of ``genre`` on a clip, window by window, assembled over its mel image.
 
     Parameters
@@ -260,6 +265,9 @@ def explain(model, y: np.ndarray, genre: str | None = None, method: str = "gradc
     method : {"gradcam", "occlusion"}
     source : str
         Name for the result and messages.
+    on_window : callable, optional
+        Occlusion only (one forward pass per patch position, the slow method): called as
+        ``on_window(done, total)`` after each window.
 
     Returns
     -------
@@ -281,7 +289,8 @@ def explain(model, y: np.ndarray, genre: str | None = None, method: str = "gradc
     if genre not in model.classes:
         raise MelgenreError(f"unknown genre {genre!r}; the model knows {', '.join(model.classes)}")
     c = model.classes.index(genre)
-    maps = gradcam(model._module, images, c) if method == "gradcam" else occlusion(model.predict_images, images, c)
+    maps = (gradcam(model._module, images, c) if method == "gradcam"
+            else occlusion(model.predict_images, images, c, on_image=on_window))
     if preset.chunk_seconds is None:
         image, saliency = images[0], maps[0]
     else:
@@ -302,10 +311,11 @@ def explain(model, y: np.ndarray, genre: str | None = None, method: str = "gradc
                        window_probabilities=[float(p) for p in probs[:, c]], model_id=model.model_id)
 
 
-def explain_file(model, path: str | Path, genre: str | None = None, method: str = "gradcam") -> tuple[Explanation, np.ndarray]:
+def explain_file(model, path: str | Path, genre: str | None = None, method: str = "gradcam",
+                 on_window: Callable[[int, int], None] | None = None) -> tuple[Explanation, np.ndarray]:
     """:func:`explain` of an audio file; returns the explanation and the decoded samples."""
     y = audio.load(path, sr=model.preset.sr).samples
-    return explain(model, y, genre, method, source=str(path)), y
+    return explain(model, y, genre, method, source=str(path), on_window=on_window), y
 
 
 def saliency_figure(y: np.ndarray, preset, expl: Explanation, title: str = ""):
