@@ -194,6 +194,10 @@ def test_cli_explain(tiny_card, tmp_path):
     r = runner.invoke(app, ["explain", str(clip), "--model", str(tiny_card), "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "gradcam" in r.output and out.stat().st_size > 10_000 and "silent:" not in r.output
+    r = runner.invoke(app, ["explain", str(clip), "--model", str(tiny_card), "--method", "occlusion", "--out",
+                            str(tmp_path / "occ.png")])
+    assert r.exit_code == 0, r.output
+    assert "(occlusion) over" in r.output and (tmp_path / "occ.png").stat().st_size > 10_000
     silent = tmp_path / "silent.wav"  # a silent clip's saliency comes with its warning
     sf.write(silent, np.zeros(22_050 * 4, dtype=np.float32), 22_050)
     r = runner.invoke(app, ["explain", str(silent), "--model", str(tiny_card), "--out", str(tmp_path / "s.png")])
