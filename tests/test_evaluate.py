@@ -333,3 +333,14 @@ def test_paired_bootstrap_of_two_classifiers():
     assert perfect["metrics"]["balanced_accuracy"]["interval"][0] > 0
     with pytest.raises(MelgenreError, match="equal, non-empty rows"):
         evaluate.paired_bootstrap(y, a[:-1], b, 3)
+
+
+def test_wilson_interval_of_small_counts():
+    """Textbook values (Wilson 1927; e.g. 3 of 7 -> 0.158-0.750), and sound at 0 and n of n."""
+    assert evaluate.wilson_interval(3, 7) == pytest.approx([0.1582, 0.7495], abs=1e-4)
+    assert evaluate.wilson_interval(70, 100) == pytest.approx([0.6042, 0.7811], abs=1e-4)
+    low, high = evaluate.wilson_interval(0, 7)
+    assert low == pytest.approx(0, abs=1e-12) and high == pytest.approx(0.3543, abs=1e-4)
+    assert evaluate.wilson_interval(7, 7) == pytest.approx([0.6457, 1.0], abs=1e-4)
+    with pytest.raises(MelgenreError, match="at least one trial"):
+        evaluate.wilson_interval(0, 0)

@@ -34,6 +34,9 @@ def test_score_leaves_out_the_training_files_and_matches_predict(tiny_card, tmp_
     assert result["track"]["accuracy"] == pytest.approx(np.mean(right), abs=1e-6)
     low, high = result["track"]["intervals"]["balanced_accuracy"]
     assert low <= result["track"]["balanced_accuracy"] + 1e-9 and result["track"]["balanced_accuracy"] <= high + 1e-9
+    for c in result["track"]["per_class"]:  # each genre's recall with its Wilson interval
+        low, high = c["recall_interval"]
+        assert low <= c["recall"] <= high and c["support"] > 0
     for name in ("predictions.sqlite", "scores.json", "report.md", "confusion_corpus_track.png"):
         assert (tmp_path / "s" / name).is_file(), name
     report = (tmp_path / "s" / "report.md").read_text()

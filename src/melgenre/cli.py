@@ -772,11 +772,13 @@ def score(
                           workers=workers, progress=progress)
     t, ci = result["track"], result["track"]["intervals"]
     table = Table(title=f"{result['model_id']} on {result['n']} files of {data_dir}")
-    for column in ("genre", "files", "recall", "precision"):
+    for column in ("genre", "files", "recall [95 %]", "precision"):
         table.add_column(column, justify="left" if column == "genre" else "right")
     for c in t["per_class"]:
         if c["support"]:
-            table.add_row(c["class"], str(c["support"]), f"{c['recall']:.2f}", f"{c['precision']:.2f}")
+            low, high = c["recall_interval"]
+            table.add_row(c["class"], str(c["support"]), f"{c['recall']:.2f} [{low:.2f}, {high:.2f}]",
+                          f"{c['precision']:.2f}")
     console.print(table)
     say(f"accuracy {with_interval(t['accuracy'], ci['accuracy'])}, balanced accuracy "
         f"{with_interval(t['balanced_accuracy'], ci['balanced_accuracy'])}, macro precision "

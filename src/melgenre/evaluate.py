@@ -359,6 +359,19 @@ def paired_bootstrap(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n_cl
             "discordant": {"a_only": int(np.sum(right_a & ~right_b)), "b_only": int(np.sum(right_b & ~right_a))}}
 
 
+def wilson_interval(successes: int, n: int, level: float = INTERVAL_LEVEL) -> list[float]:
+    """Wilson score interval of a proportion (e.g. one genre's recall: ``successes`` right of ``n``);
+    sound for the small counts of a single genre, where the bootstrap collapses to a point at 0 or 1."""
+    from scipy.stats import norm
+
+    if n <= 0:
+        raise MelgenreError(f"an interval of a proportion needs at least one trial, got {n}")
+    z = float(norm.ppf(0.5 + level / 2))
+    p = successes / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return [max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))]
+
+
 def with_interval(value: float, interval: Sequence[float] | None) -> str:
     """``0.718 [0.652, 0.781]``: a figure with its interval, when there is one."""
     return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
@@ -697,7 +710,8 @@ def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None
     dict
         ``model_id``, ``root``, ``n`` (files scored), ``training_files`` (files named like
         training tracks) and ``excluded`` (those left out),
-        ``failed`` (``[path, reason]``), ``track`` (:func:`compute_metrics` with ``intervals``) and
+        ``failed`` (``[path, reason]``), ``track`` (:func:`compute_metrics` with ``intervals``, and a
+        Wilson ``recall_interval`` per scored class) and
         ``flags``: per flag, how many scored files carry it and how many of those are right.
 
     Raises
@@ -736,6 +750,9 @@ def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None
     y = np.array([truth[r["path"]] for r in done])
     track = compute_metrics(probs, y, classes)
     track["intervals"] = bootstrap_intervals(track["confusion"])
+    for i, c in enumerate(track["per_class"]):
+        if c["support"]:
+            c["recall_interval"] = wilson_interval(track["confusion"][i][i], c["support"])
     right = probs.argmax(1) == y
     flags = {}
     for flag in sorted({f for r in done for f in r["flags"]}):
