@@ -299,6 +299,8 @@ def test_pooled_metrics_of_the_classes_every_fold_learnt():
     assert low < metrics["learnable"]["balanced_accuracy"] < high
     assert metrics["balanced_accuracy"] == pytest.approx((8 / 10 + 3 / 4 + 10 / 20) / 3)
     assert "learnable" not in evaluate.pooled_metrics([fold1, fold2], classes)
+    a, b, c, d = metrics["per_class"]  # each class's recall with its Wilson interval: c is 10 of 20
+    assert c["recall_interval"] == evaluate.wilson_interval(10, 20) and "recall_interval" not in d
     assert metrics["intervals"]["balanced_accuracy"][0] < metrics["balanced_accuracy"] < metrics["intervals"][
         "balanced_accuracy"][1]
 

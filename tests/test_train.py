@@ -256,6 +256,8 @@ def test_artist_disjoint_cross_validation(gtzan_like_store, tmp_path):
     assert (f"balanced accuracy {pooled['balanced_accuracy']:.3f} [{ci['balanced_accuracy'][0]:.3f}, "
             f"{ci['balanced_accuracy'][1]:.3f}]") in md
     assert "learnable" not in pooled and "classes every fold trained on" not in md  # every fold trained every class
+    first = pooled["per_class"][0]
+    assert f"{first['class']} {first['recall']:.3f} [{first['recall_interval'][0]:.3f}, " in md  # with its interval
     assert not (tmp_path / "cv" / "cv-last.json").exists() and not list((tmp_path / "cv").glob("fold*"))
 
     # the CLI reuses the finished folds and names the protocol

@@ -200,6 +200,7 @@ def test_fusion_of_cross_validations(emb_store, tmp_path):
     assert estimate["track"]["n"] == a["pooled"]["n"] and estimate["folds"] == 3
     assert estimate["track"]["balanced_accuracy"] == pytest.approx(a["pooled"]["balanced_accuracy"], abs=1e-6)
     assert estimate["intervals"] == a["pooled"]["intervals"]  # the card carries the estimate's uncertainty
+    assert set(estimate["recall_intervals"]) == {c["class"] for c in a["pooled"]["per_class"] if c["support"]}
 
 
 def test_finetune_recipe_trains_the_whole_tagger(corpus, tmp_path):

@@ -199,7 +199,8 @@ def pooled_metrics(confusions: Iterable[Sequence[Sequence[int]]], classes: Seque
     macro precision and macro F1 after reweighting every row (true class) to the same count,
     i.e. what the same per-class recalls and confusions would score on a class-balanced test
     set such as the full GTZAN. Classes with no rows are left out of ``balanced``. Also
-    ``intervals`` (:func:`bootstrap_intervals`) and, when ``learnable`` names classes (those every
+    ``intervals`` (:func:`bootstrap_intervals`), a Wilson ``recall_interval`` for each class with
+    rows (:func:`wilson_interval`) and, when ``learnable`` names classes (those every
     scoring fold trained on, :func:`learnable_classes`), ``learnable``: their balanced accuracy
     and its interval.
     """
@@ -218,6 +219,9 @@ def pooled_metrics(confusions: Iterable[Sequence[Sequence[int]]], classes: Seque
     metrics["balanced"] = {"accuracy": float(recall.mean()), "macro_precision": float(precision.mean()),
                            "macro_f1": float(f1.mean())}
     metrics["intervals"] = bootstrap_intervals(total)
+    for i, c in enumerate(metrics["per_class"]):
+        if c["support"]:
+            c["recall_interval"] = wilson_interval(int(total[i, i]), c["support"])
     if learnable is not None:
         rows = [classes.index(c) for c in learnable]
         metrics["learnable"] = {

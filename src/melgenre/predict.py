@@ -777,6 +777,9 @@ def estimate_from_cv(path: str | Path) -> dict[str, Any]:
         "track": _scalars({k: pooled[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_precision",
                                                   "macro_recall", "macro_f1")}),
         "recall": {c["class"]: round(float(c["recall"]), 3) for c in pooled.get("per_class", [])},
+        **({"recall_intervals": {c["class"]: [round(v, 3) for v in c["recall_interval"]]
+                                 for c in pooled["per_class"] if "recall_interval" in c}}
+           if any("recall_interval" in c for c in pooled.get("per_class", [])) else {}),
         "balanced": _scalars(pooled.get("balanced", {})),
         "untrained_classes": cv.get("untrained_classes"),
         **({"intervals": pooled["intervals"]} if "intervals" in pooled else {}),

@@ -657,6 +657,9 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
               f"{with_interval(pooled['macro_precision'], ci['macro_precision'])}, macro F1 "
               f"{with_interval(pooled['macro_f1'], ci['macro_f1'])}; reweighted to equal class counts: macro precision "
               f"{bal['macro_precision']:.3f}, macro F1 {bal['macro_f1']:.3f}."]
+    lines += ["", "Recall per class, with 95% Wilson intervals: " + ", ".join(
+        f"{c['class']} {with_interval(c['recall'], c['recall_interval'])} ({c['support']} tracks)"
+        for c in pooled["per_class"] if c["support"]) + "."]
     for k, missing in enumerate(untrained):
         if missing:
             lines += ["", f"Fold {k} scores class(es) {', '.join(missing)} that its training side lacks."]
