@@ -334,3 +334,22 @@ def test_tag_prior_recipe_trains_packages_and_exports(emb_store, corpus, tmp_pat
     assert not np.allclose(a.window_probabilities, b.window_probabilities)
     onnx = load_model(tmp_path / "pkg" / "prior.json", backend="onnx").predict(clip)
     np.testing.assert_allclose(onnx.window_probabilities, a.window_probabilities, atol=1e-4)
+
+    # explain says in words where the genre's margin comes from: the head's part plus the prior's
+    from melgenre import audio, features
+    from melgenre import explain as ex
+    from melgenre.predict import window_images
+
+    y = audio.load(clip, sr=with_prior.preset.sr).samples
+    evidence = ex.explain(with_prior, y).evidence
+    images = window_images(features.fit_to_preset(y, with_prior.preset), with_prior.preset)[0]
+    with torch.no_grad():
+        logits = with_prior._module.eval()(torch.from_numpy(images)[:, None]).mean(0)
+    genre, runner = (with_prior.classes.index(g) for g in (evidence.genre, evidence.runner_up))
+    assert evidence.genre == with_prior.classes[int(logits.argmax())] and runner != genre
+    assert evidence.head_margin + evidence.tag_margin == pytest.approx(float(logits[genre] - logits[runner]), abs=1e-4)
+    assert {t for t, _ in evidence.genre_tags} == set(PRIOR["genres"].get(evidence.genre, []))  # its own tags
+    assert len(evidence.tags) == 5 and [p for _, p in evidence.tags] == sorted((p for _, p in evidence.tags), reverse=True)
+    assert "class02 has no tag of its own" in ex.tag_evidence(with_prior, images, "class02").describe()
+    assert ex.explain(without, y).evidence is None  # no prior: the saliency map alone
+

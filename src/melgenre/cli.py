@@ -733,17 +733,20 @@ def explain(
 
     if method not in METHODS:
         raise typer.BadParameter(f"--method must be {' or '.join(METHODS)}")
-    # Grad-CAM needs the torch module; occlusion is many forward passes, faster with ONNX Runtime
-    genre_model = load_model(model, backend="auto" if method == "occlusion" else None)
+    genre_model = load_model(model)  # torch: Grad-CAM and the evidence in words need the module
+    # occlusion is many forward passes of the same model, faster with ONNX Runtime
+    predict = load_model(model, backend="auto").predict_images if method == "occlusion" else None
     bar = Progress(TextColumn("occlusion"), BarColumn(), MofNCompleteColumn(), TextColumn("windows"),
                    TimeRemainingColumn(), console=err_console, transient=True, disable=method != "occlusion")
     with bar:
         task = bar.add_task("occlusion", total=None)
-        expl, y = explain_file(genre_model, path, genre, method,
+        expl, y = explain_file(genre_model, path, genre, method, predict=predict,
                                on_window=lambda done, total: bar.update(task, completed=done, total=total))
     save_saliency_figure(y, genre_model.preset, expl, out)
     probs = ", ".join(f"{p:.2f}" for p in expl.window_probabilities)
     say(f"{expl.genre} ({method}) over {len(expl.window_starts)} windows (probability per window: {probs}); wrote {out}")
+    if expl.evidence is not None:
+        say(expl.evidence.describe())
     _say_flags(genre_model.predict(y, sr=genre_model.preset.sr, name=str(path)).flags)
 
 

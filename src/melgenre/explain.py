@@ -234,6 +234,56 @@ def occlusion(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, c
     return out / cover
 
 
+@dataclass
+class TagEvidence:
+    """Why a tag-prior model (the shipped default) chose a genre, in words it can give: its
+    logits are the genre head's plus the tagger's own genre-tag logits (``tag_prior``)."""
+
+    genre: str  # the genre explained
+    runner_up: str  # the next most likely genre
+    head_margin: float  # mean over windows of the head's logit for genre minus runner_up
+    tag_margin: float  # the same for the tag prior's logits
+    tags: list[tuple[str, float]]  # the clip's most likely tags, mean probability over windows
+    genre_tags: list[tuple[str, float]]  # the tags the prior maps to genre (empty: it has none of its own)
+
+    def describe(self) -> str:
+        """One line: where the margin over the runner-up comes from, and which tags were heard."""
+        own = (", ".join(f"{t} {p:.2f}" for t, p in self.genre_tags) if self.genre_tags
+               else f"{self.genre} has no tag of its own")
+        return (f"evidence for {self.genre} against {self.runner_up} (logit margins, mean over windows): genre head "
+                f"{self.head_margin:+.2f}, the tagger's genre tags {self.tag_margin:+.2f}; {self.genre}'s tags: {own}; "
+                "tags heard: " + ", ".join(f"{t} {p:.2f}" for t, p in self.tags))
+
+
+def tag_evidence(model, images: np.ndarray, genre: str, top: int = 5) -> TagEvidence | None:
+    """:class:`TagEvidence` of ``genre`` on a model's mel windows ``(N, H, W)``.
+
+    None where it cannot say: an ONNX model (no torch module) or one without a ``tag_prior`` (then
+    only the saliency map explains it).
+    """
+    module = model._module
+    if module is None or not getattr(module, "tag_prior", False):
+        return None
+    c = model.classes.index(genre)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            emb = module.head_input(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None])
+            head, prior = module.head(emb).mean(0).numpy(), module.prior_logits(emb).mean(0).numpy()
+            tags = torch.sigmoid(module.tag_logits(emb)).mean(0).numpy()
+    finally:
+        module.train(was_training)
+    order = np.argsort(-(head + prior))
+    runner = int(order[1] if order[0] == c else order[0])
+    own = ((model.card or {}).get("model", {}).get("tag_prior") or {}).get("genres", {}).get(genre) or []
+    prob = dict(zip(module.tags, tags.tolist()))
+    return TagEvidence(genre=genre, runner_up=model.classes[runner], head_margin=float(head[c] - head[runner]),
+                       tag_margin=float(prior[c] - prior[runner]),
+                       tags=[(module.tags[i], float(tags[i])) for i in np.argsort(-tags)[:top]],
+                       genre_tags=sorted(((t, prob[t]) for t in own), key=lambda tp: -tp[1]))
+
+
 @dataclass(eq=False)
 class Explanation:
     """Saliency of one genre over the first ``preset.duration`` seconds of a clip."""
@@ -247,10 +297,12 @@ class Explanation:
     window_starts: list[float]  # start of each explained window in seconds
     window_probabilities: list[float]  # the genre's probability in each window
     model_id: str
+    evidence: TagEvidence | None = None  # the genre's evidence in words (tag-prior models, torch backend)
 
 
 def explain(model, y: np.ndarray, genre: str | None = None, method: str = "gradcam",
-            source: str = "<array>", on_window: Callable[[int, int], None] | None = None) -> Explanation:
+            source: str = "<array>", on_window: Callable[[int, int], None] | None = None,
+            predict: Callable[[np.ndarray], np.ndarray] | None = None) -> Explanation:
     """Saliency of ``genre`` on a clip, window by window, assembled over its mel image.
 
     Parameters
@@ -268,6 +320,9 @@ def explain(model, y: np.ndarray, genre: str | None = None, method: str = "gradc
     on_window : callable, optional
         Occlusion only (one forward pass per patch position, the slow method): called as
         ``on_window(done, total)`` after each window.
+    predict : callable, optional
+        Occlusion only: the ``(N, H, W)`` -> ``(N, C)`` probabilities to occlude, e.g. the same model
+        on ONNX Runtime (faster). Default: ``model.predict_images``.
 
     Returns
     -------
@@ -290,7 +345,7 @@ def explain(model, y: np.ndarray, genre: str | None = None, method: str = "gradc
         raise MelgenreError(f"unknown genre {genre!r}; the model knows {', '.join(model.classes)}")
     c = model.classes.index(genre)
     maps = (gradcam(model._module, images, c) if method == "gradcam"
-            else occlusion(model.predict_images, images, c, on_image=on_window))
+            else occlusion(predict or model.predict_images, images, c, on_image=on_window))
     if preset.chunk_seconds is None:
         image, saliency = images[0], maps[0]
     else:
@@ -308,14 +363,16 @@ def explain(model, y: np.ndarray, genre: str | None = None, method: str = "gradc
     return Explanation(source=source, genre=genre, method=method, image=image.astype(np.float32),
                        saliency=(saliency / peak if peak > 0 else saliency).astype(np.float32),
                        seconds=len(y) / preset.sr, window_starts=[float(s) for s in starts],
-                       window_probabilities=[float(p) for p in probs[:, c]], model_id=model.model_id)
+                       window_probabilities=[float(p) for p in probs[:, c]], model_id=model.model_id,
+                       evidence=tag_evidence(model, images, genre))
 
 
 def explain_file(model, path: str | Path, genre: str | None = None, method: str = "gradcam",
-                 on_window: Callable[[int, int], None] | None = None) -> tuple[Explanation, np.ndarray]:
-    """:func:`explain` of an audio file; returns the explanation and the decoded samples."""
+                 **options) -> tuple[Explanation, np.ndarray]:
+    """:func:`explain` of an audio file (``options``: its ``on_window`` and ``predict``); returns the
+    explanation and the decoded samples."""
     y = audio.load(path, sr=model.preset.sr).samples
-    return explain(model, y, genre, method, source=str(path), on_window=on_window), y
+    return explain(model, y, genre, method, source=str(path), **options), y
 
 
 def saliency_figure(y: np.ndarray, preset, expl: Explanation, title: str = ""):

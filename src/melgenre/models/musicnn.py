@@ -234,14 +234,25 @@ class _Tagger(nn.Module):
 
         With a ``tag_prior``, eval mode adds the prior's logits; training fits the head alone (trained
         with the prior added, the head learns to cancel it on the training artists: measured)."""
-        if not torch.jit.is_tracing() and x.shape[-2] == 1:  # (an export traces mel patches)
-            emb = x.flatten(1)
-        else:
-            emb = self.features(x)[self.embedding]
+        emb = self.head_input(x)
         logits = self.head(emb)
         if self.tag_prior and not self.training:
-            logits = logits + self.tag_fc(emb[:, -self.tag_fc.in_features:]) @ self.prior_map.T
+            logits = logits + self.prior_logits(emb)
         return logits
+
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding the head reads ``(N, D)``, of mel patches or of cached embeddings (as :meth:`forward`)."""
+        if not torch.jit.is_tracing() and x.shape[-2] == 1:  # (an export traces mel patches)
+            return x.flatten(1)
+        return self.features(x)[self.embedding]
+
+    def tag_logits(self, emb: torch.Tensor) -> torch.Tensor:
+        """The tagger's 50 tag logits ``(N, 50)`` from a ``tag_prior`` model's head input."""
+        return self.tag_fc(emb[:, -self.tag_fc.in_features:])
+
+    def prior_logits(self, emb: torch.Tensor) -> torch.Tensor:
+        """The tag prior's genre logits ``(N, C)`` (see :func:`prior_map`) from the head input."""
+        return self.tag_logits(emb) @ self.prior_map.T
 
 
 @register_model(
