@@ -166,6 +166,7 @@ def test_predict_segments_timeline_and_saliency(client, clips, tiny_model):
     np.testing.assert_allclose(tl["probabilities"], smooth(pred.window_probabilities), atol=1e-5)
     sal = body["saliency"]
     assert sal["genre"] == body["label"] and sal["method"] == "gradcam"
+    assert sal["evidence"] is None  # melcnn has no tag prior: the map alone (tag-prior models: test_transfer)
     image = Image.open(io.BytesIO(base64.b64decode(sal["image"].split(",", 1)[1])))
     assert image.format == "PNG" and image.size == (720, 324) and sal["image"] != body["spectrogram"]
     assert "saliency" not in _post(client, clips[0]).json()

@@ -352,4 +352,8 @@ def test_tag_prior_recipe_trains_packages_and_exports(emb_store, corpus, tmp_pat
     assert len(evidence.tags) == 5 and [p for _, p in evidence.tags] == sorted((p for _, p in evidence.tags), reverse=True)
     assert "class02 has no tag of its own" in ex.tag_evidence(with_prior, images, "class02").describe()
     assert ex.explain(without, y).evidence is None  # no prior: the saliency map alone
+    from melgenre.serve import saliency_png
+
+    png, method, words = saliency_png(y, with_prior, evidence.genre)  # the HTTP API's saliency says it too
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and method == "gradcam" and words == evidence.describe()
 

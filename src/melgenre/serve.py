@@ -8,7 +8,8 @@ that is loaded once and shared by all requests:
                    ``?spectrogram=true`` also the clip's mel image as a ``data:image/png`` URL;
                    the genre ``segments`` and the smoothed ``timeline`` (see
                    :mod:`melgenre.timeline`); with ``?saliency=true`` the mel image with the
-                   evidence for the predicted genre overlaid (:mod:`melgenre.explain`);
+                   evidence for the predicted genre overlaid (:mod:`melgenre.explain`) and, for
+                   tag-prior models on torch, that evidence in words (else null);
                    with a library index loaded (``index=``), ``similar``: the most similar tracks
                    as ``[{"path", "score"}]`` (paths relative to the library's folder).
 ``GET /health``    ``{"status": "ok", "model_id": ...}``
@@ -291,9 +292,10 @@ def timeline_json(pred) -> dict[str, Any]:
             "probabilities": [[round(float(p), 6) for p in row] for row in probs]}
 
 
-def saliency_png(y, model, genre: str, title: str = "") -> tuple[bytes, str]:
-    """The spectrogram figure with the saliency of ``genre`` overlaid, as PNG bytes, and the method:
-    Grad-CAM with the torch backend, occlusion with ONNX."""
+def saliency_png(y, model, genre: str, title: str = "") -> tuple[bytes, str, str | None]:
+    """The spectrogram figure with the saliency of ``genre`` overlaid, as PNG bytes; the method
+    (Grad-CAM with the torch backend, occlusion with ONNX); and the evidence in words where the
+    model can give it (:class:`melgenre.explain.TagEvidence`: tag-prior models on torch), else None."""
     import matplotlib.pyplot as plt
 
     from melgenre.explain import explain, saliency_figure
@@ -307,7 +309,7 @@ def saliency_png(y, model, genre: str, title: str = "") -> tuple[bytes, str]:
             fig.savefig(buf, format="png", dpi=SPECTROGRAM_DPI)
         finally:
             plt.close(fig)
-    return buf.getvalue(), method
+    return buf.getvalue(), method, None if expl.evidence is None else expl.evidence.describe()
 
 
 def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: float = 20,
@@ -415,8 +417,8 @@ def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: 
                 png = spectrogram_png(clip.samples, model.preset, title=title)
                 body["spectrogram"] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
             if saliency:
-                png, method = saliency_png(clip.samples, model, pred.label, title=filename)
-                body["saliency"] = {"genre": pred.label, "method": method,
+                png, method, evidence = saliency_png(clip.samples, model, pred.label, title=filename)
+                body["saliency"] = {"genre": pred.label, "method": method, "evidence": evidence,
                                     "image": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
         return body
 

@@ -205,7 +205,8 @@
         return;
       }
       images.saliency = body.saliency.image;
-      setStatus(`${wanted.filename}: evidence for ${body.saliency.genre} (${body.saliency.method})`);
+      setStatus(`${wanted.filename}: evidence for ${body.saliency.genre} (${body.saliency.method})`
+        + (body.saliency.evidence ? `; ${body.saliency.evidence}` : ""));
       showSpectrogram();
     } catch (err) {
       if (wanted === images) showError("The upload failed", `Could not reach the server (${err.message}).`);
