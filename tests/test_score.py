@@ -71,3 +71,44 @@ def test_score_refuses_foreign_classes_and_reports_broken_files(tiny_card, tmp_p
     assert [p for p, _ in result["failed"]] == [str(broken.resolve())]
     r = runner.invoke(app, ["score", str(tmp_path / "nowhere"), "--model", str(tiny_card), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "nowhere" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_compare_two_scores_of_the_same_files(tiny_card, tmp_path):
+    """compare pairs two `score` folders by file: the same model scores no difference, a copy with
+    some answers made wrong loses exactly those files."""
+    from melgenre.evaluate import compare_scores
+
+    clips = tiny_card.parent / "clips"
+    held = score_corpus(clips, tmp_path / "held", model=tiny_card, backend="torch", workers=0, progress=False)
+    everything = score_corpus(clips, tmp_path / "all", model=tiny_card, backend="torch", workers=0, progress=False,
+                              include_training=True)
+    same = compare_scores(tmp_path / "held", tmp_path / "all")
+    assert same["common"] == held["n"] < everything["n"]  # only the files both scored
+    assert same["metrics"]["accuracy"]["difference"] == 0 and same["discordant"] == {"a_only": 0, "b_only": 0}
+
+    worse = json.loads((tmp_path / "all" / "scores.json").read_text())  # B: every right answer made wrong
+    other_genre = {"class00": "class01", "class01": "class02", "class02": "class00"}
+    spoiled = 0
+    for f in worse["files"]:
+        if f["label"] == f["genre"] and f["path"] in {g["path"] for g in held["files"]}:
+            f["label"], spoiled = other_genre[f["genre"]], spoiled + 1
+    assert spoiled > 0
+    (tmp_path / "worse").mkdir()
+    (tmp_path / "worse" / "scores.json").write_text(json.dumps(worse))
+    result = compare_scores(tmp_path / "held", tmp_path / "worse")
+    assert result["discordant"] == {"a_only": spoiled, "b_only": 0}
+    assert result["metrics"]["accuracy"]["difference"] == pytest.approx(held["track"]["accuracy"])  # B: none right
+    r = runner.invoke(app, ["compare", str(tmp_path / "held"), str(tmp_path / "worse")])
+    assert r.exit_code == 0 and f"the {held['n']} files both scored" in " ".join(r.output.split())
+
+    with pytest.raises(MelgenreError, match="no scores.json"):
+        compare_scores(tmp_path / "held", tmp_path)
+    other = json.loads((tmp_path / "all" / "scores.json").read_text())
+    for c in other["track"]["per_class"]:
+        c["class"] = "x" + c["class"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "scores.json").write_text(json.dumps(other))
+    with pytest.raises(MelgenreError, match="predict different genres"):
+        compare_scores(tmp_path / "held", tmp_path / "other")
+    r = runner.invoke(app, ["compare", str(tmp_path / "held"), str(tmp_path / "worse"), "--groups"])
+    assert r.exit_code == 2 and "not score folders" in r.output

@@ -505,18 +505,27 @@ _COMPARED = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"
 
 @app.command()
 def compare(
-    cv_a: Path = typer.Argument(..., metavar="CV_A", help="A cross-validation folder (RUNS/<name>) of `melgenre cv`."),
-    cv_b: Path = typer.Argument(..., metavar="CV_B", help="Another one, run with the same protocol on the same tracks."),
-    groups: bool = typer.Option(False, "--groups", help="Compare the artist-disjoint CVs (cv --groups). Default: the stratified ones."),
-    fixed_epochs: bool = typer.Option(False, "--fixed-epochs", help="Compare the --fixed-epochs CVs (the *-last folds). Default: the early-stopped ones."),
+    a: Path = typer.Argument(..., metavar="A", help="A cross-validation folder (RUNS/<name>) of `melgenre cv`, or an output folder of `melgenre score`."),
+    b: Path = typer.Argument(..., metavar="B", help="Another of the same kind: a CV run with the same protocol on the same tracks, or a score of the same files."),
+    groups: bool = typer.Option(False, "--groups", help="CV folders: compare the artist-disjoint CVs (cv --groups). Default: the stratified ones."),
+    fixed_epochs: bool = typer.Option(False, "--fixed-epochs", help="CV folders: compare the --fixed-epochs CVs (the *-last folds). Default: the early-stopped ones."),
     out: Path = typer.Option(None, "--out", "-o", help="Also write the result as JSON to OUT. Default: print only."),
 ) -> None:
-    """Is recipe A better than B? Paired bootstrap of their out-of-fold differences, with 95 % intervals."""
-    from melgenre.train import compare_cv
+    """Is A better than B? Paired bootstrap of two recipes' out-of-fold predictions (cv folders) or of two models' predictions of the same labelled files (score folders), with 95 % intervals."""
+    if (a / "scores.json").is_file() or (b / "scores.json").is_file():
+        from melgenre.evaluate import compare_scores
 
-    result = compare_cv(cv_a, cv_b, groups=groups, fixed_epochs=fixed_epochs)
-    a, b = result["recipes"]
-    table = Table(title=f"{a} (A) against {b} (B): {result['n']} out-of-fold tracks, {result['protocol']}")
+        if groups or fixed_epochs:
+            raise typer.BadParameter("--groups and --fixed-epochs are for cross-validation folders, not score folders")
+        result = compare_scores(a, b)
+        title = (f"{result['model_ids'][0]} (A) against {result['model_ids'][1]} (B): the {result['common']} files "
+                 "both scored")
+    else:
+        from melgenre.train import compare_cv
+
+        result = compare_cv(a, b, groups=groups, fixed_epochs=fixed_epochs)
+        title = f"{result['recipes'][0]} (A) against {result['recipes'][1]} (B): {result['n']} out-of-fold tracks, {result['protocol']}"
+    table = Table(title=title)
     for column in ("metric", "A", "B", "A - B", f"{result['level']:.0%} interval", "A higher in"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for key, label in _COMPARED:

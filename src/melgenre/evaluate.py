@@ -716,7 +716,9 @@ def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None
         training tracks) and ``excluded`` (those left out),
         ``failed`` (``[path, reason]``), ``track`` (:func:`compute_metrics` with ``intervals``, and a
         Wilson ``recall_interval`` per scored class) and
-        ``flags``: per flag, how many scored files carry it and how many of those are right.
+        ``flags``: per flag, how many scored files carry it and how many of those are right;
+        ``files``: each scored file's ``path``, true ``genre``, predicted ``label`` and ``flags``
+        (what :func:`compare_scores` pairs).
 
     Raises
     ------
@@ -763,7 +765,9 @@ def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None
         has = np.array([flag in r["flags"] for r in done])
         flags[flag] = {"files": int(has.sum()), "right": int(right[has].sum())}
     result = {"model_id": genre_model.model_id, "root": str(root), "n": len(done), "training_files": seen,
-              "excluded": 0 if include_training else seen, "failed": failed, "track": track, "flags": flags}
+              "excluded": 0 if include_training else seen, "failed": failed, "track": track, "flags": flags,
+              "files": [{"path": r["path"], "genre": classes[truth[r["path"]]], "label": r["label"], "flags": r["flags"]}
+                        for r in done]}
     with atomic_path(out_dir / "scores.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     save_all_plots(out_dir, {"corpus": {"track": track}}, classes)
@@ -780,6 +784,45 @@ def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None
     write_report(out_dir, f"{genre_model.model_id} on {Path(root).name}", {"model": str(model or "default"),
                  "root": str(root)}, {"corpus": {"track": track}}, extra_lines=notes)
     return result
+
+
+def compare_scores(dir_a: str | Path, dir_b: str | Path) -> dict[str, Any]:
+    """Paired comparison of two :func:`score_corpus` results on the files both scored.
+
+    ``dir_a`` and ``dir_b`` are ``score`` output folders (their ``scores.json``), e.g. two models on
+    one labelled folder. Returns :func:`paired_bootstrap`'s result (differences are A - B) with
+    the two ``model_ids`` and the number of ``common`` files.
+
+    Raises
+    ------
+    MelgenreError
+        A folder without ``scores.json``, models of other genres, or no file scored by both.
+    """
+    results = []
+    for d in (Path(dir_a), Path(dir_b)):
+        path = d / "scores.json"
+        if not path.is_file():
+            raise MelgenreError(f"{d}: no scores.json (run melgenre score --out {d} first)")
+        result = json.loads(path.read_text())
+        if "files" not in result:
+            raise MelgenreError(f"{path}: lists no files (written by an older melgenre; run melgenre score again)")
+        results.append(result)
+    classes = [c["class"] for c in results[0]["track"]["per_class"]]
+    if sorted(classes) != sorted(c["class"] for c in results[1]["track"]["per_class"]):
+        raise MelgenreError(f"{dir_a} and {dir_b}: the two models predict different genres")
+    a, b = ({f["path"]: f for f in r["files"]} for r in results)
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise MelgenreError(f"{dir_a} and {dir_b}: no file was scored by both")
+    mismatch = [p for p in common if a[p]["genre"] != b[p]["genre"]]
+    if mismatch:
+        raise MelgenreError(f"{mismatch[0]}: true genre {a[mismatch[0]]['genre']!r} in {dir_a}, "
+                            f"{b[mismatch[0]]['genre']!r} in {dir_b}")
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[a[p]["genre"]] for p in common])
+    pred_a, pred_b = (np.array([index[side[p]["label"]] for p in common]) for side in (a, b))
+    return {"model_ids": [r["model_id"] for r in results], "common": len(common),
+            **paired_bootstrap(y, pred_a, pred_b, len(classes))}
 
 
 def _check_rows(probs: np.ndarray, *columns: np.ndarray) -> None:
