@@ -712,13 +712,14 @@ def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None
     Returns
     -------
     dict
-        ``model_id``, ``root``, ``n`` (files scored), ``training_files`` (files named like
-        training tracks) and ``excluded`` (those left out),
-        ``failed`` (``[path, reason]``), ``track`` (:func:`compute_metrics` with ``intervals``, and a
-        Wilson ``recall_interval`` per scored class) and
-        ``flags``: per flag, how many scored files carry it and how many of those are right;
-        ``files``: each scored file's ``path``, true ``genre``, predicted ``label`` and ``flags``
-        (what :func:`compare_scores` pairs).
+        - ``model_id``, ``root``, ``n`` (files scored);
+        - ``training_files`` (files named like training tracks) and ``excluded`` (those left out);
+        - ``failed``: ``[path, reason]`` of the files that could not be predicted;
+        - ``track``: :func:`compute_metrics` with ``intervals`` and a Wilson ``recall_interval``
+          per scored class;
+        - ``flags``: per flag, how many scored files carry it and how many of those are right;
+        - ``files``: each scored file's ``path``, true ``genre``, predicted ``label`` and
+          ``flags`` (what :func:`compare_scores` pairs).
 
     Raises
     ------
