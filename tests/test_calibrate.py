@@ -15,6 +15,7 @@ from melgenre import calibrate, synth, trust
 from melgenre.cli import app
 from melgenre.config import config_from_dict
 from melgenre.errors import MelgenreError
+from melgenre.evaluate import wilson_interval
 from melgenre.predict import _softmax, export_onnx_file, forward_outputs, load_model, save_package
 from melgenre.store import prepare
 from melgenre.train import cross_validate
@@ -141,6 +142,8 @@ def test_calibrate_writes_the_card_and_reference(calibrated):
     assert 0 <= cal["ece_after"] <= 1 and 0 <= cal["ece_before"] <= 1 and cal["nll_after"] <= cal["nll_before"] + 1e-9
     assert cal["n"] == tr["n"] > 0
     assert tr["not_music_above"] > 0 and 0 <= tr["false_flag_rate_dev"] <= 0.5
+    low, high = tr["false_flag_rate_dev_interval"]  # Wilson, of the flagged count among the n dev clips
+    assert [low, high] == pytest.approx(wilson_interval(round(tr["false_flag_rate_dev"] * tr["n"]), tr["n"]), abs=1e-6)
     assert tr["novelty"] == trust.NOVELTY_METHOD and tr["not_music_rule"].startswith("98th percentile")
     assert 0 <= tr["evaluation"]["auroc_music_vs_nonmusic"] <= 1 and tr["evaluation"]["n_nonmusic"] >= 14
     npz = card_path.with_name("tiny.trust.npz")

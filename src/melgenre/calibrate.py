@@ -306,6 +306,7 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
     import io
 
     from melgenre import trust
+    from melgenre.evaluate import wilson_interval
     from melgenre.predict import _load_torch
     from melgenre.utils import atomic_path
 
@@ -355,6 +356,8 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
         "not_music_rule": f"{100 * (1 - false_flag_rate):g}th percentile of the out-of-fold dev clips' novelty "
                           "(distance of the clip's mean embedding to the nearest class centre of the training tracks)",
         "false_flag_rate_dev": round(float(np.mean(music > not_music_above)), 6),
+        "false_flag_rate_dev_interval": [round(v, 6) for v in wilson_interval(int(np.sum(music > not_music_above)),
+                                                                               len(music))],
         "fitted_on": source,
         "n": len(oof.tracks),
         "reference": {"file": trust.reference_path(card_path).name, "tracks": n_reference,
