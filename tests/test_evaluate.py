@@ -180,11 +180,12 @@ def test_plot_class_distribution_rejects_wrong_length(tmp_path):
 
 def test_per_class_table(results):
     table = evaluate.per_class_table(results["test"]["track"]).splitlines()
-    assert table[0] == "| class | precision | recall | F1 | support |"
+    assert table[0] == "| class | precision | recall | recall, 95 % | F1 | support |"
     assert len(table) == 2 + len(CLASSES)
     first = results["test"]["track"]["per_class"][0]
-    assert table[2] == (f"| blues | {first['precision']:.3f} | {first['recall']:.3f} | {first['f1']:.3f} "
-                        f"| {first['support']} |")
+    low, high = evaluate.wilson_interval(round(first["recall"] * first["support"]), first["support"])
+    assert table[2] == (f"| blues | {first['precision']:.3f} | {first['recall']:.3f} | {low:.3f}-{high:.3f} | "
+                        f"{first['f1']:.3f} | {first['support']} |")
 
 
 def test_write_report(tmp_path, results):
@@ -203,7 +204,7 @@ def test_write_report(tmp_path, results):
         assert (f"95% bootstrap intervals, {split}, track level" in text
                 and f"accuracy [{ci['accuracy'][0]:.3f}, {ci['accuracy'][1]:.3f}]" in text)
     assert "## Per class (test, track level)" in text
-    assert "| class | precision | recall | F1 | support |" in text
+    assert "| class | precision | recall | recall, 95 % | F1 | support |" in text
     assert "trained 3 epochs" in text
     assert "![confusion_test_track](confusion_test_track.png)" in text
     assert "history.png" not in text  # not written: no history.csv

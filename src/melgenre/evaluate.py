@@ -564,7 +564,8 @@ def plot_per_class(metrics: Mapping[str, Any], out: str | Path) -> Path:
 
 
 def per_class_table(metrics: Mapping[str, Any]) -> str:
-    """A markdown table ``class | precision | recall | F1 | support`` with 3 decimals.
+    """A markdown table ``class | precision | recall | recall, 95 % | F1 | support`` with 3 decimals
+    (the recall's Wilson interval, :func:`wilson_interval`; blank for a class without rows).
 
     Parameters
     ----------
@@ -576,10 +577,16 @@ def per_class_table(metrics: Mapping[str, Any]) -> str:
     str
         The table, one line per class, without a trailing newline.
     """
+    def interval(row: Mapping[str, Any]) -> str:
+        if not row["support"]:
+            return ""
+        low, high = wilson_interval(round(row["recall"] * row["support"]), row["support"])
+        return f"{low:.3f}-{high:.3f}"
+
     return _markdown_table(
-        ("class", "precision", "recall", "F1", "support"),
-        ([row["class"], *(f"{row[k]:.3f}" for k in ("precision", "recall", "f1")), str(row["support"])]
-         for row in metrics["per_class"]),
+        ("class", "precision", "recall", "recall, 95 %", "F1", "support"),
+        ([row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", interval(row), f"{row['f1']:.3f}",
+          str(row["support"])] for row in metrics["per_class"]),
     )
 
 
