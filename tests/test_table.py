@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from melgenre.errors import MelgenreError
-from melgenre.evaluate import PRETRAINING_NOTE, RUNS_TABLE_COLUMNS, runs_table, write_runs_table
+from melgenre.evaluate import PRETRAINING_NOTE, RUNS_TABLE_COLUMNS, runs_table, wilson_interval, write_runs_table
 
 
 def scores(accuracy: float, macro_precision: float) -> dict[str, float]:
@@ -58,6 +58,7 @@ def test_runs_table_lists_runs_with_metrics_and_published_numbers(runs):
         "row": 18, "run": "best", "status": "finished", "model": "yolov8_cls (n, gap)", "dataset": "v2",
         "split": "stratified 800/100/100", "epochs": 212, "best_epoch": 111, "train_seconds": 3600,
         "val_accuracy": 0.75, "val_macro_precision": 0.765, "test_accuracy": 0.812, "test_macro_precision": 0.79,
+        "test_accuracy_interval": "{:.3f}-{:.3f}".format(*wilson_interval(81, 100)),  # 81 of 100 test tracks
         "ref_val_macro_precision": 0.864, "ref_test_macro_precision": 0.803, "ref_test_accuracy": 0.8,
     }
     assert (base["model"], base["split"], base["test_macro_precision"]) == ("yolov8_cls", "stratified 0.8/0.1/0.1", 0.457)
@@ -71,8 +72,8 @@ def test_runs_table_lists_runs_with_metrics_and_published_numbers(runs):
     assert lines[2].startswith("| 1 | cnn | unfinished | vanilla_cnn | v1 | stratified 0.8/0.1/0.1 |  |")
     assert lines[2].endswith("| 0.544 | 0.554 | 0.535 |")
     assert lines[4] == ("| 18 | best | finished | yolov8_cls (n, gap) | v2 | stratified 800/100/100 | 212 | 111 | 3600 "
-                        "| 0.750 | 0.765 | 0.812 | 0.790 | 0.864 | 0.803 | 0.800 |")
-    assert lines[3].endswith("| 0.450 | 0.457 | 0.651 | 0.568 | 0.510 |")
+                        "| 0.750 | 0.765 | 0.812 | 0.722-0.875 | 0.790 | 0.864 | 0.803 | 0.800 |")
+    assert lines[3].endswith("| 0.450 | 0.356-0.548 | 0.457 | 0.651 | 0.568 | 0.510 |")
     assert lines[5] == "" and lines[6] == PRETRAINING_NOTE and "COCO" in PRETRAINING_NOTE  # YOLOv8 runs listed
     # row 18 finished: Table 6 and Figure 4 follow, ours empty (no per_class here)
     assert "| blues |  | 0.692 |" in lines and "| pop |  | 0.250 |" in lines
@@ -92,6 +93,7 @@ def test_runs_table_chunk_level_and_cv_runs(runs):
     assert rows[4]["split"] == "artist-disjoint (fault_filtered groups) 131/71/0"
     assert (rows[2]["test_accuracy"], rows[3]["test_macro_precision"], rows[3]["val_accuracy"]) == (0.6, 0.91, None)
     assert "test acc (chunk)" in markdown
+    assert all(r["test_accuracy_interval"] is None for r in rows)  # chunks of a track are not independent draws
     with pytest.raises(MelgenreError, match="level"):
         runs_table(runs, level="clip")
     with pytest.raises(MelgenreError, match="no such folder"):

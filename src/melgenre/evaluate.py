@@ -886,6 +886,7 @@ RUNS_TABLE_COLUMNS: dict[str, str] = {  # row-dict key (and CSV column) -> markd
     "val_accuracy": "val acc",
     "val_macro_precision": "val macro P",
     "test_accuracy": "test acc",
+    "test_accuracy_interval": "test acc, 95 %",
     "test_macro_precision": "test macro P",
     "ref_val_macro_precision": "report val macro P",
     "ref_test_macro_precision": "report test macro P",
@@ -948,7 +949,10 @@ def runs_table(runs_dir: str | Path, level: str = "track") -> tuple[str, list[di
         from ``splits.json``, else the fractions), ``epochs``, ``best_epoch`` (0-based, as in
         ``metrics.json``), ``train_seconds`` (whole seconds), ``{val,test}_{accuracy,
         macro_precision}`` (rounded to 3 decimals; for ``melgenre cv``'s ``<name>/final`` run,
-        which has no validation part, the val scores are the fold means from ``<name>/cv.json``)
+        which has no validation part, the val scores are the fold means from ``<name>/cv.json``),
+        ``test_accuracy_interval`` (track level: the Wilson interval of the test accuracy over the
+        test tracks, ``"low-high"``; the report's figures rest on 100-200 test tracks, the dev clips'
+        on a few dozen)
         and the report's three figures for the row, ``ref_val_macro_precision``,
         ``ref_test_macro_precision``, ``ref_test_accuracy``, from :func:`report_numbers` (by
         ``reference.row``); missing values are ``None``. Sorted by reference row (runs without
@@ -1081,6 +1085,11 @@ def _run_row(run_dir: Path, runs_dir: Path, level: str) -> dict[str, Any]:
         for key in ("accuracy", "macro_precision"):
             value = scores.get(key) if split == "test" or "val" in results else cv_val.get(key)
             row[f"{split}_{key}"] = _round3(value)
+    test = (results.get("test") or {}).get(level) or {}
+    row["test_accuracy_interval"] = None  # tracks are independent draws, a track-level run's chunks are not
+    if level == "track" and test.get("n") and test.get("accuracy") is not None:
+        low, high = wilson_interval(round(test["accuracy"] * test["n"]), test["n"])
+        row["test_accuracy_interval"] = f"{low:.3f}-{high:.3f}"
     published = report_numbers()["rows"].get(row["row"]) or {} if isinstance(row["row"], int) else {}
     for key in ("val_macro_precision", "test_macro_precision", "test_accuracy"):
         row[f"ref_{key}"] = _round3(published.get(key))
