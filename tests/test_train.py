@@ -21,6 +21,7 @@ from melgenre import store, synth
 from melgenre.cli import app
 from melgenre.config import config_from_dict
 from melgenre.errors import ConfigError, MelgenreError
+from melgenre.evaluate import wilson_interval
 from melgenre.train import GenreClassifier, TrainingError, cross_validate, evaluate_run, fit
 
 TINY = {
@@ -309,7 +310,10 @@ def test_cli_train_evaluate_table(synth_store, tmp_path):
              f"{test['macro_precision']:.3f}"]
     assert [row[k] for k in ("val_accuracy", "val_macro_precision", "test_accuracy", "test_macro_precision")] == cells
     md_row = next(line for line in (tmp_path / "table.md").read_text().splitlines() if "| cli |" in line)
-    assert [c.strip() for c in md_row.strip("|").split("|")][9:13] == cells
+    md_cells = [c.strip() for c in md_row.strip("|").split("|")]
+    assert md_cells[9:12] + md_cells[13:14] == cells  # column 12: the test accuracy's interval
+    low, high = wilson_interval(round(test["accuracy"] * test["n"]), test["n"])
+    assert md_cells[12] == row["test_accuracy_interval"] == f"{low:.3f}-{high:.3f}"
     assert md_row in r.output
 
     # evaluate again from the CLI: the same checkpoint scores the same on test, and says so
