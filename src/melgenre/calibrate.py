@@ -345,6 +345,7 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
     np.savez(buf, centres=centres, music_novelty=music.astype(np.float32))
     reference_bytes = buf.getvalue()
     flagged_unsure = after.max(axis=1) < unsure_below
+    flagged_music = music > not_music_above
     trust_card = {
         "unsure_below": round(unsure_below, 6),
         "unsure_rule": "calibrated top probability below which out-of-fold predictions are right less than half the time",
@@ -355,9 +356,8 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
         "not_music_above": round(not_music_above, 6),
         "not_music_rule": f"{100 * (1 - false_flag_rate):g}th percentile of the out-of-fold dev clips' novelty "
                           "(distance of the clip's mean embedding to the nearest class centre of the training tracks)",
-        "false_flag_rate_dev": round(float(np.mean(music > not_music_above)), 6),
-        "false_flag_rate_dev_interval": [round(v, 6) for v in wilson_interval(int(np.sum(music > not_music_above)),
-                                                                               len(music))],
+        "false_flag_rate_dev": round(float(flagged_music.mean()), 6),
+        "false_flag_rate_dev_interval": [round(v, 6) for v in wilson_interval(int(flagged_music.sum()), len(music))],
         "fitted_on": source,
         "n": len(oof.tracks),
         "reference": {"file": trust.reference_path(card_path).name, "tracks": n_reference,

@@ -218,10 +218,7 @@ def pooled_metrics(confusions: Iterable[Sequence[Sequence[int]]], classes: Seque
                    where=precision + recall > 0)
     metrics["balanced"] = {"accuracy": float(recall.mean()), "macro_precision": float(precision.mean()),
                            "macro_f1": float(f1.mean())}
-    metrics["intervals"] = bootstrap_intervals(total)
-    for i, c in enumerate(metrics["per_class"]):
-        if c["support"]:
-            c["recall_interval"] = wilson_interval(int(total[i, i]), c["support"])
+    add_intervals(metrics)
     if learnable is not None:
         rows = [classes.index(c) for c in learnable]
         metrics["learnable"] = {
@@ -229,6 +226,17 @@ def pooled_metrics(confusions: Iterable[Sequence[Sequence[int]]], classes: Seque
             "balanced_accuracy": float(confusion_scores(total, rows)["balanced_accuracy"]),
             "interval": bootstrap_intervals(total, rows=rows)["balanced_accuracy"],
         }
+    return metrics
+
+
+def add_intervals(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Give a :func:`compute_metrics` dict its ``intervals`` (:func:`bootstrap_intervals`) and each
+    class with rows its Wilson ``recall_interval`` (:func:`wilson_interval`); returns the dict."""
+    confusion = metrics["confusion"]
+    metrics["intervals"] = bootstrap_intervals(confusion)
+    for i, c in enumerate(metrics["per_class"]):
+        if c["support"]:
+            c["recall_interval"] = wilson_interval(int(confusion[i][i]), c["support"])
     return metrics
 
 
@@ -762,11 +770,7 @@ def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None
     classes = list(genre_model.classes)
     probs = np.array([[r["probabilities"][c] for c in classes] for r in done])
     y = np.array([truth[r["path"]] for r in done])
-    track = compute_metrics(probs, y, classes)
-    track["intervals"] = bootstrap_intervals(track["confusion"])
-    for i, c in enumerate(track["per_class"]):
-        if c["support"]:
-            c["recall_interval"] = wilson_interval(track["confusion"][i][i], c["support"])
+    track = add_intervals(compute_metrics(probs, y, classes))
     right = probs.argmax(1) == y
     flags = {}
     for flag in sorted({f for r in done for f in r["flags"]}):

@@ -771,15 +771,15 @@ def estimate_from_cv(path: str | Path) -> dict[str, Any]:
     if "pooled" not in cv:
         raise MelgenreError(f"{path}: not a cross-validation result (no 'pooled' metrics)")
     pooled = cv["pooled"]
+    recall_intervals = {c["class"]: [round(v, 3) for v in c["recall_interval"]]
+                        for c in pooled.get("per_class", []) if "recall_interval" in c}
     return {
         "protocol": cv.get("protocol", "stratified k-fold (same artists on both sides: optimistic)"),
         "source": f"{cv.get('name', '')}/{path.name}", "folds": cv.get("folds"), "selection": cv.get("selection"),
         "track": _scalars({k: pooled[k] for k in ("n", "accuracy", "balanced_accuracy", "macro_precision",
                                                   "macro_recall", "macro_f1")}),
         "recall": {c["class"]: round(float(c["recall"]), 3) for c in pooled.get("per_class", [])},
-        **({"recall_intervals": {c["class"]: [round(v, 3) for v in c["recall_interval"]]
-                                 for c in pooled["per_class"] if "recall_interval" in c}}
-           if any("recall_interval" in c for c in pooled.get("per_class", [])) else {}),
+        **({"recall_intervals": recall_intervals} if recall_intervals else {}),
         "balanced": _scalars(pooled.get("balanced", {})),
         "untrained_classes": cv.get("untrained_classes"),
         **({"intervals": pooled["intervals"]} if "intervals" in pooled else {}),
