@@ -133,9 +133,11 @@ class GenreClassifier(L.LightningModule):
         row["lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"])
         self.history.append(row)
         if self.trainer.is_global_zero:
-            log.info("epoch %d: train loss %.4f acc %.3f | val loss %.4f acc %.3f macro precision %.3f | lr %.2e",
-                     row["epoch"], row["train_loss"], row["train_accuracy"], row.get("val_loss", float("nan")),
-                     row.get("val_accuracy", float("nan")), row.get("val_macro_precision", float("nan")), row["lr"])
+            val = ("val loss %.4f acc %.3f macro precision %.3f" % (row["val_loss"], row["val_accuracy"],
+                                                                     row["val_macro_precision"])
+                   if "val_loss" in row else "no validation this epoch")
+            log.info("epoch %d: train loss %.4f acc %.3f | %s | lr %.2e",
+                     row["epoch"], row["train_loss"], row["train_accuracy"], val, row["lr"])
         if self.history_path is not None and self.trainer.is_global_zero:
             write_history(self.history, self.history_path)
 
