@@ -357,3 +357,61 @@ def test_tag_prior_recipe_trains_packages_and_exports(emb_store, corpus, tmp_pat
     png, method, words = saliency_png(y, with_prior, evidence.genre)  # the HTTP API's saliency says it too
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and method == "gradcam" and words == evidence.describe()
 
+
+
+def test_own_default_model_from_a_gtzan_tree_end_to_end(tmp_path):
+    """README's recipe for a default model of one's own, through the CLI, on synthetic clips named as
+    GTZAN tracks of each fault-filtered part: embed with augmentation, artist-disjoint cv with a final
+    retrain, export with the estimate, calibrate, predict, score (training clips left out)."""
+    from melgenre.data import gtzan_fault_filtered
+
+    genres = ["blues", "classical", "rock"]
+    synth.write_corpus(tmp_path / "syn", n_classes=3, per_class=7, seconds=6.5, seed=7)
+    tree, unseen = tmp_path / "gtzan", tmp_path / "new"
+    parts = gtzan_fault_filtered()
+    for k, genre in enumerate(genres):
+        clips = sorted((tmp_path / "syn" / f"class{k:02d}").glob("*.wav"))
+        names = [n for part in ("train", "val", "test")
+                 for n in [m for m in sorted(parts[part]) if m.startswith(genre + ".")][:2]]
+        for clip, name in zip(clips[:6], names):
+            (tree / genre).mkdir(parents=True, exist_ok=True)
+            clip.rename(tree / genre / f"{name}.wav")
+        (unseen / genre).mkdir(parents=True)
+        clips[6].rename(unseen / genre / f"{genre}.09999.wav")  # not a GTZAN name: never trained on
+
+    def cli(*args):
+        r = CliRunner().invoke(app, [str(a) for a in args])
+        assert r.exit_code == 0, r.output
+        return r.output
+
+    cli("embed", tree, "--model", "musicnn", "--augment", "fast,slow", "--out", tmp_path / "aug.h5", "--workers", 1,
+        "--no-progress")
+    out = cli("cv", "configs/musicnn-tagprior.yaml", "--data", tmp_path / "aug.h5", "--groups", "fault_filtered",
+              "--fixed-epochs", "--out", tmp_path / "runs", "-O", "train.max_epochs=3", "--no-progress")
+    assert "3-fold CV, artist-disjoint (fault-filtered groups)" in out and "final retrain 3 epochs" in out
+    recipe = tmp_path / "runs" / "musicnn-tagprior"
+    cli("export", recipe / "final-groups-last", "--format", "package", "--out", tmp_path / "pkg" / "mine",
+        "--estimate", recipe / "cv-groups-last.json", "--hop", 6)
+    card_path = tmp_path / "pkg" / "mine.json"
+    cli("calibrate", card_path, "--cv", recipe / "cv-groups-last.json", "--data", tmp_path / "aug.h5",
+        "--nonmusic-seconds", 4)
+
+    card = json.loads(card_path.read_text())
+    assert card["classes"] == genres and card["predict_hop"] == 6 and card["model"]["tag_prior"]["weight"] == 0.5
+    (estimate,) = card["metrics"]["estimates"]
+    assert estimate["protocol"].startswith("artist-disjoint") and estimate["track"]["n"] == 18
+    assert sorted(card["training"]["data"]["tracks"]) == sorted(f"{p.parent.name}/{p.stem}" for p in tree.rglob("*.wav"))
+    assert card["calibration"]["n"] == 18 and card["trust"]["not_music_above"] > 0
+    assert (tmp_path / "pkg" / "mine.trust.npz").is_file()
+
+    pred = json.loads(cli("predict", unseen / "rock" / "rock.09999.wav", "--model", card_path, "--format", "json"))
+    assert pred[0]["label"] in genres and pred[0]["model_id"] == card["model_id"]
+
+    for genre in genres:  # score a tree that also holds every training clip: those are left out
+        for clip in (tree / genre).glob("*.wav"):
+            (unseen / genre / clip.name).symlink_to(clip)
+    out = cli("score", unseen, "--model", card_path, "--out", tmp_path / "score", "--no-progress")
+    assert "18 file(s) named like tracks the model trained on: left out" in out
+    scores = json.loads((tmp_path / "score" / "scores.json").read_text())
+    assert sorted(Path(f["path"]).name for f in scores["files"]) == [f"{g}.09999.wav" for g in genres]
+    assert scores["n"] == 3 and scores["excluded"] == 18
