@@ -184,6 +184,26 @@ def test_predict_other_formats_and_silence(client, tmp_path, tiny_model):
     assert body["silent"] is True and body["padded"] is True and body["flags"] == ["silent", "padded", "not_music"] and body["spectrogram"].startswith("data:image/png")
 
 
+def test_predict_m4a_and_opus_uploads(client, tmp_path, tiny_model):
+    """The page offers M4A and Opus: an M4A upload goes through ffmpeg (by its name), an Opus one through libsndfile."""
+    import shutil
+    import subprocess
+
+    t = np.arange(int(48_000 * 3.0)) / 48_000
+    y = (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
+    sf.write(tmp_path / "song.opus", y, 48_000, format="OGG", subtype="OPUS")
+    body = _post(client, tmp_path / "song.opus", content_type="audio/ogg").json()
+    assert body["label"] in tiny_model.classes and body["duration"] == pytest.approx(3.0, abs=0.05)
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed (apt-get install ffmpeg)")
+    sf.write(tmp_path / "song.wav", y, 48_000)
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(tmp_path / "song.wav"), "-c:a", "aac",
+                    str(tmp_path / "song.m4a")], check=True)
+    body = _post(client, tmp_path / "song.m4a", content_type="audio/mp4").json()
+    assert body["filename"] == "song.m4a" and body["label"] in tiny_model.classes
+    assert body["duration"] == pytest.approx(3.0, abs=0.05)
+
+
 def test_client_filename_is_only_a_label(tiny_model, clips, tmp_path):
     with TestClient(create_app(model=tiny_model)) as c:
         r = _post(c, clips[0], name="../../../../etc/evil name.wav")
