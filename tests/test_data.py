@@ -1,3 +1,4 @@
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -110,6 +111,61 @@ def test_group_kfold_splits_errors():
         group_kfold_splits(["a"], None, "artist")
     with pytest.raises(ConfigError, match="3 track ids but 2 labels"):
         group_kfold_splits(["blues/blues.00030", "blues/blues.00000", "blues/blues.00012"], [0, 0])
+
+
+def test_grouping_files_and_dealing_groups_to_folds(tmp_path, caplog):
+    """A CSV/TSV of track,group (or artist) rows groups any corpus; fewer folds than groups deal
+    whole groups to the folds, balanced by class and size, never one group on both sides."""
+    from melgenre.data import group_folds, group_of, read_grouping
+
+    csv_file = tmp_path / "artists.csv"
+    rows = ["track,artist,year", "blues.00000,Hooker,1951", "blues/blues.00001.wav,Hooker,1952",
+            "/music/gtzan/blues/blues.00002.flac,King,1960", "blues.00003,King,1961",
+            "rock.00000,Clash,1979", "rock.00001,Clash,1979", "rock.00002,Queen,1975", "rock.00003,Who,1969",
+            "rock.00004,Who,1969", "pop.00000,Abba,1976", "pop.00001,Madonna,1984", "pop.00002,Madonna,1984"]
+    csv_file.write_text("\n".join(rows) + "\n")
+    mapping = read_grouping(csv_file)
+    assert mapping["blues.00000"] == "Hooker" and mapping["blues/blues.00001"] == "Hooker"  # suffix dropped
+    assert mapping["blues.00002"] == "King"  # a long path: its stem
+    tsv = tmp_path / "g.tsv"
+    tsv.write_text("track\tgroup\nblues.00000\tHooker\n")
+    assert read_grouping(tsv) == {"blues.00000": "Hooker"}
+
+    stems = [".".join(Path(r.split(",")[0]).name.split(".")[:2]) for r in rows[1:]]  # blues.00002.flac -> blues.00002
+    ids = [f"{stem.split('.')[0]}/{stem}" for stem in stems]
+    labels = [{"blues": 0, "pop": 1, "rock": 2}[t.split("/")[0]] for t in ids]
+    dealt = group_folds(ids, labels, csv_file, 3)
+    assert sorted(g for fold in dealt for g in fold) == sorted(set(mapping.values()))  # each group dealt once
+    assert all(dealt) and group_folds(ids, labels, csv_file, 3) == dealt  # deterministic
+    assert group_folds(ids, labels, csv_file) == [[g] for g in dict.fromkeys(mapping.values())]  # one per group
+    folds = group_kfold_splits(ids, labels, csv_file, folds=3)
+    artist = dict(zip(ids, group_of(ids, csv_file)))
+    assert sorted(t for f in folds for t in f["val"]) == sorted(ids)  # every track scored once
+    for f in folds:
+        assert not {artist[t] for t in f["val"]} & {artist[t] for t in f["train"]}  # no artist on both sides
+        assert sorted(f["train"] + f["val"]) == sorted(ids)
+    sizes = sorted(len(f["val"]) for f in folds)
+    assert sizes[-1] - sizes[0] <= 2  # about equal
+    for cls in range(3):  # each class spread over at least two folds where it has two or more groups
+        assert sum(any(labels[ids.index(t)] == cls for t in f["val"]) for f in folds) >= 2
+    # the CLI's CV runs these folds: tested in test_train
+
+    with pytest.raises(ConfigError, match="7 groups of artists.csv among the tracks make 2 to 7 folds, not 8"):
+        group_folds(ids, labels, csv_file, 8)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,artist\na,b\n")
+    with pytest.raises(ConfigError, match="needs a header row with a 'track' column and a 'group' or 'artist' column"):
+        read_grouping(bad)
+    bad.write_text("track,group\na,A\nb,\n")
+    with pytest.raises(ConfigError, match="bad.csv, line 3: empty track or group"):
+        read_grouping(bad)
+    bad.write_text("track,group\na,A\na.wav,B\n")
+    with pytest.raises(ConfigError, match="line 3: track 'a' is in two groups \\('A' and 'B'\\)"):
+        read_grouping(bad)
+    with pytest.raises(ConfigError, match="cannot read .*missing.csv"):
+        read_grouping(tmp_path / "missing.csv")
+    with pytest.raises(ConfigError, match="unknown grouping 'artists'.*or a .csv / .tsv file"):
+        group_kfold_splits(["a"], None, "artists")
 
 
 def test_augmentation_keeps_shape_and_changes_pixels():

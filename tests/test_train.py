@@ -274,6 +274,43 @@ def test_artist_disjoint_cross_validation(gtzan_like_store, tmp_path):
     assert r.exit_code == 2 and "unknown grouping 'artists'" in r.output
 
 
+def test_cross_validation_with_a_grouping_file(gtzan_like_store, tmp_path):
+    """cv --groups FILE.csv --folds 3: a user's own artists, whole artists dealt to the folds."""
+    artists = tmp_path / "artists.csv"
+    with artists.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["track", "artist"])
+        for genre, parts in GTZAN_LIKE.items():
+            for numbers in parts.values():  # the two tracks of each pair: one artist
+                for n in numbers:
+                    w.writerow([f"{genre}.{n:05d}", f"{genre}-{numbers[0]}"])
+    cfg = config_from_dict({**TINY, "name": "own", "model": {"name": "melcnn", "width": 4, "dropout": 0.1},
+                            "train": {"max_epochs": 1, "patience": 1}})
+    config = tmp_path / "own.yaml"
+    config.write_text(yaml.safe_dump(cfg.to_dict()))
+    r = CliRunner().invoke(app, ["cv", str(config), "--data", str(gtzan_like_store), "--out", str(tmp_path / "runs"),
+                                 "--groups", str(artists), "--folds", "3", "--fixed-epochs", "--no-final", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "3-fold CV, group-disjoint (artists.csv: 10 groups in 3 folds, none on both sides)" in r.output
+    result = json.loads((tmp_path / "runs" / "own" / "cv-groups-last.json").read_text())
+    assert result["folds"] == 3 and result["groups"] == str(artists) and result["pooled"]["n"] == 20
+    artist_of = {f"{g}/{g}.{n:05d}": f"{g}-{numbers[0]}" for g, parts in GTZAN_LIKE.items()
+                 for numbers in parts.values() for n in numbers}
+    scored = []
+    for k in range(3):
+        splits = json.loads((tmp_path / "runs" / "own" / f"group{k}-last" / "splits.json").read_text())
+        assert not {artist_of[t] for t in splits["val"]} & {artist_of[t] for t in splits["train"]}
+        scored += splits["val"]
+    assert sorted(scored) == sorted(artist_of)  # every track scored once
+    md = (tmp_path / "runs" / "own" / "cv-groups-last.md").read_text()
+    assert "| 0 | artists.csv: " in md
+    r = CliRunner().invoke(app, ["table", str(tmp_path / "runs")])
+    assert r.exit_code == 0 and "group-disjoint (artists.csv groups)" in r.output, r.output
+    r = CliRunner().invoke(app, ["cv", str(config), "--data", str(gtzan_like_store), "--out", str(tmp_path / "runs"),
+                                 "--groups", str(artists), "--folds", "11", "--no-progress"])
+    assert r.exit_code == 2 and "10 groups of artists.csv among the tracks make 2 to 10 folds, not 11" in r.output
+
+
 def test_nan_loss_is_a_clear_error():
     module = GenreClassifier({"name": "melcnn", "width": 4}, ["a", "b"], {"name": "adam", "lr": 1e-3,
                                                                           "weight_decay": 0.0, "momentum": 0.9,

@@ -416,8 +416,8 @@ def cv(
     config: Path = typer.Argument(..., help="Experiment YAML (see configs/)."),
     folds: int = typer.Option(
         None, "--folds", "-k",
-        help="Number of folds. Default: 5; with --groups, the number of groups (3 for fault_filtered), "
-             "which --folds must then equal."),
+        help="Number of folds. Default: 5; with --groups fault_filtered, its 3 parts, which --folds must then "
+             "equal; with a --groups file, 5 (at most one per group)."),
     override: list[str] = typer.Option(None, "--override", "-O", help=_OVERRIDE_HELP),
     data: Path = typer.Option(None, "--data", "-d", help="HDF5 file from `melgenre prepare`. Default: data.path of the config."),
     out: Path = typer.Option(Path("runs"), "--out", help="Folder of run directories; CV goes to OUT/<name>/."),
@@ -426,8 +426,10 @@ def cv(
         help="Artist-disjoint CV: one fold per group of tracks, the group held out and scored. fault_filtered: "
              "the three artist-disjoint parts of GTZAN's fault-filtered split (Kereliuk, Sturm & Larsen 2015); "
              "tracks outside them train in every fold and are never scored; the final retrain uses all tracks. "
-             "Folds go to group<k>/, results to cv-groups.json, beside a stratified CV's. Default: none = "
-             "stratified k-fold (same artists on both sides: optimistic)."),
+             "Or a .csv/.tsv file with a header and columns track (file stem, class/stem or path) and group "
+             "(or artist), e.g. each track's artist: whole groups are dealt to --folds folds, balanced by size "
+             "and class. Folds go to group<k>/, results to cv-groups.json, beside a stratified CV's. Default: "
+             "none = stratified k-fold (same artists on both sides: optimistic)."),
     fixed_epochs: bool = typer.Option(
         False, "--fixed-epochs",
         help="Train every fold train.max_epochs epochs and score its last epoch (no early stopping, nothing "

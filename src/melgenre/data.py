@@ -15,7 +15,9 @@ never cross splits. Every run records its split as lists of track ids (``splits.
 Group cross-validation (:func:`group_kfold_splits`) holds out one group of tracks per fold, so
 that no group is on both sides; with ``fault_filtered`` the groups are the split's three
 artist-disjoint parts, which makes the folds artist-disjoint (GTZAN is ordered by artist, so
-stratified folds put one artist on both sides and flatter the scores).
+stratified folds put one artist on both sides and flatter the scores). For another corpus, a CSV
+file of ``track,group`` rows (e.g. each track's artist, :func:`read_grouping`) groups the tracks;
+with fewer folds than groups, whole groups are dealt to the folds (:func:`group_folds`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import yaml
 from sklearn.model_selection import StratifiedKFold
 from torch.utils.data import DataLoader, Dataset
 
+from melgenre.audio import AUDIO_EXTENSIONS
 from melgenre.config import AugmentConfig, DataConfig
 from melgenre.errors import ConfigError
 from melgenre.store import MelStore
@@ -130,23 +133,122 @@ def fault_filtered_split(ids: np.ndarray) -> dict[str, list[str]]:
     return out
 
 
+#: Column names a grouping file may give its group column (the track column is ``track``).
+GROUP_COLUMNS = ("group", "artist")
+
+
+def is_grouping_file(groups: object) -> bool:
+    """Whether ``groups`` names a grouping file (a ``.csv`` or ``.tsv`` path) rather than a named grouping."""
+    return isinstance(groups, (str, Path)) and Path(groups).suffix.lower() in (".csv", ".tsv")
+
+
+def read_grouping(path: str | Path) -> dict[str, str]:
+    """``{track: group}`` from a CSV (or TSV) file with a header row naming a ``track`` column and a
+    ``group`` (or ``artist``) column; other columns are ignored.
+
+    A track is named by its file stem (``blues.00012``), its class and stem (``blues/blues.00012``)
+    or a path; a path's audio suffix is dropped and a path of more than two parts is reduced to its
+    stem, so a file list of absolute paths works too.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or unreadable, lacks the columns, has an empty cell, or gives one track
+        two groups.
+    """
+    import csv
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"groups: cannot read {path} ({getattr(exc, 'strerror', None) or exc})") from None
+    rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+    column = next((c for c in GROUP_COLUMNS if rows and c in rows[0]), None)
+    if not rows or "track" not in rows[0] or column is None:
+        raise ConfigError(f"groups: {path} needs a header row with a 'track' column and a "
+                          f"{' or '.join(map(repr, GROUP_COLUMNS))} column, and at least one row")
+    mapping: dict[str, str] = {}
+    for line, row in enumerate(rows, start=2):
+        track, group = (row.get("track") or "").strip(), (row.get(column) or "").strip()
+        if not track or not group:
+            raise ConfigError(f"groups: {path}, line {line}: empty track or {column}")
+        parts = Path(track).with_suffix("").parts if Path(track).suffix.lower() in AUDIO_EXTENSIONS else Path(track).parts
+        key = "/".join(parts) if len(parts) <= 2 else parts[-1]
+        if mapping.get(key, group) != group:
+            raise ConfigError(f"groups: {path}, line {line}: track {key!r} is in two groups "
+                              f"({mapping[key]!r} and {group!r})")
+        mapping[key] = group
+    return mapping
+
+
 def grouping(groups: str | Mapping[str, str]) -> dict[str, str]:
     """A track grouping as ``{track: group name}``.
 
     ``groups`` is a name from :data:`GROUPINGS` (``"fault_filtered"``: ``genre.NNNNN`` -> the
-    part ``train``, ``val`` or ``test`` of :func:`gtzan_fault_filtered`) or such a mapping itself.
+    part ``train``, ``val`` or ``test`` of :func:`gtzan_fault_filtered`), a grouping file
+    (:func:`read_grouping`) or such a mapping itself.
     """
-    if isinstance(groups, str):
+    if isinstance(groups, (str, Path)):
         if groups == "fault_filtered":
             return {track: part for part, names in gtzan_fault_filtered().items() for track in names}
-        raise ConfigError(f"groups: unknown grouping {groups!r}; known: {', '.join(GROUPINGS)}")
+        if is_grouping_file(groups):
+            return read_grouping(groups)
+        raise ConfigError(f"groups: unknown grouping {str(groups)!r}; known: {', '.join(GROUPINGS)}, "
+                          "or a .csv / .tsv file of track,group rows")
     return {str(track): str(group) for track, group in groups.items()}
 
 
 def group_names(groups: str | Mapping[str, str]) -> list[str]:
     """The groups of a grouping in fold order (``["train", "val", "test"]`` for ``fault_filtered``;
-    for a mapping, the order in which its values first appear)."""
+    for a file or mapping, the order in which its groups first appear)."""
     return list(dict.fromkeys(grouping(groups).values()))
+
+
+def group_folds(ids: Sequence[str] | np.ndarray, labels: Sequence[int] | np.ndarray | None,
+                groups: str | Mapping[str, str], folds: int | None = None) -> list[list[str]]:
+    """The groups each fold holds out: one group per fold, or, with ``folds`` fewer than the groups
+    among ``ids``, whole groups dealt to ``folds`` folds.
+
+    Dealing is deterministic and greedy: groups from the largest down (ties by name), each to the
+    fold with the fewest tracks of that group's most frequent class, then the fewest tracks (then
+    the lowest index), so the folds come out about equal in size and in each class.
+
+    Raises
+    ------
+    ConfigError
+        ``folds`` below 2 or above the number of groups among ``ids``.
+    """
+    ids = [str(t) for t in ids]
+    present = dict.fromkeys(g for g in group_of(ids, groups) if g is not None)
+    names = [g for g in group_names(groups) if g in present] if folds is not None else group_names(groups)
+    if folds is None or folds == len(names):
+        return [[g] for g in names]
+    if not 2 <= folds <= len(names):
+        raise ConfigError(f"folds: {len(names)} groups of {_grouping_label(groups)} among the tracks make "
+                          f"2 to {len(names)} folds, not {folds}")
+    labels = np.zeros(len(ids), dtype=int) if labels is None else np.asarray(labels)
+    members: dict[str, list[int]] = {g: [] for g in names}
+    for i, g in enumerate(group_of(ids, groups)):
+        if g is not None:
+            members[g].append(int(labels[i]))
+    n_classes = int(labels.max()) + 1 if len(labels) else 1
+    per_class = np.zeros((folds, n_classes), dtype=int)
+    dealt: list[list[str]] = [[] for _ in range(folds)]
+    for g in sorted(names, key=lambda g: (-len(members[g]), g)):
+        counts = np.bincount(members[g], minlength=n_classes)
+        major = int(counts.argmax())
+        k = min(range(folds), key=lambda f: (per_class[f, major], per_class[f].sum(), f))
+        per_class[k] += counts
+        dealt[k].append(g)
+    return [sorted(d, key=names.index) for d in dealt]
+
+
+def _grouping_label(groups: str | Mapping[str, str]) -> str:
+    """How messages name a grouping: its name, its file's name, or "the grouping"."""
+    if isinstance(groups, (str, Path)):
+        return Path(groups).name if is_grouping_file(groups) else str(groups)
+    return "the grouping"
 
 
 def group_of(ids: Sequence[str] | np.ndarray, groups: str | Mapping[str, str]) -> list[str | None]:
@@ -157,8 +259,10 @@ def group_of(ids: Sequence[str] | np.ndarray, groups: str | Mapping[str, str]) -
 
 
 def group_kfold_splits(ids: Sequence[str] | np.ndarray, labels: Sequence[int] | np.ndarray | None = None,
-                       groups: str | Mapping[str, str] = "fault_filtered") -> list[dict[str, list[str]]]:
-    """The folds of group cross-validation: one fold per group, that group held out.
+                       groups: str | Mapping[str, str] = "fault_filtered",
+                       folds: int | None = None) -> list[dict[str, list[str]]]:
+    """The folds of group cross-validation: one fold per group, that group held out (or, with
+    ``folds`` fewer than the groups, the groups :func:`group_folds` deals to each fold).
 
     Parameters
     ----------
@@ -168,8 +272,11 @@ def group_kfold_splits(ids: Sequence[str] | np.ndarray, labels: Sequence[int] | 
         The tracks' class labels, only to log a warning when a fold holds out a class that its
         training side lacks (such a fold cannot score that class right).
     groups : str or mapping
-        ``"fault_filtered"`` (GTZAN's three artist-disjoint parts, so 3 folds) or a mapping
-        ``{track id: group name}`` (see :func:`grouping` and :func:`group_of`).
+        ``"fault_filtered"`` (GTZAN's three artist-disjoint parts, so 3 folds), a grouping file
+        (:func:`read_grouping`) or a mapping ``{track id: group name}`` (see :func:`grouping` and
+        :func:`group_of`).
+    folds : int, optional
+        Deal the groups to this many folds (:func:`group_folds`). Default: one fold per group.
 
     Returns
     -------
@@ -187,7 +294,7 @@ def group_kfold_splits(ids: Sequence[str] | np.ndarray, labels: Sequence[int] | 
         training side would be empty.
     """
     ids = [str(t) for t in ids]
-    what = groups if isinstance(groups, str) else "the grouping"
+    what = _grouping_label(groups)
     of = group_of(ids, groups)
     if not any(g is not None for g in of):
         hint = " (it needs GTZAN track ids like 'jazz/jazz.00012')" if groups == "fault_filtered" else ""
@@ -198,10 +305,11 @@ def group_kfold_splits(ids: Sequence[str] | np.ndarray, labels: Sequence[int] | 
         if len(labels) != len(ids):
             raise ConfigError(f"groups: {len(ids)} track ids but {len(labels)} labels")
         label_of = dict(zip(ids, labels.tolist()))
-    folds = []
-    for name in group_names(groups):
-        held = [t for t, g in zip(ids, of) if g == name]
-        train = [t for t, g in zip(ids, of) if g != name]
+    splits = []
+    for held_groups in group_folds(ids, labels, groups, folds):
+        name = held_groups[0] if len(held_groups) == 1 else f"{len(held_groups)} groups"
+        held = [t for t, g in zip(ids, of) if g in held_groups]
+        train = [t for t, g in zip(ids, of) if g not in held_groups]
         if not held:
             raise ConfigError(f"groups: group {name!r} of {what} has no tracks here, so its fold would score nothing")
         if not train:
@@ -211,8 +319,8 @@ def group_kfold_splits(ids: Sequence[str] | np.ndarray, labels: Sequence[int] | 
             if unseen:
                 examples = ", ".join(f"{u} (e.g. {next(t for t in held if label_of[t] == u)})" for u in unseen)
                 log.warning("group %r of %s holds out class(es) %s that its training side lacks", name, what, examples)
-        folds.append({"train": train, "val": held, "test": []})
-    return folds
+        splits.append({"train": train, "val": held, "test": []})
+    return splits
 
 
 def make_splits(store: MelStore, cfg: DataConfig, seed: int) -> dict[str, list[str]]:

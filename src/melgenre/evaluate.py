@@ -1124,7 +1124,13 @@ def _model_label(model: Mapping[str, Any]) -> str:
 def _split_label(data: Mapping[str, Any], splits: Mapping[str, Any] | None) -> str:
     """``stratified 700/100/200`` from the run's track counts, else from its fractions; a fold of
     ``cv --groups`` reads ``artist-disjoint (fault_filtered groups) 131/71/0``."""
-    kind = f"artist-disjoint ({data['groups']} groups)" if data.get("groups") else str(data.get("split", "?"))
+    groups = data.get("groups")
+    if not groups:
+        kind = str(data.get("split", "?"))
+    elif groups == "fault_filtered":
+        kind = "artist-disjoint (fault_filtered groups)"
+    else:  # a grouping file of melgenre.data.read_grouping
+        kind = f"group-disjoint ({Path(groups).name} groups)"
     if isinstance(splits, Mapping):
         return f"{kind} " + "/".join(str(len(splits.get(s) or [])) for s in ("train", "val", "test"))
     fractions = data.get("fractions")

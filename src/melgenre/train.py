@@ -547,7 +547,9 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
     three artist-disjoint parts of GTZAN's fault-filtered split), the folds are
     :func:`melgenre.data.group_kfold_splits`: one per group, that group scored, all other
     tracks (tracks outside every group included) trained on. There are as many folds as groups:
-    ``folds`` must be None or that number. No test part is held out (every grouped track is
+    ``folds`` must be None or that number. ``groups`` may also be a ``.csv`` / ``.tsv`` file of
+    ``track,group`` rows (e.g. artists, :func:`melgenre.data.read_grouping`); its groups are dealt
+    to ``folds`` folds (default 5, at most one per group). No test part is held out (every grouped track is
     scored once in the folds), so the final retrain (``final-groups``) trains on all tracks and
     is not evaluated. Folds go to ``group<k>``, results to ``cv-groups.json`` / ``cv-groups.md``,
     beside those of a stratified CV of the same config.
@@ -561,12 +563,13 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
     in words which folds were used. ``final_retrain=False`` stops after the folds (an estimate
     only: no final model, no test result).
     """
-    from melgenre.data import GROUPINGS, group_kfold_splits, group_names, kfold_split, track_table
+    from melgenre.data import GROUPINGS, group_folds, group_kfold_splits, is_grouping_file, kfold_split, track_table
     from melgenre.evaluate import learnable_classes, pooled_metrics, with_interval
     from melgenre.store import MelStore
 
-    if groups is not None and groups not in GROUPINGS:
-        raise ConfigError(f"groups: unknown grouping {groups!r}; known: {', '.join(GROUPINGS)}")
+    if groups is not None and groups not in GROUPINGS and not is_grouping_file(groups):
+        raise ConfigError(f"groups: unknown grouping {groups!r}; known: {', '.join(GROUPINGS)}, "
+                          "or a .csv / .tsv file of track,group rows")
     cfg = _with_data(cfg, data)
     data_path = Path(cfg.data.path)
     base = Path(runs_dir) / cfg.name
@@ -574,12 +577,22 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
     with MelStore(data_path) as store:
         ids, labels = track_table(store)
         classes = list(store.classes)
-    if groups is not None:
+    if groups in GROUPINGS:
         fold_splits = group_kfold_splits(ids, labels, groups)
         if folds is not None and folds != len(fold_splits):
             raise ConfigError(f"folds: {groups} groups make {len(fold_splits)} folds, not {folds}; "
                               "leave the number of folds unset")
-        folds, protocol, fold_groups = len(fold_splits), GROUPINGS[groups], group_names(groups)
+        folds, protocol = len(fold_splits), GROUPINGS[groups]
+        fold_groups = [", ".join(held) for held in group_folds(ids, labels, groups)]
+    elif groups is not None:  # a grouping file: its groups dealt to the folds
+        groups = str(groups)
+        folds = 5 if folds is None else folds
+        dealt = group_folds(ids, labels, groups, folds)
+        fold_splits = group_kfold_splits(ids, labels, groups, folds)
+        protocol = (f"group-disjoint ({Path(groups).name}: {sum(map(len, dealt))} groups in {folds} folds, "
+                    "none on both sides)")
+        fold_groups = [", ".join(held[:3]) + (f" (+{len(held) - 3} more)" if len(held) > 3 else "") for held in dealt]
+    if groups is not None:
         stem, fold_name, final_name = "cv-groups", "group", "final-groups"
         final_splits = {"train": [str(t) for t in ids], "val": [], "test": []}
     else:
@@ -645,7 +658,8 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
              "|---|---|---|---|---|---|"]
     for k, m in enumerate(fold_metrics):
         t = m["results"]["val"]["track"]
-        held_out = f"{groups} part {fold_groups[k]}" if groups else f"fold {k}"
+        held_out = ((f"{groups} part {fold_groups[k]}" if groups in GROUPINGS else f"{Path(groups).name}: {fold_groups[k]}")
+                    if groups else f"fold {k}")
         lines.append(f"| {k} | {held_out} | {t['n']} | {m['best_epoch']} | {t['accuracy']:.3f} | "
                      f"{t['macro_precision']:.3f} |")
     acc, prec = result["val"]["track"]["accuracy"], result["val"]["track"]["macro_precision"]
