@@ -283,6 +283,40 @@ def test_bootstrap_intervals():
     assert evaluate.with_interval(0.7182, None) == "0.718"
 
 
+def test_group_bootstrap_intervals_move_a_groups_songs_together():
+    """Resampling whole groups (artists): with one track per group it spreads like the track
+    bootstrap; when each artist's songs are all right or all wrong it is much wider."""
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 60)
+    # 12 artists per class, 5 songs each; an artist is either all right or all wrong (8 of 12 right)
+    right = np.repeat(np.concatenate([rng.permutation([1] * 8 + [0] * 4) for _ in range(2)]), 5).astype(bool)
+    pred = np.where(right, y, 1 - y)
+    artists = [f"a{i // 5}" for i in range(120)]
+    tracks = evaluate.bootstrap_intervals(evaluate.compute_metrics(np.eye(2)[pred], y, ["x", "y"])["confusion"])
+    grouped = evaluate.group_bootstrap_intervals(y, pred, artists, 2)
+    assert grouped["groups"] == 24 and grouped["method"].startswith("percentile bootstrap, whole groups")
+    for key in ("accuracy", "balanced_accuracy"):
+        low, high = grouped[key]
+        assert low < 2 / 3 < high
+        assert high - low > 1.6 * (tracks[key][1] - tracks[key][0]), key  # about sqrt(5) wider
+    assert evaluate.group_bootstrap_intervals(y, pred, artists, 2) == grouped  # seeded
+    singles = evaluate.group_bootstrap_intervals(y, pred, [str(i) for i in range(120)], 2)
+    assert singles["accuracy"] == pytest.approx(tracks["accuracy"], abs=0.03)  # one song per group: the same spread
+    assert evaluate.group_bootstrap_intervals(y, y, artists, 2)["accuracy"] == [1.0, 1.0]
+    with pytest.raises(MelgenreError, match="need equal, non-empty rows"):
+        evaluate.group_bootstrap_intervals(y, pred[:-1], artists, 2)
+
+
+def test_track_predictions_file_round_trip(tmp_path):
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    path = evaluate.write_track_predictions(tmp_path / "p.csv", ["a/x", "b/y"], probs, np.array([0, 1]), ["a", "b", "c"])
+    text = path.read_text().splitlines()
+    assert text[0] == "track,label,predicted,a,b,c" and text[2] == "b/y,b,c,0.1,0.3,0.6"
+    tracks, back, labels, classes = evaluate.read_track_predictions(path)
+    assert list(tracks) == ["a/x", "b/y"] and classes == ["a", "b", "c"] and labels.tolist() == [0, 1]
+    np.testing.assert_allclose(back, probs)
+
+
 def test_pooled_metrics_of_the_classes_every_fold_learnt():
     """A class scored in a fold that never trained on it (GTZAN dev: country, all in one part) is
     left out of the 'learnable' balanced accuracy, which gets its own interval."""

@@ -22,7 +22,7 @@ from melgenre.cli import app
 from melgenre.config import config_from_dict
 from melgenre.errors import ConfigError, MelgenreError
 from melgenre.evaluate import wilson_interval
-from melgenre.train import GenreClassifier, TrainingError, cross_validate, evaluate_run, fit
+from melgenre.train import GenreClassifier, TrainingError, cross_validate, evaluate_run, fit, track_probabilities
 
 TINY = {
     "name": "tiny", "seed": 0,
@@ -304,6 +304,18 @@ def test_cross_validation_with_a_grouping_file(gtzan_like_store, tmp_path):
     assert sorted(scored) == sorted(artist_of)  # every track scored once
     md = (tmp_path / "runs" / "own" / "cv-groups-last.md").read_text()
     assert "| 0 | artists.csv: " in md
+    gi = result["pooled"]["group_intervals"]  # intervals that resample whole artists
+    assert gi["groups"] == 10 and gi["accuracy"][0] - 1e-6 <= result["pooled"]["accuracy"] <= gi["accuracy"][1] + 1e-6
+    assert "Resampling whole groups instead (10 groups of artists.csv" in md
+    assert "resampling whole groups (10; the intervals to quote when they are artists)" in r.output
+    fold = tmp_path / "runs" / "own" / "group0-last"  # each fold's track predictions, read back by fuse/compare
+    tracks, probs, labels, classes = track_probabilities(fold)
+    assert (fold / "predictions_val.csv").is_file() and sorted(tracks) == sorted(json.loads(
+        (fold / "splits.json").read_text())["val"]) and probs.shape == (len(tracks), 3)
+    (fold / "predictions_val.csv").unlink()
+    again = track_probabilities(fold)  # an older run without the file: predicted again, the same
+    order = np.argsort(again[0])
+    np.testing.assert_allclose(again[1][order], probs[np.argsort(tracks)], atol=1e-5)
     r = CliRunner().invoke(app, ["table", str(tmp_path / "runs")])
     assert r.exit_code == 0 and "group-disjoint (artists.csv groups)" in r.output, r.output
     r = CliRunner().invoke(app, ["cv", str(config), "--data", str(gtzan_like_store), "--out", str(tmp_path / "runs"),

@@ -455,6 +455,13 @@ def cv(
         f"macro precision {prec['mean']:.3f} ± {prec['std']:.3f}"
         + (f"; final retrain {result['final_epochs']} epochs" if final else "; no final retrain"))
     say(f"pooled over the folds ({pooled['n']} tracks), [95 % bootstrap intervals]: " + _pooled_summary(pooled))
+    if "group_intervals" in pooled:
+        from melgenre.evaluate import with_interval
+
+        gi = pooled["group_intervals"]
+        say(f"resampling whole groups ({gi['groups']}; the intervals to quote when they are artists): accuracy "
+            f"{with_interval(pooled['accuracy'], gi['accuracy'])}, balanced accuracy "
+            f"{with_interval(pooled['balanced_accuracy'], gi['balanced_accuracy'])}")
     if result["test"]:
         t = result["test"]["track"]
         say(f"final model on test: accuracy {t['accuracy']:.3f}, macro precision {t['macro_precision']:.3f}")

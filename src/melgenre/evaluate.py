@@ -307,6 +307,77 @@ def bootstrap_intervals(confusion: Sequence[Sequence[int]], rows: Sequence[int] 
             **{k: [float(v) for v in np.quantile(scores[k], [tail, 1 - tail])] for k in INTERVAL_METRICS}}
 
 
+def group_bootstrap_intervals(y: np.ndarray, pred: np.ndarray, groups: Sequence[str], n_classes: int,
+                              rows: Sequence[int] | None = None, samples: int = BOOTSTRAP_SAMPLES,
+                              level: float = INTERVAL_LEVEL, seed: int = 0) -> dict[str, Any]:
+    """Percentile bootstrap intervals of :data:`INTERVAL_METRICS` that resample whole groups.
+
+    A cluster bootstrap: each resample draws the groups (e.g. artists) with replacement, within
+    each class's groups (a group counts for the class most of its tracks have), and takes every
+    track of each drawn group, so songs of one artist that err together move together. With
+    several tracks per group these intervals are wider than :func:`bootstrap_intervals`' and the
+    honest ones; a class with a single group keeps it in every resample (no spread from it).
+
+    Parameters
+    ----------
+    y, pred : np.ndarray
+        ``(N,)`` true and predicted classes of the scored tracks.
+    groups : sequence of str
+        ``(N,)`` each track's group.
+    n_classes : int
+        Number of classes ``C``.
+    rows : sequence of int, optional
+        Restrict ``balanced_accuracy`` to these true classes (as :func:`confusion_scores`).
+
+    Returns
+    -------
+    dict
+        ``{"level", "samples", "method", "groups" (how many), <metric>: [low, high], ...}``.
+    """
+    y, pred = np.asarray(y, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+    names, group_index = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    if not len(y) == len(pred) == len(group_index) or not len(y):
+        raise MelgenreError(f"group bootstrap: need equal, non-empty rows, got {len(y)}, {len(pred)}, {len(group_index)}")
+    cells = np.zeros((len(names), n_classes * n_classes))  # each group's confusion, flattened
+    np.add.at(cells, (group_index, y * n_classes + pred), 1)
+    major = cells.reshape(len(names), n_classes, n_classes).sum(-1).argmax(-1)
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((samples, len(names)))
+    for c in range(n_classes):
+        members = np.flatnonzero(major == c)
+        if len(members):
+            drawn = np.zeros((samples, len(members)))
+            np.add.at(drawn, (np.arange(samples)[:, None], rng.integers(0, len(members), size=(samples, len(members)))), 1)
+            counts[:, members] = drawn
+    scores = confusion_scores((counts @ cells).reshape(samples, n_classes, n_classes), rows)
+    tail = (1 - level) / 2
+    return {"level": level, "samples": samples, "groups": len(names),
+            "method": "percentile bootstrap, whole groups resampled within each class",
+            **{k: [float(v) for v in np.quantile(scores[k], [tail, 1 - tail])] for k in INTERVAL_METRICS}}
+
+
+def write_track_predictions(path: str | Path, tracks: Sequence[str], probs: np.ndarray, labels: np.ndarray,
+                            classes: Sequence[str]) -> Path:
+    """Write one row per track (``track``, ``label``, ``predicted``, then each class's probability) as CSV, atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["track", "label", "predicted", *classes])
+        for t, p, y in zip(tracks, np.asarray(probs), np.asarray(labels)):
+            w.writerow([t, classes[int(y)], classes[int(np.argmax(p))], *(f"{v:.6g}" for v in p)])
+    return path
+
+
+def read_track_predictions(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """:func:`write_track_predictions`' file as ``(track ids, probs (T, C), labels (T,), classes)``."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    classes = rows[0][3:]
+    body = rows[1:]
+    return (np.array([r[0] for r in body], dtype=object), np.array([[float(v) for v in r[3:]] for r in body]).reshape(len(body), len(classes)),
+            np.array([classes.index(r[1]) for r in body], dtype=np.int64), classes)
+
+
 def paired_bootstrap(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n_classes: int,
                      learnable: Sequence[str] | None = None, classes: Sequence[str] | None = None,
                      samples: int = BOOTSTRAP_SAMPLES, level: float = INTERVAL_LEVEL, seed: int = 0) -> dict[str, Any]:

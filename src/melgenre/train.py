@@ -400,7 +400,13 @@ def _load_run(run_dir: Path, checkpoint: str | Path | None = None, data: str | P
 
 
 def track_probabilities(run_dir: str | Path, split: str = "val") -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """A run's track-level probabilities on one of its splits: ``(track ids, probs (T, C), labels, classes)``."""
+    """A run's track-level probabilities on one of its splits: ``(track ids, probs (T, C), labels, classes)``.
+
+    Read from the ``predictions_<split>.csv`` its evaluation wrote, or (runs evaluated before those
+    files existed) predicted again with its checkpoint."""
+    saved = Path(run_dir) / f"predictions_{split}.csv"
+    if saved.is_file():
+        return evaluate.read_track_predictions(saved)
     _, _, module, dm = _load_run(Path(run_dir))
     rows = dm.rows_for(split)
     probs = predict_rows(module, dm, split)
@@ -512,6 +518,8 @@ def evaluate_run(run_dir: str | Path, checkpoint: str | Path | None = None, spli
             continue
         probs = predict_rows(module, dm, split)
         results[split] = evaluate.evaluate_predictions(probs, dm.store.y[rows], dm.store.track_id[rows], dm.classes)
+        track_probs, track_y, tracks = evaluate.track_level(probs, dm.store.y[rows], dm.store.track_id[rows])
+        evaluate.write_track_predictions(run_dir / f"predictions_{split}.csv", tracks, track_probs, track_y, dm.classes)
     metrics = {"name": cfg.name, "checkpoint": str(checkpoint), "data": str(data_path),
                "classes": dm.classes, **(extra or {}), "results": results}
     old = run_dir / "metrics.json"
@@ -563,8 +571,9 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
     in words which folds were used. ``final_retrain=False`` stops after the folds (an estimate
     only: no final model, no test result).
     """
-    from melgenre.data import GROUPINGS, group_folds, group_kfold_splits, is_grouping_file, kfold_split, track_table
-    from melgenre.evaluate import learnable_classes, pooled_metrics, with_interval
+    from melgenre.data import (GROUPINGS, group_folds, group_kfold_splits, group_of, is_grouping_file, kfold_split,
+                               track_table)
+    from melgenre.evaluate import group_bootstrap_intervals, learnable_classes, pooled_metrics, with_interval
     from melgenre.store import MelStore
 
     if groups is not None and groups not in GROUPINGS and not is_grouping_file(groups):
@@ -638,6 +647,12 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
 
     confusions = [m["results"]["val"]["track"]["confusion"] for m in fold_metrics]
     pooled = pooled_metrics(confusions, classes, learnable_classes(classes, np.sum(confusions, axis=(0, 2)), untrained))
+    if groups is not None and groups not in GROUPINGS:  # a grouping file (artists): intervals resampling its groups
+        parts = [track_probabilities(base / f"{fold_name}{k}{suffix}") for k in range(folds)]
+        tracks = np.concatenate([p[0] for p in parts])
+        pooled["group_intervals"] = group_bootstrap_intervals(
+            np.concatenate([p[2] for p in parts]), np.concatenate([p[1].argmax(1) for p in parts]),
+            [str(g) for g in group_of(tracks, groups)], len(classes))
     result = {
         "name": cfg.name, "protocol": protocol, "groups": groups, "folds": folds,
         "final_epochs": epochs if final_retrain else None,
@@ -673,6 +688,13 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
               f"{with_interval(pooled['macro_precision'], ci['macro_precision'])}, macro F1 "
               f"{with_interval(pooled['macro_f1'], ci['macro_f1'])}; reweighted to equal class counts: macro precision "
               f"{bal['macro_precision']:.3f}, macro F1 {bal['macro_f1']:.3f}."]
+    if "group_intervals" in pooled:
+        gi = pooled["group_intervals"]
+        lines += ["", f"Resampling whole groups instead ({gi['groups']} groups of {Path(groups).name}, drawn within "
+                  f"each class: a group's songs move together): accuracy {with_interval(pooled['accuracy'], gi['accuracy'])}, "
+                  f"balanced accuracy {with_interval(pooled['balanced_accuracy'], gi['balanced_accuracy'])}, macro "
+                  f"precision {with_interval(pooled['macro_precision'], gi['macro_precision'])}. These are the intervals "
+                  "to quote when the groups are artists."]
     lines += ["", "Recall per class, with 95% Wilson intervals: " + ", ".join(
         f"{c['class']} {with_interval(c['recall'], c['recall_interval'])} ({c['support']} tracks)"
         for c in pooled["per_class"] if c["support"]) + "."]
