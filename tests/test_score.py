@@ -51,6 +51,21 @@ def test_score_leaves_out_the_training_files_and_matches_predict(tiny_card, tmp_
     assert everything["n"] == 12 and everything["excluded"] == 0 and everything["training_files"] == len(trained)
     assert "optimistic" in (tmp_path / "all" / "report.md").read_text()
 
+    # --groups: each class's files by two "artists" (one file left unnamed: a group of its own)
+    files = sorted(clips.rglob("*.wav"))
+    artists = tmp_path / "artists.csv"
+    artists.write_text("track,artist\n" + "".join(f"{p.parent.name}/{p.stem},{p.parent.name}-{i % 2}\n"
+                                                   for i, p in enumerate(files[1:])))
+    r = runner.invoke(app, ["score", str(clips), "--model", str(tiny_card), "--backend", "torch", "--workers", "0",
+                            "--out", str(tmp_path / "g"), "--include-training", "--groups", str(artists), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    grouped = json.loads((tmp_path / "g" / "scores.json").read_text())["track"]
+    n_groups = len({f"{p.parent.name}-{i % 2}" for i, p in enumerate(files[1:])}) + 1
+    gi = grouped["group_intervals"]
+    assert gi["groups"] == n_groups and gi["accuracy"][0] - 1e-6 <= grouped["accuracy"] <= gi["accuracy"][1] + 1e-6
+    assert f"resampling whole groups ({n_groups}; the intervals to quote when they are artists)" in r.output
+    assert f"Resampling whole groups of artists.csv ({n_groups} groups" in (tmp_path / "g" / "report.md").read_text()
+
 
 def test_score_refuses_foreign_classes_and_reports_broken_files(tiny_card, tmp_path):
     corpus = tmp_path / "corpus"

@@ -455,18 +455,23 @@ def cv(
         f"macro precision {prec['mean']:.3f} ± {prec['std']:.3f}"
         + (f"; final retrain {result['final_epochs']} epochs" if final else "; no final retrain"))
     say(f"pooled over the folds ({pooled['n']} tracks), [95 % bootstrap intervals]: " + _pooled_summary(pooled))
-    if "group_intervals" in pooled:
-        from melgenre.evaluate import with_interval
-
-        gi = pooled["group_intervals"]
-        say(f"resampling whole groups ({gi['groups']}; the intervals to quote when they are artists): accuracy "
-            f"{with_interval(pooled['accuracy'], gi['accuracy'])}, balanced accuracy "
-            f"{with_interval(pooled['balanced_accuracy'], gi['balanced_accuracy'])}")
+    _say_group_intervals(pooled)
     if result["test"]:
         t = result["test"]["track"]
         say(f"final model on test: accuracy {t['accuracy']:.3f}, macro precision {t['macro_precision']:.3f}")
     stem = "cv-groups" if groups else "cv"
     say(f"details: {out / cfg.name / (stem + ('-last' if fixed_epochs else '') + '.md')}")
+
+
+def _say_group_intervals(metrics: dict) -> None:
+    """Print the intervals that resample whole groups (``group_intervals``: cv or score with a grouping file), if any."""
+    from melgenre.evaluate import with_interval
+
+    if "group_intervals" in metrics:
+        gi = metrics["group_intervals"]
+        say(f"resampling whole groups ({gi['groups']}; the intervals to quote when they are artists): accuracy "
+            f"{with_interval(metrics['accuracy'], gi['accuracy'])}, balanced accuracy "
+            f"{with_interval(metrics['balanced_accuracy'], gi['balanced_accuracy'])}")
 
 
 def _pooled_summary(pooled: dict) -> str:
@@ -785,12 +790,13 @@ def score(
     backend: str = typer.Option("auto", "--backend", help="Inference backend: auto (ONNX Runtime when installed, else torch), onnx or torch. Default: auto."),
     workers: int = typer.Option(None, "--workers", "-w", min=0, help="Decoding processes (0: in this process). Default: the cores less one (0 on 2 cores)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr. Default: on."),
+    groups: Path = typer.Option(None, "--groups", help="A .csv/.tsv file with columns track and group (or artist), e.g. each file's artist: also give intervals that resample whole artists, whose songs tend to be right or wrong together. Default: none."),
 ) -> None:
     """How right is a model on your labelled music? Accuracy, balanced accuracy with 95 % intervals, per-genre recall; files that fail are reported (exit code 1)."""
     from melgenre.evaluate import score_corpus, with_interval
 
     result = score_corpus(data_dir, out, model=model, backend=backend, include_training=include_training,
-                          workers=workers, progress=progress)
+                          workers=workers, progress=progress, groups=groups)
     t, ci = result["track"], result["track"]["intervals"]
     table = Table(title=f"{result['model_id']} on {result['n']} files of {data_dir}")
     for column in ("genre", "files", "recall [95 %]", "precision"):
@@ -804,6 +810,7 @@ def score(
     say(f"accuracy {with_interval(t['accuracy'], ci['accuracy'])}, balanced accuracy "
         f"{with_interval(t['balanced_accuracy'], ci['balanced_accuracy'])}, macro precision "
         f"{with_interval(t['macro_precision'], ci['macro_precision'])} [95 % bootstrap intervals]")
+    _say_group_intervals(t)
     if result["training_files"]:
         say(f"{result['training_files']} file(s) named like tracks the model trained on: "
             + ("scored too (--include-training): optimistic" if include_training else "left out"))

@@ -773,7 +773,8 @@ def training_tracks(card: Mapping[str, Any]) -> set[str]:
 
 
 def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None = None, backend: str = "auto",
-                 include_training: bool = False, workers: int | None = None, progress: bool = True) -> dict[str, Any]:
+                 include_training: bool = False, workers: int | None = None, progress: bool = True,
+                 groups: str | Path | None = None) -> dict[str, Any]:
     """Score a model on a labelled corpus of audio files: the class folders are the truth.
 
     Every file is predicted by :func:`melgenre.library.predict_library` into
@@ -794,6 +795,10 @@ def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None
     include_training : bool
         Score files whose name (``blues.00012``) is one the model trained on (its card's
         ``training.data.tracks``) too, which flatters the figures. Default: leave them out.
+    groups : path, optional
+        A grouping file of ``track,group`` (or ``artist``) rows (:func:`melgenre.data.read_grouping`):
+        ``track`` also gets ``group_intervals`` (:func:`group_bootstrap_intervals`), which resample
+        whole groups; files the file does not name count as groups of their own.
 
     Returns
     -------
@@ -842,6 +847,14 @@ def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None
     probs = np.array([[r["probabilities"][c] for c in classes] for r in done])
     y = np.array([truth[r["path"]] for r in done])
     track = add_intervals(compute_metrics(probs, y, classes))
+    if groups is not None:
+        from melgenre.data import group_of, read_grouping
+
+        mapping = read_grouping(groups)
+        ids = [f"{Path(r['path']).parent.name}/{Path(r['path']).stem}" for r in done]
+        track["group_intervals"] = group_bootstrap_intervals(
+            y, probs.argmax(1), [str(g) if g is not None else f"file:{i}" for i, g in enumerate(group_of(ids, mapping))],
+            len(classes))
     right = probs.argmax(1) == y
     flags = {}
     for flag in sorted({f for r in done for f in r["flags"]}):
@@ -857,6 +870,11 @@ def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None
     notes = [f"Model {genre_model.model_id} on {len(done)} files of {root} (class folders as the truth): balanced "
              f"accuracy (mean recall over the genres present) "
              f"{with_interval(track['balanced_accuracy'], track['intervals']['balanced_accuracy'])}."]
+    if "group_intervals" in track:
+        gi = track["group_intervals"]
+        notes.append(f"Resampling whole groups of {Path(groups).name} ({gi['groups']} groups; a group's songs move "
+                     f"together): accuracy {with_interval(track['accuracy'], gi['accuracy'])}, balanced accuracy "
+                     f"{with_interval(track['balanced_accuracy'], gi['balanced_accuracy'])}.")
     if seen:
         notes.append(f"{seen} file(s) are named like tracks the model trained on: "
                      + ("scored too (--include-training), so the figures are optimistic." if include_training
