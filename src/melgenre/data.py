@@ -219,17 +219,23 @@ def group_folds(ids: Sequence[str] | np.ndarray, labels: Sequence[int] | np.ndar
     ConfigError
         ``folds`` below 2 or above the number of groups among ``ids``.
     """
-    ids = [str(t) for t in ids]
-    present = dict.fromkeys(g for g in group_of(ids, groups) if g is not None)
-    names = [g for g in group_names(groups) if g in present] if folds is not None else group_names(groups)
+    return _deal_groups([str(t) for t in ids], labels, grouping(groups), folds, _grouping_label(groups))
+
+
+def _deal_groups(ids: list[str], labels: Sequence[int] | np.ndarray | None, mapping: dict[str, str],
+                 folds: int | None, label: str) -> list[list[str]]:
+    """:func:`group_folds` of an already read grouping (``label`` names it in messages)."""
+    of = group_of(ids, mapping)
+    present = dict.fromkeys(g for g in of if g is not None)
+    names = [g for g in group_names(mapping) if g in present] if folds is not None else group_names(mapping)
     if folds is None or folds == len(names):
         return [[g] for g in names]
     if not 2 <= folds <= len(names):
-        raise ConfigError(f"folds: {len(names)} groups of {_grouping_label(groups)} among the tracks make "
+        raise ConfigError(f"folds: {len(names)} groups of {label} among the tracks make "
                           f"2 to {len(names)} folds, not {folds}")
     labels = np.zeros(len(ids), dtype=int) if labels is None else np.asarray(labels)
     members: dict[str, list[int]] = {g: [] for g in names}
-    for i, g in enumerate(group_of(ids, groups)):
+    for i, g in enumerate(of):
         if g is not None:
             members[g].append(int(labels[i]))
     n_classes = int(labels.max()) + 1 if len(labels) else 1
@@ -295,7 +301,8 @@ def group_kfold_splits(ids: Sequence[str] | np.ndarray, labels: Sequence[int] | 
     """
     ids = [str(t) for t in ids]
     what = _grouping_label(groups)
-    of = group_of(ids, groups)
+    mapping = grouping(groups)  # a grouping file is read once
+    of = group_of(ids, mapping)
     if not any(g is not None for g in of):
         hint = " (it needs GTZAN track ids like 'jazz/jazz.00012')" if groups == "fault_filtered" else ""
         raise ConfigError(f"groups: no track id falls in a group of {what}{hint}")
@@ -306,7 +313,7 @@ def group_kfold_splits(ids: Sequence[str] | np.ndarray, labels: Sequence[int] | 
             raise ConfigError(f"groups: {len(ids)} track ids but {len(labels)} labels")
         label_of = dict(zip(ids, labels.tolist()))
     splits = []
-    for held_groups in group_folds(ids, labels, groups, folds):
+    for held_groups in _deal_groups(ids, labels, mapping, folds, what):
         name = held_groups[0] if len(held_groups) == 1 else f"{len(held_groups)} groups"
         held = [t for t, g in zip(ids, of) if g in held_groups]
         train = [t for t, g in zip(ids, of) if g not in held_groups]

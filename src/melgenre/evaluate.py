@@ -846,16 +846,16 @@ def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None
     classes = list(genre_model.classes)
     probs = np.array([[r["probabilities"][c] for c in classes] for r in done])
     y = np.array([truth[r["path"]] for r in done])
+    pred = probs.argmax(1)
     track = add_intervals(compute_metrics(probs, y, classes))
     if groups is not None:
         from melgenre.data import group_of, read_grouping
 
-        mapping = read_grouping(groups)
         ids = [f"{Path(r['path']).parent.name}/{Path(r['path']).stem}" for r in done]
+        of = group_of(ids, read_grouping(groups))
         track["group_intervals"] = group_bootstrap_intervals(
-            y, probs.argmax(1), [str(g) if g is not None else f"file:{i}" for i, g in enumerate(group_of(ids, mapping))],
-            len(classes))
-    right = probs.argmax(1) == y
+            y, pred, [str(g) if g is not None else f"file:{i}" for i, g in enumerate(of)], len(classes))
+    right = pred == y
     flags = {}
     for flag in sorted({f for r in done for f in r["flags"]}):
         has = np.array([flag in r["flags"] for r in done])
