@@ -119,8 +119,14 @@ def test_track_aggregation_fixes_chunk_errors():
     assert result["track"]["n"] == 2 and result["track"]["accuracy"] == 1.0
     assert result["track"]["confusion"] == [[1, 0], [0, 1]]
     unchunked = evaluate.evaluate_predictions(probs, y, np.array([f"t{i}" for i in range(6)]), ["a", "b"])
-    assert unchunked["chunk"] == {k: v for k, v in unchunked["track"].items() if k != "intervals"}
+    chunk_like = {k: v for k, v in unchunked["track"].items() if k != "intervals"}
+    chunk_like["per_class"] = [{k: v for k, v in c.items() if k != "recall_interval"} for c in chunk_like["per_class"]]
+    assert unchunked["chunk"] == chunk_like
     assert result["track"]["intervals"]["accuracy"] == [1.0, 1.0] and "intervals" not in result["chunk"]
+    # each class's recall has its Wilson interval at track level (1 of 1 right), none at chunk level
+    assert [c["recall_interval"] for c in result["track"]["per_class"]] == [evaluate.wilson_interval(1, 1)] * 2
+    assert evaluate.wilson_interval(1, 1)[0] < 1.0
+    assert all("recall_interval" not in c for c in result["chunk"]["per_class"])
 
 
 def write_history(path: Path) -> Path:

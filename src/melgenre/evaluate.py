@@ -181,13 +181,12 @@ def evaluate_predictions(
     -------
     dict
         ``{"chunk": metrics, "track": metrics}``, each a :func:`compute_metrics` dict; the track
-        level also has ``intervals`` (:func:`bootstrap_intervals`; chunks of one track are not
-        independent, so the chunk level has none). For unchunked data (one row per track) both
-        levels are equal.
+        level also has ``intervals`` (:func:`bootstrap_intervals`) and a Wilson ``recall_interval``
+        per class (:func:`add_intervals`; chunks of one track are not independent, so the chunk
+        level has neither). For unchunked data (one row per track) both levels are equal.
     """
     track_probs, track_y, _ = track_level(probs, y, track_ids)
-    track = compute_metrics(track_probs, track_y, classes)
-    track["intervals"] = bootstrap_intervals(track["confusion"])
+    track = add_intervals(compute_metrics(track_probs, track_y, classes))
     return {"chunk": compute_metrics(probs, y, classes), "track": track}
 
 
