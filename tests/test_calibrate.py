@@ -16,7 +16,7 @@ from melgenre.cli import app
 from melgenre.config import config_from_dict
 from melgenre.errors import MelgenreError
 from melgenre.evaluate import wilson_interval
-from melgenre.predict import _softmax, export_onnx_file, forward_outputs, load_model, save_package
+from melgenre.predict import _softmax, export_onnx_file, forward_outputs, load_model, save_package, tempered
 from melgenre.store import prepare
 from melgenre.train import cross_validate
 
@@ -45,11 +45,34 @@ def test_fit_temperature_recovers_a_known_temperature(true_t):
     assert calibrate.ece(calibrate.track_probabilities(logits, index, fitted), labels) < 0.03
 
 
-def test_track_probabilities_average_the_windows_softmax():
-    logits = np.array([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
-    probs = calibrate.track_probabilities(logits, np.array([0, 0, 1]), temperature=2.0)
-    expected0 = (_softmax(logits[:1] / 2) + _softmax(logits[1:2] / 2)) / 2
-    np.testing.assert_allclose(probs, [expected0[0], [0.5, 0.5]], atol=1e-6)
+def test_track_probabilities_average_the_windows_softmax_then_scale_the_mean():
+    logits = np.array([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    mean0 = (_softmax(logits[:1]) + _softmax(logits[1:2]))[0] / 2
+    np.testing.assert_allclose(calibrate.track_probabilities(logits, np.array([0, 0, 1])), [mean0, [1 / 3] * 3], atol=1e-6)
+    probs = calibrate.track_probabilities(logits, np.array([0, 0, 1]), temperature=0.5)
+    expected0 = mean0 ** 2 / (mean0 ** 2).sum()  # softmax(log(mean) / 0.5)
+    np.testing.assert_allclose(probs, [expected0, [1 / 3] * 3], atol=1e-6)
+    # of one window, the same as dividing its logits by the temperature
+    np.testing.assert_allclose(tempered(_softmax(logits), 0.5), _softmax(logits / 0.5), atol=1e-6)
+
+
+def test_temperature_never_changes_a_track_label():
+    """Windows whose per-window scaling would flip the track's winner: scaling the mean keeps it."""
+    # the mean of the two windows' softmax favours class 2 (0.40 against 0.35 for class 0) ...
+    logits = np.array([[2.7, 1.6, 0.5], [-0.6, 2.9, 3.9]])
+    index = np.array([0, 0])
+    assert calibrate.track_probabilities(logits, index).argmax() == 2
+    # ... sharpening each window before the mean would hand it to class 0
+    assert ((_softmax(logits / 0.3)).mean(0)).argmax() == 0
+    for t in (0.1, 0.3, 0.784, 2.0, 10.0):
+        probs = calibrate.track_probabilities(logits, index, t)
+        assert probs.argmax() == 2 and probs.sum() == pytest.approx(1.0)
+    rng = np.random.default_rng(3)
+    many = rng.normal(0, 3, (600, 6))
+    groups = np.repeat(np.arange(100), 6)
+    plain = calibrate.track_probabilities(many, groups).argmax(1)
+    for t in (0.2, 0.5, 3.0):
+        assert (calibrate.track_probabilities(many, groups, t).argmax(1) == plain).all()
 
 
 def test_ece_on_known_values():
@@ -141,6 +164,12 @@ def test_calibrate_writes_the_card_and_reference(calibrated):
     assert calibrate.T_RANGE[0] <= cal["temperature"] <= calibrate.T_RANGE[1]
     assert 0 <= cal["ece_after"] <= 1 and 0 <= cal["ece_before"] <= 1 and cal["nll_after"] <= cal["nll_before"] + 1e-9
     assert cal["n"] == tr["n"] > 0
+    # the labels as the package predicts them are the CV's own (every window here; the temperature changes none)
+    pooled = json.loads((root / "runs" / "tiny-cal" / "cv-last.json").read_text())["pooled"]
+    assert cal["n"] == pooled["n"]
+    assert cal["accuracy"] == pytest.approx(pooled["accuracy"], abs=1e-6)
+    assert cal["balanced_accuracy"] == pytest.approx(pooled["balanced_accuracy"], abs=1e-6)
+    assert f"accuracy {cal['accuracy']:.3f}, balanced accuracy {cal['balanced_accuracy']:.3f}" in calibrated["output"]
     assert tr["not_music_above"] > 0 and 0 <= tr["false_flag_rate_dev"] <= 0.5
     low, high = tr["false_flag_rate_dev_interval"]  # Wilson, of the flagged count among the n dev clips
     assert [low, high] == pytest.approx(wilson_interval(round(tr["false_flag_rate_dev"] * tr["n"]), tr["n"]), abs=1e-6)
@@ -176,6 +205,11 @@ def test_predictions_use_the_calibrated_probabilities(calibrated):
     np.testing.assert_allclose(onnx_model.predict_images(images), expected, atol=1e-4)
     p_torch, p_onnx = torch_model.predict(clip, sr=SR), onnx_model.predict(clip, sr=SR)
     np.testing.assert_allclose(p_torch.window_probabilities, p_onnx.window_probabilities, atol=1e-4)
+    np.testing.assert_allclose(p_torch.window_probabilities, expected, atol=1e-5)
+    # the track's probabilities: the mean of the raw windows, then the temperature; the label is raw's
+    track = tempered(_softmax(logits).mean(0, keepdims=True), torch_model.temperature)[0]
+    np.testing.assert_allclose([p_torch.probabilities[c] for c in torch_model.classes], track, atol=1e-5)
+    assert p_torch.label == raw.predict(clip, sr=SR).label == torch_model.classes[int(track.argmax())]
     assert p_torch.novelty == pytest.approx(p_onnx.novelty, rel=1e-4) and p_torch.flags == p_onnx.flags
     assert "novelty" in p_torch.to_dict()
     # an exported ONNX file carries the calibration and the class centres

@@ -1,11 +1,13 @@
 """Calibrated probabilities: temperature scaling fitted on out-of-fold predictions.
 
-A model's softmax is often over- or under-confident. Temperature scaling divides every window's
-logits by one number ``T`` before the softmax (``T > 1`` softens, ``T < 1`` sharpens); the class
-ranking never changes, so accuracy is unchanged. melgenre shows **track-level** probabilities, the
-mean of the windows' softmax outputs, so ``T`` is applied to the window logits *before* that
-average (as :meth:`melgenre.predict.GenreModel.predict_images` does) and is fitted to minimise the
-negative log-likelihood of the **track** probabilities (:func:`fit_temperature`).
+A model's softmax is often over- or under-confident. Temperature scaling divides log-probabilities
+by one number ``T`` before the softmax (``T > 1`` softens, ``T < 1`` sharpens). melgenre shows
+**track-level** probabilities, the mean of the windows' softmax outputs, so ``T`` is applied to the
+log of that mean (:func:`melgenre.predict.tempered`; a window's own probabilities are its logits
+divided by ``T``, as :meth:`melgenre.predict.GenreModel.predict_images` gives them). Scaling the
+track's mean, not each window before the mean, keeps every track's ranking, so a calibrated model
+gives exactly the labels of the uncalibrated one. ``T`` is fitted to minimise the negative
+log-likelihood of the track probabilities (:func:`fit_temperature`).
 
 The data are the out-of-fold predictions of a cross-validation of the model's recipe
 (``melgenre cv ... --groups fault_filtered --fixed-epochs``, see :func:`oof_outputs`): every
@@ -31,23 +33,27 @@ from melgenre.errors import MelgenreError
 #: Equal-width confidence bins of :func:`ece` and the reliability diagram.
 ECE_BINS = 15
 
+#: How a card's ``calibration.temperature`` is applied (its ``level``).
+TEMPERATURE_LEVEL = "track (softmax of the log of the windows' mean softmax, divided by temperature)"
+
 #: Range of temperatures :func:`fit_temperature` searches.
 T_RANGE = (0.05, 20.0)
 
 
 def track_probabilities(window_logits: np.ndarray, track_index: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Track probabilities ``(T, C)``: the mean over each track's windows of ``softmax(logits / temperature)``.
+    """Track probabilities ``(T, C)``: the mean over each track's windows of ``softmax(logits)``,
+    scaled by ``temperature`` (:func:`melgenre.predict.tempered`), as a calibrated model predicts.
 
     ``track_index`` ``(N,)`` gives each window's track as an integer in ``0 .. T-1``.
     """
-    from melgenre.predict import _softmax
+    from melgenre.predict import _softmax, tempered
 
-    probs = _softmax(np.asarray(window_logits, dtype=np.float64) / temperature).astype(np.float64)
+    probs = _softmax(np.asarray(window_logits, dtype=np.float64)).astype(np.float64)
     index = np.asarray(track_index, dtype=np.int64)
     n_tracks = int(index.max()) + 1 if len(index) else 0
     sums = np.zeros((n_tracks, probs.shape[1]))
     np.add.at(sums, index, probs)
-    return sums / np.maximum(np.bincount(index, minlength=n_tracks), 1)[:, None]
+    return tempered(sums / np.maximum(np.bincount(index, minlength=n_tracks), 1)[:, None], temperature)
 
 
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -306,7 +312,7 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
     import io
 
     from melgenre import trust
-    from melgenre.evaluate import wilson_interval
+    from melgenre.evaluate import compute_metrics, wilson_interval
     from melgenre.predict import _load_torch
     from melgenre.utils import atomic_path
 
@@ -335,12 +341,15 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
 
     source = f"{cv_json.parent.name}/{cv_json.name}"
     calibration = {"temperature": round(temperature, 6), "fitted_on": source,
-                   "level": "track (mean of the windows' softmax of logits / temperature)",
+                   "level": TEMPERATURE_LEVEL,
                    "ece_before": round(ece(before, oof.labels), 6), "ece_after": round(ece(after, oof.labels), 6),
                    "ece_after_cross_fitted": round(ece(cross_fitted_probabilities(
                        oof.window_logits, oof.track_index, oof.labels, oof.fold), oof.labels), 6),
                    "ece_bins": ECE_BINS, "nll_before": round(nll(before, oof.labels), 6),
                    "nll_after": round(nll(after, oof.labels), 6), "n": len(oof.tracks)}
+    scores = compute_metrics(after, oof.labels, oof.classes)  # the labels as the package predicts them (its hop)
+    calibration["accuracy"] = round(scores["accuracy"], 6)
+    calibration["balanced_accuracy"] = round(scores["balanced_accuracy"], 6)
     buf = io.BytesIO()
     np.savez(buf, centres=centres, music_novelty=music.astype(np.float32))
     reference_bytes = buf.getvalue()

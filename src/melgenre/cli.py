@@ -957,6 +957,8 @@ def calibrate(
     c, t, e = result["calibration"], result["trust"], result["evaluation"]
     say(f"temperature {c['temperature']:.3f} on {c['n']} out-of-fold tracks ({c['fitted_on']}): "
         f"ECE {c['ece_before']:.3f} -> {c['ece_after']:.3f} ({c['ece_after_cross_fitted']:.3f} cross-fitted over the folds; {c['ece_bins']} bins)")
+    say(f"those tracks as the package predicts them (its windows; the temperature changes no label): accuracy "
+        f"{c['accuracy']:.3f}, balanced accuracy {c['balanced_accuracy']:.3f}")
     say(f"unsure below {t['unsure_below']:.3f} (flags {100 * t['unsure_rate_dev']:.0f} % of the dev clips); not music "
         f"above {t['not_music_above']:.2f} (false flags on dev clips {100 * t['false_flag_rate_dev']:.1f} %)")
     say(f"music vs generated non-music: AUROC {e['auroc_music_vs_nonmusic']:.3f}; {e['nonmusic_not_music']} of "

@@ -329,7 +329,7 @@ def explain(model, y: np.ndarray, genre: str | None = None, method: str = "gradc
     Explanation
     """
     from melgenre.display import unchunked
-    from melgenre.predict import window_images
+    from melgenre.predict import tempered, window_images
 
     preset = model.preset
     if method not in METHODS:
@@ -338,9 +338,10 @@ def explain(model, y: np.ndarray, genre: str | None = None, method: str = "gradc
         raise MelgenreError(f"{source}: Grad-CAM needs the torch backend (use --method occlusion with ONNX)")
     y = features.fit_to_preset(y, preset)
     images, starts, _ = window_images(y, preset)
-    probs = model.predict_images(images)
-    if genre is None:
-        genre = model.classes[int(probs.mean(0).argmax())]
+    raw = model.window_outputs(images)[0]
+    probs = tempered(raw, model.temperature)
+    if genre is None:  # the label the model predicts for these windows (the temperature keeps its order)
+        genre = model.classes[int(raw.mean(0).argmax())]
     if genre not in model.classes:
         raise MelgenreError(f"unknown genre {genre!r}; the model knows {', '.join(model.classes)}")
     c = model.classes.index(genre)

@@ -80,10 +80,11 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _ranked(classes: list[str], window_scores: np.ndarray, top_k: int) -> dict[str, Any]:
+def _ranked(classes: list[str], window_scores: np.ndarray, top_k: int, temperature: float = 1.0) -> dict[str, Any]:
     """Clip-level ``label``, ``probabilities`` and ``top`` (top-k, best first, stable on ties)
-    from per-window scores ``(W, C)``: their mean over the windows."""
-    probs = window_scores.mean(axis=0, dtype=np.float64)
+    from per-window scores ``(W, C)``: their mean over the windows, :func:`tempered` by ``temperature``
+    (which never changes the order)."""
+    probs = tempered(window_scores.mean(axis=0, dtype=np.float64)[None], temperature)[0]
     order = np.argsort(-probs, kind="stable")
     return {"label": classes[order[0]], "probabilities": {c: float(p) for c, p in zip(classes, probs)},
             "top": [(classes[i], float(probs[i])) for i in order[:top_k]]}
@@ -212,6 +213,20 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def tempered(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature scaling of probabilities ``(N, C)``: ``softmax(log(probs) / temperature)`` row by row.
+
+    Of a window's softmax this is exactly the softmax of its logits divided by ``temperature``; of a
+    track's mean over windows it rescales the track's probabilities without changing their order,
+    so calibration never changes a label (:mod:`melgenre.calibrate`). Returns the input's dtype.
+    """
+    probs = np.asarray(probs)
+    if temperature == 1.0:
+        return probs
+    logp = np.log(np.clip(probs.astype(np.float64), 1e-300, None)) / temperature
+    return _softmax(logp).astype(probs.dtype, copy=False)
+
+
 class GenreModel:
     """A trained classifier with its classes and feature preset, ready to predict.
 
@@ -237,7 +252,8 @@ class GenreModel:
                 raise MelgenreError(f"--hop must be positive, got {hop}")
             self.window_preset = dataclasses.replace(self.preset, chunk_hop_seconds=float(hop), frames_per_hop=None)
         self.model_id: str = card["model_id"]
-        #: Window logits are divided by it before the softmax (the card's calibration; 1 without one).
+        #: Temperature of the card's calibration (1 without one): scales the track probabilities and each
+        #: window's (:func:`tempered`), never their order.
         self.temperature = float((card.get("calibration") or {}).get("temperature", 1.0))
         #: Class centres of the training tracks' embeddings for the "not music" score (melgenre.trust); None: unknown.
         self.trust_centres: np.ndarray | None = None
@@ -280,12 +296,13 @@ class GenreModel:
             ``(N, C)`` calibrated softmax probabilities (of the logits divided by :attr:`temperature`),
             computed in batches of :data:`BATCH_SIZE`.
         """
-        return self.window_outputs(images)[0]
+        return tempered(self.window_outputs(images)[0], self.temperature)
 
     def window_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """:meth:`predict_images`'s probabilities and, from the same forward pass, the images'
-        embeddings (:meth:`embed_images`) when the "not music" score can use them (a stored
-        :attr:`trust_centres`, and with ONNX a graph with an ``embedding`` output), else None."""
+        """The images' softmax probabilities before calibration (what :meth:`prediction` takes) and, from
+        the same forward pass, their embeddings (:meth:`embed_images`) when the "not music" score can
+        use them (a stored :attr:`trust_centres`, and with ONNX a graph with an ``embedding`` output),
+        else None."""
         if self._module is not None:
             logits, emb = forward_outputs(self._module, images, embeddings=self.trust_centres is not None)
         else:
@@ -294,7 +311,7 @@ class GenreModel:
             out = [self._session.run(names, {"mel": x[i:i + BATCH_SIZE]}) for i in range(0, len(x), BATCH_SIZE)]
             logits = np.concatenate([o[0] for o in out]) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
             emb = np.concatenate([o[1] for o in out]) if out and len(names) == 2 else None
-        return _softmax(logits / np.float32(self.temperature)), emb
+        return _softmax(logits), emb
 
     def embed_images(self, images: np.ndarray) -> np.ndarray:
         """Embeddings of mel images: the input of the model's last linear layer (its penultimate features).
@@ -378,7 +395,9 @@ class GenreModel:
     def prediction(self, source: str, window_probs: np.ndarray, window_starts: list[float], duration: float,
                    padded: bool, silent: bool, top_k: int = 3,
                    window_embeddings: np.ndarray | None = None) -> Prediction:
-        """The :class:`Prediction` of one clip from its windows' probabilities (from :meth:`predict_images`).
+        """The :class:`Prediction` of one clip from its windows' uncalibrated probabilities (from
+        :meth:`window_outputs`); the track's probabilities are their mean, then the card's temperature
+        (:func:`tempered`), and ``window_probabilities`` are each window's calibrated ones.
 
         :meth:`predict` and batch paths that run the windows of many files through the model
         together both end here, so a result never depends on how it was batched. The "unsure" and
@@ -387,7 +406,8 @@ class GenreModel:
         """
         from melgenre.trust import LEGACY_METHOD, novelty, trust_flags
 
-        ranked = _ranked(self.classes, window_probs, top_k)
+        ranked = _ranked(self.classes, window_probs, top_k, self.temperature)
+        window_probs = tempered(window_probs, self.temperature)
         method = (self.card.get("trust") or {}).get("novelty", LEGACY_METHOD)
         score = (novelty(window_embeddings, self.trust_centres, method)
                  if window_embeddings is not None and self.trust_centres is not None and len(window_embeddings) else None)
