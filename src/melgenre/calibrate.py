@@ -70,10 +70,13 @@ def fit_temperature(window_logits: np.ndarray, track_index: np.ndarray, labels: 
     """
     from scipy.optimize import minimize_scalar
 
+    from melgenre.predict import tempered
+
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
         raise MelgenreError("calibration: no out-of-fold tracks to fit a temperature on")
-    result = minimize_scalar(lambda log_t: nll(track_probabilities(window_logits, track_index, np.exp(log_t)), labels),
+    mean = track_probabilities(window_logits, track_index)  # the temperature scales the mean, which it does not change
+    result = minimize_scalar(lambda log_t: nll(tempered(mean, np.exp(log_t)), labels),
                              bounds=np.log(T_RANGE), method="bounded", options={"xatol": 1e-5})
     return float(np.exp(result.x))
 
@@ -313,7 +316,7 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
 
     from melgenre import trust
     from melgenre.evaluate import compute_metrics, wilson_interval
-    from melgenre.predict import _load_torch
+    from melgenre.predict import _load_torch, tempered
     from melgenre.utils import atomic_path
 
     card_path = Path(package).with_suffix(".json")
@@ -330,7 +333,7 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
         raise MelgenreError(f"{cv_json}: classes {oof.classes} differ from the package's {card['classes']}")
     temperature = fit_temperature(oof.window_logits, oof.track_index, oof.labels)
     before = track_probabilities(oof.window_logits, oof.track_index)
-    after = track_probabilities(oof.window_logits, oof.track_index, temperature)
+    after = tempered(before, temperature)
     correct = after.argmax(axis=1) == oof.labels
     unsure_below = trust.unsure_threshold(after.max(axis=1), correct)
     fold_centres = [trust.class_centres(e, y) for e, y in zip(oof.train_embeddings, oof.train_labels)]
