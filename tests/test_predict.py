@@ -106,18 +106,28 @@ def test_embed_images_is_the_last_linear_layers_input(model):
     assert model.embed_images(images[:0]).shape == (0, fc.in_features)
 
 
-def test_short_long_and_silent_clips(model):
+def test_short_long_and_silent_clips(trained, model):
     rng = np.random.default_rng(0)
     short = model.predict(0.1 * rng.standard_normal(SR // 2).astype(np.float32), sr=SR)
     _check(short, model)
     assert short.padded and short.window_starts == [0.0] and short.duration == pytest.approx(0.5)
-    assert short.flags == ["padded"]
+    assert short.flags == ["padded"] and short.windows_total == 1
 
-    long = model.predict(0.1 * rng.standard_normal(40 * SR).astype(np.float32), sr=SR)  # no 30-s limit
-    _check(long, model)
+    y = 0.1 * rng.standard_normal(40 * SR).astype(np.float32)
+    every = load_model(trained["card"], windows="all")
+    long = every.predict(y, sr=SR)  # no 30-s limit
+    _check(long, every)
     frames = 1 + 40 * SR // 512
-    assert len(long.window_starts) == (frames - 130) // 65 + 1 == 25 and not long.padded
+    assert len(long.window_starts) == (frames - 130) // 65 + 1 == 25 == long.windows_total and not long.padded
     assert long.window_starts[-1] > 30
+    # by default as many windows as a 30-s clip has (fast: 18), spread over a longer clip: a subset of
+    # every window, the same images
+    assert model.windows == 18 and every.windows is None
+    sampled = load_model(trained["card"], windows=10).predict(y, sr=SR)
+    chosen = [1, 3, 6, 8, 11, 13, 16, 18, 21, 23]  # the middle window of each tenth
+    assert sampled.windows_total == 25 and sampled.window_starts == [long.window_starts[i] for i in chosen]
+    np.testing.assert_allclose(sampled.window_probabilities, long.window_probabilities[chosen], atol=1e-5)
+    assert sampled.to_dict()["windows_total"] == 25 and len(model.predict(y, sr=SR).window_starts) == 18
     # fast: hop 1.5 s = 65 STFT frames of 512 samples = 1.509 s
     np.testing.assert_allclose(np.diff(long.window_starts), 65 * 512 / SR)
     assert np.diff(long.window_starts)[0] == pytest.approx(1.5, abs=0.01)

@@ -10,6 +10,7 @@ is installed. Resampling uses soxr's high-quality mode. Every failure is an
 from __future__ import annotations
 
 import io
+import math
 import shutil
 import subprocess
 import tempfile
@@ -131,6 +132,8 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
     """Downmix ``(T, C)`` or ``(T,)`` samples to ``(T,)`` by averaging the channels."""
     if samples.ndim == 1:
         return samples
+    if samples.shape[1] == 2:  # the common case, about 10x faster than mean(axis=1)
+        return (samples[:, 0] + samples[:, 1]) * np.float32(0.5)
     return samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
 
 
@@ -139,6 +142,90 @@ def resample(y: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     if sr_in == sr_out:
         return y
     return soxr.resample(y, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
+
+
+def resampled_length(n: int, sr_in: int, sr_out: int) -> int:
+    """Samples :func:`resample` returns for ``n`` input samples (soxr rounds half up)."""
+    return n if sr_in == sr_out else (2 * n * sr_out + sr_in) // (2 * sr_in)
+
+
+class Stretches:
+    """An audio file opened to read stretches of it without decoding the rest.
+
+    libsndfile seeks to a sample in WAV, FLAC, OGG/Vorbis, Opus, MP3, AU and AIFF files, so reading
+    ten 3-s stretches of a 3-minute MP3 decodes about a sixth of it. :meth:`read` returns what
+    :func:`load` gives for the same samples (mono, resampled with soxr) up to float rounding: each
+    stretch is read with :data:`CONTEXT_SECONDS` of neighbouring audio on both sides, which
+    :func:`resample`'s filter needs, starting on a sample where the source and target rates'
+    sample grids meet. Use :func:`open_stretches`, which returns None for files that cannot seek.
+    """
+
+    #: Audio read beyond each end of a stretch, for the resampler's filter (it reaches about 5 ms).
+    CONTEXT_SECONDS = 0.05
+
+    def __init__(self, handle: sf.SoundFile, sr: int, name: str):
+        self._file = handle
+        self.name = name
+        self.sr = sr
+        self.source_sr = int(handle.samplerate)
+        self.source_channels = int(handle.channels)
+        #: Length in samples at ``sr``, as :func:`load` would return it.
+        self.n_samples = resampled_length(int(handle.frames), self.source_sr, sr)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Mono float32 samples ``start`` to ``stop`` (at ``sr``) of the file; zero past its end.
+
+        Raises
+        ------
+        AudioDecodeError
+            The stretch cannot be decoded (a file damaged in the middle), or holds NaN/infinite samples.
+        """
+        g = math.gcd(self.source_sr, self.sr)
+        step_in, step_out = self.source_sr // g, self.sr // g  # the rates' sample grids meet every step
+        context = math.ceil(self.CONTEXT_SECONDS * self.sr / step_out)
+        first = max(0, start // step_out - context)
+        last = -(-stop // step_out) + context
+        try:
+            self._file.seek(first * step_in)
+            samples = self._file.read((last - first) * step_in, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+            raise AudioDecodeError(self.name, f"cannot decode {start / self.sr:.1f}-{stop / self.sr:.1f} s "
+                                              f"({str(exc) or type(exc).__name__})") from None
+        if not np.all(np.isfinite(samples)):
+            raise AudioDecodeError(self.name, "audio contains NaN or infinite samples")
+        y = resample(to_mono(samples), self.source_sr, self.sr)
+        offset = start - first * step_out
+        return np.ascontiguousarray(fix_length(y[offset:offset + stop - start], stop - start), dtype=np.float32)
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+    def __enter__(self) -> Stretches:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_stretches(source: str | Path | bytes, sr: int, name: str | None = None) -> Stretches | None:
+    """Open a file (path or bytes) to read stretches of it at ``sr`` (:class:`Stretches`).
+
+    Returns None when it must be decoded whole instead (:func:`load`): a format libsndfile does
+    not read (M4A goes through ffmpeg), a stream that cannot seek, or a header libsndfile rejects
+    (:func:`load` then gives the error).
+    """
+    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    if Path(label).suffix.lower() in FFMPEG_EXTENSIONS:
+        return None
+    try:
+        handle = sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else str(source))
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError):
+        return None
+    if not handle.seekable() or handle.frames <= 0:
+        handle.close()
+        return None
+    return Stretches(handle, sr, label)
 
 
 def fix_length(y: np.ndarray, n: int) -> np.ndarray:

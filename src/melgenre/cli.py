@@ -615,6 +615,12 @@ _HOP_HELP = ("Seconds between prediction windows, for models on a chunked preset
              "(the shipped musicnn default: 6, every other 3-s patch), else the preset's chunk_hop_seconds (1.5 for fast).")
 
 
+_WINDOWS_HELP = ("The most windows scored per file, spread evenly over a longer recording, of which only those "
+                 "stretches are decoded (WAV, FLAC, OGG, Opus, MP3, AIFF seek; M4A is decoded whole): a 3-minute song "
+                 "has 30 windows of the default model. 'all' scores every window. Default: the model card's "
+                 "predict_windows, else 10 (or every window of a 30-s clip if it has more: 18 for the fast preset).")
+
+
 @app.command("predict")
 def predict_cmd(
     paths: list[Path] = typer.Argument(..., metavar="PATH", help="Audio files and/or folders (searched recursively for audio files)."),
@@ -623,6 +629,7 @@ def predict_cmd(
     fmt: str = typer.Option("table", "--format", "-f", help="Output on stdout: table, json or csv. Default: table."),
     backend: str = typer.Option("auto", "--backend", help="Inference backend: auto (ONNX Runtime when installed, else torch), onnx or torch. Default: auto."),
     hop: float = typer.Option(None, "--hop", help=_HOP_HELP),
+    windows: str = typer.Option(None, "--windows", metavar="N|all", help=_WINDOWS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr when there is more than one file. Default: on."),
     ray: str = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Predict on Ray actors (the model loaded once per worker): a bare --ray (last, or before another option) starts/attaches a local Ray; --ray ADDRESS or --ray=ADDRESS joins a cluster. Needs Ray installed. Default: off."),
     tags: str = typer.Option(None, "--tags", metavar="[msd|mtt]", help="List musicnn's own 50 tags (Pons & Serra 2019) instead of genres: tags learnt from the Million Song Dataset (msd) or MagnaTagATune (mtt), not the genres of the genre model. Not with --model, --hop, --ray or --backend onnx. Default: off (genres)."),
@@ -643,6 +650,7 @@ def predict_cmd(
         if tags not in TAG_DATASETS:
             raise typer.BadParameter(f"--tags must be {' or '.join(TAG_DATASETS)}, got {tags!r}")
         clash = [opt for opt, on in (("--model", model is not None), ("--hop", hop is not None),
+                                     ("--windows", windows is not None),
                                      ("--ray", ray is not None), ("--backend onnx", backend == "onnx")) if on]
         if clash:
             raise typer.BadParameter(f"--tags runs musicnn's own tagger (torch, 3-s windows) and does not take "
@@ -652,14 +660,14 @@ def predict_cmd(
             raise typer.BadParameter("--out writes genre predictions; it does not take --tags")
         from melgenre.library import predict_library
 
-        report = predict_library(paths, out, model=model, backend=backend, hop=hop, workers=workers,
+        report = predict_library(paths, out, model=model, backend=backend, hop=hop, windows=windows, workers=workers,
                                  progress=progress, ray=ray)
         _library_summary(report)
         raise typer.Exit(1 if report.failed else 0)
     files = expand_paths(paths)
     if not files:
         raise MelgenreError(f"no audio files in {', '.join(map(str, paths))}")
-    predictor = load_tagger(tags) if tags is not None else load_model(model, backend=backend, hop=hop)
+    predictor = load_tagger(tags) if tags is not None else load_model(model, backend=backend, hop=hop, windows=windows)
     top_k = min(top_k, len(predictor.classes))
     bar = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    console=err_console, transient=True, disable=not progress or len(files) < 2)
@@ -669,7 +677,7 @@ def predict_cmd(
         if ray is not None:
             from melgenre.scale import predict_ray
 
-            predictions = predict_ray(files, model, backend=backend, top_k=top_k, address=ray, hop=hop)
+            predictions = predict_ray(files, model, backend=backend, top_k=top_k, address=ray, hop=hop, windows=windows)
         else:
             predictions = predict_paths(files, predictor, top_k)
         for path, pred, error in predictions:
@@ -698,7 +706,9 @@ def predict_cmd(
             top = ", ".join(f"{escape(genre)} {p:.3f}" for genre, p in pred.top)
             if "not_music" in pred.flags:  # no genre headline for what does not sound like music
                 top = f"[bold]not music?[/] [dim]nearest: {top}[/]"
-            out.add_row(escape(str(path)), top, str(len(pred.window_starts)), flags)
+            scored = len(pred.window_starts)
+            out.add_row(escape(str(path)), top, f"{scored} of {pred.windows_total}" if scored < pred.windows_total
+                        else str(scored), flags)
         console.print(out)
         _say_flags(f for _, pred, _ in results if pred is not None for f in pred.flags)
     if any(error is not None for _, _, error in results):
@@ -723,7 +733,7 @@ def timeline(
 
     if fmt not in ("table", "json"):
         raise typer.BadParameter("--format must be table or json")
-    genre_model = load_model(model, hop=hop)
+    genre_model = load_model(model, hop=hop, windows="all")  # a timeline needs every window
     pred = genre_model.predict(path)
     if min_segment is not None:
         pred = dataclasses.replace(pred, segments=tl.segments(
@@ -841,6 +851,9 @@ def _library_summary(report) -> None:
     if report.recalibrated:
         say(f"model {report.model_id} was recalibrated since the last run into {report.out}: its probabilities "
             "and flags changed, so every file was predicted again")
+    if report.rewindowed:
+        say(f"model {report.model_id} now scores other windows (--hop or --windows) than in the last run into "
+            f"{report.out}, so every file was predicted again")
     say(f"{report.files} files: {report.predicted} predicted this run ({len(report.failed)} failed), "
         f"{report.skipped} unchanged since an earlier run; {report.seconds:.1f} s"
         + (f", {report.files_per_s:.1f} files/s" if report.predicted else ""))
@@ -853,6 +866,7 @@ def export_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output: model.onnx, or the package path/stem. Required (no default)."),
     estimate: list[Path] = typer.Option(None, "--estimate", help="A cross-validation result of the model's recipe (cv-groups-last.json, cv-last.json, ...) to summarise in the package's card (protocol, pooled metrics, per-genre recall); repeatable; package only. Default: none."),
     hop: float = typer.Option(None, "--hop", help="Default seconds between prediction windows, stored in the package's card (predict --hop overrides it); package only. Default: the preset's hop."),
+    windows: str = typer.Option(None, "--windows", metavar="N|all", help="The most windows a prediction scores per file, stored in the package's card as predict_windows (predict --windows overrides it); package only. Default: the source's, else 10 (or every window of a 30-s clip if it has more)."),
     int8: list[Path] = typer.Option(None, "--int8", metavar="CALIBRATION", help="Quantize to int8 (ONNX only; 2-3x faster for melcnn on CPUs with VNNI; check agreement with the float model), activation ranges from every window of up to --calibration-files of these audio files/folders (real music like the model's); repeatable. Default: off (float32)."),
     calibration_files: int = typer.Option(32, "--calibration-files", min=1, help="The most --int8 files read (evenly spread over the sorted list). Default: 32."),
 ) -> None:
@@ -862,13 +876,13 @@ def export_cmd(
     from melgenre.predict import export_onnx_file, save_package
 
     if fmt == "onnx":
-        if estimate or hop is not None:
-            raise typer.BadParameter("--estimate and --hop go with --format package")
+        if estimate or hop is not None or windows is not None:
+            raise typer.BadParameter("--estimate, --hop and --windows go with --format package")
         say(f"wrote {export_onnx_file(source, out, int8 or (), calibration_files)}")
     elif fmt == "package":
         if int8:
             raise typer.BadParameter("--int8 goes with --format onnx")
-        card = save_package(source, out, estimate or (), hop=hop)
+        card = save_package(source, out, estimate or (), hop=hop, windows=windows)
         say(f"wrote {card.with_suffix('.safetensors')} and {card}")
     else:
         raise typer.BadParameter("--format must be onnx or package")
@@ -978,6 +992,7 @@ def serve(
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest accepted upload in MB; larger ones get HTTP 413. Default: 20."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="Genres listed in each response's 'top'. Default: 3."),
     hop: float = typer.Option(None, "--hop", help=_HOP_HELP),
+    windows: str = typer.Option(None, "--windows", metavar="N|all", help=_WINDOWS_HELP),
     index: Path = typer.Option(None, "--index", "-i", help="A library index from `melgenre index` made with this model: the page and POST /predict also list the most similar tracks in it. Default: none."),
     similar_k: int = typer.Option(5, "--similar-k", min=1, help="Similar tracks listed with --index. Default: 5."),
 ) -> None:
@@ -988,7 +1003,7 @@ def serve(
 
     from melgenre.predict import load_model
 
-    application = create_app(load_model(model, hop=hop), max_upload_mb=max_upload_mb, top_k=top_k, index=index,
+    application = create_app(load_model(model, hop=hop, windows=windows), max_upload_mb=max_upload_mb, top_k=top_k, index=index,
                              similar_k=similar_k)
     shown = f"[{host}]" if ":" in host else host
     say(f"serving model {application.state.model.model_id} at http://{shown}:{port}/ "

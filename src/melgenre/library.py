@@ -41,9 +41,10 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from melgenre import __version__, audio, features
+from melgenre import __version__, features
 from melgenre.errors import AudioDecodeError, MelgenreError
-from melgenre.predict import BATCH_SIZE, GenreModel, Prediction, expand_paths, load_model, window_images
+from melgenre.predict import BATCH_SIZE, GenreModel, Prediction, expand_paths, load_model
+from melgenre.windows import file_windows
 from melgenre.utils import atomic_path, imap_bounded, worker_pool
 
 SCHEMA_VERSION = "1"
@@ -52,8 +53,8 @@ SCHEMA_VERSION = "1"
 COLUMNS = ("path", "size", "mtime", "sha256", "model_id", "label", "confidence", "probabilities", "flags",
            "duration", "error", "finished_at")
 
-#: The SQLite schema (``meta`` holds schema_version, model_id, calibration_id, classes (JSON list),
-#: melgenre_version).
+#: The SQLite schema (``meta`` holds schema_version, model_id, calibration_id, windows (the hop and
+#: number of windows scored, JSON), classes (JSON list), melgenre_version).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS results (
@@ -156,13 +157,19 @@ class _SqliteSink:
                 self.db.executescript(SCHEMA)
                 self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
                     ("schema_version", SCHEMA_VERSION), ("model_id", model.model_id),
-                    ("calibration_id", model.calibration_id),
+                    ("calibration_id", model.calibration_id), ("windows", _windows_policy(model)),
                     ("classes", json.dumps(model.classes)), ("melgenre_version", __version__)])
 
     def recalibrated(self, model: GenreModel) -> bool:
         """Whether the previous run used the same weights with another calibration (its rows' probabilities and flags are stale)."""
         return (self.previous.get("model_id") == model.model_id
                 and self.previous.get("calibration_id", "") != model.calibration_id)
+
+    def rewindowed(self, model: GenreModel) -> bool:
+        """Whether the previous run used the same weights on other windows (another hop or number of
+        windows, :func:`_windows_policy`): its rows are stale. Databases from before the key count as the same."""
+        return (self.previous.get("model_id") == model.model_id
+                and self.previous.get("windows", _windows_policy(model)) != _windows_policy(model))
 
     def rows(self) -> list[dict[str, Any]]:
         try:
@@ -245,6 +252,11 @@ class _LineSink:
                 self._rewrite(latest)
 
 
+def _windows_policy(model: GenreModel) -> str:
+    """Which windows of a file the model scores, as stored in the ``meta`` table."""
+    return json.dumps({"hop": model.hop, "windows": model.windows})
+
+
 def _open(path: Path, model: GenreModel | None = None) -> _SqliteSink | _LineSink:
     fmt = _format(path)
     if path.is_dir():
@@ -299,13 +311,13 @@ def _preset(preset_json: str) -> features.Preset:
     return features.get_preset(json.loads(preset_json))
 
 
-def decode_file(path: str, preset_json: str) -> dict[str, Any]:
+def decode_file(path: str, preset_json: str, most: int | None = None) -> dict[str, Any]:
     """Stat, read, hash and decode one file into the mel images of its prediction windows (runs in a worker).
 
-    ``preset_json`` is the model's ``window_preset`` as JSON. The result holds ``path``,
-    ``size``, ``mtime``, ``sha256`` and either ``error`` (the one-line reason) or ``images``,
-    ``starts``, ``padded``, ``silent`` and ``duration``, exactly as :meth:`GenreModel.predict`
-    computes them.
+    ``preset_json`` is the model's ``window_preset`` as JSON and ``most`` its :attr:`GenreModel.windows`.
+    The result holds ``path``, ``size``, ``mtime``, ``sha256`` and either ``error`` (the one-line
+    reason) or ``images``, ``starts``, ``padded``, ``silent``, ``duration`` and ``total``, exactly as
+    :meth:`GenreModel.predict` computes them (a long file is read only where its windows are).
     """
     preset = _preset(preset_json)
     out: dict[str, Any] = {"path": path, "size": None, "mtime": None, "sha256": None, "error": None}
@@ -314,10 +326,9 @@ def decode_file(path: str, preset_json: str) -> dict[str, Any]:
         out.update(size=st.st_size, mtime=st.st_mtime)
         data = Path(path).read_bytes()
         out["sha256"] = hashlib.sha256(data).hexdigest()
-        y = audio.load(data, sr=preset.sr, name=path).samples
-        images, starts, padded = window_images(y, preset)
-        out.update(images=images, starts=starts, padded=padded, silent=audio.is_silent(y),
-                   duration=len(y) / preset.sr)
+        w = file_windows(data, preset, most, name=path)
+        out.update(images=w.images, starts=w.starts, padded=w.padded, silent=w.silent, duration=w.duration,
+                   total=w.total)
     except AudioDecodeError as exc:
         out["error"] = exc.reason
     except OSError as exc:
@@ -368,7 +379,8 @@ class _Batcher:
     def _row(self, f: dict[str, Any]) -> dict[str, Any]:
         pred = self.model.prediction(f["path"], np.concatenate(f["probs"]), f["starts"], duration=f["duration"],
                                      padded=f["padded"], silent=f["silent"],
-                                     window_embeddings=np.concatenate(f["embs"]) if f["embs"] else None)
+                                     window_embeddings=np.concatenate(f["embs"]) if f["embs"] else None,
+                                     windows_total=f["total"])
         return make_row(f["path"], f["size"], f["mtime"], f["sha256"], self.model.model_id, pred, None)
 
 
@@ -389,11 +401,13 @@ def _decoded_rows(decoded: Iterable[dict[str, Any]], model: GenreModel, batch: i
 
 
 def _ray_rows(files: list[str], model_source: str | Path | None, backend: str | None, hop: float | None,
-              address: str, model_id: str, stats: dict[str, os.stat_result]) -> Iterator[list[dict]]:
+              windows: int | None, address: str, model_id: str,
+              stats: dict[str, os.stat_result]) -> Iterator[list[dict]]:
     """Rows of :func:`melgenre.scale.predict_ray`'s predictions; the file is hashed here, as it finishes."""
     from melgenre.scale import predict_ray
 
-    for path, pred, error in predict_ray(files, model_source, backend=backend, address=address, hop=hop):
+    for path, pred, error in predict_ray(files, model_source, backend=backend, address=address, hop=hop,
+                                         windows="all" if windows is None else windows):
         key = str(path)
         st = stats.get(key)
         try:
@@ -421,6 +435,7 @@ class LibraryReport:
     superseded: int = 0  # rows of changed, failed or other-model files that this run replaced
     load_seconds: float = 0.0  # of ``seconds``: loading the model (and exporting it to ONNX)
     recalibrated: bool = False  # the database's rows came from the same weights with another calibration
+    rewindowed: bool = False  # the database's rows came from the same weights on other windows (hop, number)
 
     @property
     def files_per_s(self) -> float:
@@ -438,7 +453,8 @@ def _bar(progress: bool) -> Any:
 
 
 def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | Path | None = None,
-                    backend: str | None = "auto", hop: float | None = None, workers: int | None = None,
+                    backend: str | None = "auto", hop: float | None = None, windows: int | str | None = None,
+                    workers: int | None = None,
                     in_flight: int | None = None, batch: int = BATCH_SIZE, progress: bool = True,
                     ray: str | None = None, on_rows: Callable[[list[dict]], None] | None = None) -> LibraryReport:
     """Predict every audio file under ``paths`` into the results file ``out``, resuming an earlier run.
@@ -455,6 +471,9 @@ def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | P
         Inference backend; ``"auto"``: ONNX Runtime when installed, else torch.
     hop : float, optional
         Seconds between prediction windows (see :func:`melgenre.predict.load_model`).
+    windows : int or "all", optional
+        The most windows scored per file, spread over it (see :func:`melgenre.predict.load_model`;
+        default: the model's). A rerun with another hop or number of windows redoes every file.
     workers : int, optional
         Decoding processes (default: :func:`default_workers`); 0 decodes in this process.
     in_flight : int, optional
@@ -482,14 +501,15 @@ def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | P
     files = [str(p.resolve()) for p in expand_paths(paths)]
     if not files:
         raise MelgenreError(f"no audio files in {', '.join(map(str, paths))}")
-    genre_model = load_model(model, backend=backend, hop=hop)
+    genre_model = load_model(model, backend=backend, hop=hop, windows=windows)
     load_seconds = time.perf_counter() - t0
     out = Path(out)
     sink = _open(out, genre_model)
     try:
         previous = {r["path"]: r for r in sink.rows()}
-        # the same weights recalibrated: other probabilities and flags, so no row is current
+        # the same weights recalibrated, or on other windows: other probabilities and flags, so no row is current
         recalibrated = isinstance(sink, _SqliteSink) and sink.recalibrated(genre_model)
+        rewindowed = isinstance(sink, _SqliteSink) and sink.rewindowed(genre_model)
         stats: dict[str, os.stat_result] = {}
         for f in files:
             try:
@@ -497,15 +517,15 @@ def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | P
             except OSError:
                 pass
         todo = [f for f in files
-                if recalibrated or not _unchanged(previous.get(f), stats.get(f), genre_model.model_id)]
+                if recalibrated or rewindowed or not _unchanged(previous.get(f), stats.get(f), genre_model.model_id)]
         report = LibraryReport(out=out, model_id=genre_model.model_id, backend=genre_model.backend, files=len(files),
                                skipped=len(files) - len(todo), predicted=0, failed=[], per_genre={}, seconds=0.0,
                                superseded=sum(f in previous for f in todo), load_seconds=load_seconds,
-                               recalibrated=recalibrated)
+                               recalibrated=recalibrated, rewindowed=rewindowed)
         labels = {f: previous[f]["label"] for f in files if f not in todo}
         if todo:
             if ray is not None:
-                batches = _ray_rows(todo, model, backend, hop, ray, genre_model.model_id, stats)
+                batches = _ray_rows(todo, model, backend, hop, genre_model.windows, ray, genre_model.model_id, stats)
             else:
                 batches = _decoded_rows(_decoded(todo, genre_model, workers, in_flight), genre_model, batch)
             with _bar(progress) as bar:
@@ -554,12 +574,12 @@ def _decoded(files: list[str], model: GenreModel, workers: int | None,
         # slow ONNX Runtime's threads down (measured: melcnn-int8 14 -> 27 files/s on 2 cores)
         with threadpool_limits(1, user_api="blas"):
             for f in files:
-                yield decode_file(f, preset_json)
+                yield decode_file(f, preset_json, model.windows)
         return
     with worker_pool(workers, ["melgenre.library"]) as pool:
         try:
-            yield from imap_bounded(pool, functools.partial(decode_file, preset_json=preset_json), files,
-                                    in_flight or 2 * workers + 2)
+            yield from imap_bounded(pool, functools.partial(decode_file, preset_json=preset_json, most=model.windows),
+                                    files, in_flight or 2 * workers + 2)
         except BrokenProcessPool:
             raise MelgenreError("a decoding worker process died (out of memory, or killed); the rows written so "
                                 "far are kept: rerun the same command to go on") from None

@@ -9,11 +9,13 @@ Where a model comes from (:func:`load_model`):
   the run's feature file, the metrics from its ``metrics.json``);
 * an **ONNX file** written by :func:`export_onnx_file` (the card is in its metadata).
 
-How a clip of any length becomes one prediction (:func:`window_images`): chunked presets
-(``fast``: 3-s chunks, hop 1.5 s) take every chunk of the whole clip, with no 30-s limit;
+How a clip of any length becomes one prediction (:mod:`melgenre.windows`): chunked presets
+(``fast``: 3-s chunks, hop 1.5 s) take the chunks of the whole clip, with no 30-s limit;
 unchunked presets (``v1``, ``v2``: one image per 30 s) cut the clip into back-to-back windows of
-``duration`` seconds. The track's probabilities are the mean of the windows' softmax outputs,
-the same rule as track-level evaluation after training.
+``duration`` seconds. A long recording is scored on at most ``windows`` of them, spread over it
+(default :func:`melgenre.windows.default_windows` or the card's ``predict_windows``), and only
+those stretches are decoded. The track's probabilities are the mean of the windows' softmax
+outputs, the same rule as track-level evaluation after training.
 
 >>> from melgenre import load_model
 >>> model = load_model("runs/melcnn-fast")  # doctest: +SKIP
@@ -46,6 +48,7 @@ from melgenre.features import Preset
 from melgenre.models import build_from_config, channels_last
 from melgenre.timeline import Segment
 from melgenre.utils import atomic_path, run_checkpoint
+from melgenre.windows import Windows, array_windows, default_windows, file_windows, parse_windows, window_images
 
 #: ``format`` field of a model card.
 CARD_FORMAT = "melgenre-model/1"
@@ -120,6 +123,7 @@ class Prediction(_JsonDict):
     novelty: float | None = None  # "not music" score (melgenre.trust.novelty); None without a stored reference
     window_seconds: float = 0.0  # length of one window in seconds
     segments: list[Segment] = field(default_factory=list)  # genre timeline, see melgenre.timeline
+    windows_total: int = 0  # windows of the whole recording; more than len(window_starts) when sampled
 
 
 #: Warnings a :class:`Prediction` may carry in ``flags``, with their meaning in plain words.
@@ -130,44 +134,6 @@ FLAGS = {
     "not_music": "this does not sound like the music the model was trained on (speech, noise, tones or silence?), "
                  "so the genre means little",
 }
-
-
-def window_images(y: np.ndarray, preset: Preset) -> tuple[np.ndarray, list[float], bool]:
-    """Mel images of every window of a clip of any length.
-
-    Parameters
-    ----------
-    y : np.ndarray
-        Mono audio at ``preset.sr``.
-    preset : Preset
-        Chunked presets take every full chunk of the whole clip (``duration`` is ignored);
-        unchunked ones cut the clip into windows of ``duration`` seconds, hop ``duration``,
-        keeping a last partial window only if it is the only one or covers at least half a
-        window. Each window is padded/trimmed with :func:`melgenre.features.fit_to_preset`.
-
-    Returns
-    -------
-    images : np.ndarray
-        ``(W, H, W_img)`` float32 images in [0, 1], rounded to float16 precision as stored
-        for training (so a prediction equals evaluation on a prepared feature file).
-    starts : list of float
-        Start of each window in seconds.
-    padded : bool
-        True when some window was zero-padded.
-    """
-    sr = preset.sr
-    if preset.chunk_seconds is not None:
-        images, starts, padded = features.whole_clip_chunks(y, preset)
-    elif preset.duration is None:  # one image of the whole clip
-        images, starts, padded = features.mel_images(y, preset), [0.0], False
-    else:
-        win = round(preset.duration * sr)
-        offsets = [s for s in range(0, max(len(y), 1), win) if s == 0 or len(y) - s >= win / 2]
-        padded = any(len(y) - s < win for s in offsets)
-        images = np.concatenate([features.mel_images(features.fit_to_preset(y[s:s + win], preset), preset)
-                                 for s in offsets])
-        starts = [s / sr for s in offsets]
-    return images.astype(np.float16).astype(np.float32), starts, padded
 
 
 def _last_linear(module: nn.Module) -> nn.Linear:
@@ -227,17 +193,26 @@ def tempered(probs: np.ndarray, temperature: float) -> np.ndarray:
     return _softmax(logp).astype(probs.dtype, copy=False)
 
 
+def windows_setting(card: dict[str, Any], preset: Preset, windows: int | str | None = None) -> int | None:
+    """The most windows a prediction with ``preset`` scores (None: all): ``windows`` (``"all"``: None) when
+    given, else the card's ``predict_windows`` (``"all"`` or a number), else
+    :func:`melgenre.windows.default_windows` (10, or every window of a 30-s clip when it has more)."""
+    if windows is None:
+        windows = card.get("predict_windows", default_windows(preset))
+    return parse_windows(windows)
+
+
 class GenreModel:
     """A trained classifier with its classes and feature preset, ready to predict.
 
     Made by :func:`load_model`. Attributes: ``classes`` (list of str), ``preset``
     (:class:`~melgenre.features.Preset`, as trained), ``window_preset`` (the same with the
-    prediction ``hop``), ``hop``, ``card`` (the model card dict), ``model_id`` and ``backend``
-    (``"torch"`` or ``"onnx"``).
+    prediction ``hop``), ``hop``, ``card`` (the model card dict), ``model_id``, ``backend``
+    (``"torch"`` or ``"onnx"``) and ``windows`` (the most windows one prediction scores; None: all).
     """
 
     def __init__(self, card: dict[str, Any], module: nn.Module | None = None, session: Any = None,
-                 hop: float | None = None):
+                 hop: float | None = None, windows: int | str | None = None):
         self.card = card
         self.classes: list[str] = list(card["classes"])
         self.preset = Preset.from_dict(card["preset"])
@@ -251,6 +226,9 @@ class GenreModel:
             if not hop > 0:
                 raise MelgenreError(f"--hop must be positive, got {hop}")
             self.window_preset = dataclasses.replace(self.preset, chunk_hop_seconds=float(hop), frames_per_hop=None)
+        #: The most windows one prediction scores, spread over a longer recording (None: every window):
+        #: ``windows`` ("all" for None), else the card's ``predict_windows``, else windows.default_windows.
+        self.windows: int | None = windows_setting(card, self.window_preset, windows)
         self.model_id: str = card["model_id"]
         #: Temperature of the card's calibration (1 without one): scales the track probabilities and each
         #: window's (:func:`tempered`), never their order.
@@ -270,7 +248,7 @@ class GenreModel:
 
     def __repr__(self) -> str:
         return (f"GenreModel({self.model_id!r}, backend={self.backend!r}, preset={self.preset.name!r}, "
-                f"classes={len(self.classes)})")
+                f"classes={len(self.classes)}, windows={self.windows or 'all'})")
 
     @functools.cached_property
     def _has_embedding(self) -> bool:
@@ -278,9 +256,21 @@ class GenreModel:
         return any(o.name == "embedding" for o in self._session.get_outputs())
 
     def clip_images(self, y: np.ndarray) -> tuple[np.ndarray, list[float], bool]:
-        """:func:`window_images` of mono samples at ``preset.sr``, with this model's prediction hop."""
+        """:func:`window_images` of mono samples at ``preset.sr``, with this model's prediction hop
+        (every window, however long the clip)."""
         with _blas_controller().limit(limits=1, user_api="blas"):
             return window_images(y, self.window_preset)
+
+    def windows_of(self, source: str | Path | bytes | np.ndarray, sr: int | None = None,
+                   name: str | None = None) -> tuple[Windows, str]:
+        """The windows :meth:`predict` scores of a file, its bytes or samples (at most :attr:`windows`,
+        spread over a longer recording; a file is then read only there), and the name to report."""
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            if isinstance(source, np.ndarray):
+                y, label = self._samples(source, sr, name)
+                return array_windows(y, self.window_preset, self.windows), label
+            label = name or ("<bytes>" if isinstance(source, bytes) else str(source))
+            return file_windows(source, self.window_preset, self.windows, name=label), label
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities of mel images.
@@ -375,7 +365,8 @@ class GenreModel:
         Returns
         -------
         Prediction
-            Track-level probabilities (mean over windows) and per-window detail.
+            Track-level probabilities (mean over the scored windows: at most :attr:`windows`, spread
+            over the recording) and per-window detail.
 
         Raises
         ------
@@ -386,15 +377,14 @@ class GenreModel:
         """
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
-        y, label = self._samples(source, sr, name)
-        images, starts, padded = self.clip_images(y)
-        probs, emb = self.window_outputs(images)
-        return self.prediction(label, probs, starts, duration=len(y) / self.preset.sr,
-                               padded=padded, silent=audio.is_silent(y), top_k=top_k, window_embeddings=emb)
+        w, label = self.windows_of(source, sr, name)
+        probs, emb = self.window_outputs(w.images)
+        return self.prediction(label, probs, w.starts, duration=w.duration, padded=w.padded, silent=w.silent,
+                               top_k=top_k, window_embeddings=emb, windows_total=w.total)
 
     def prediction(self, source: str, window_probs: np.ndarray, window_starts: list[float], duration: float,
                    padded: bool, silent: bool, top_k: int = 3,
-                   window_embeddings: np.ndarray | None = None) -> Prediction:
+                   window_embeddings: np.ndarray | None = None, windows_total: int | None = None) -> Prediction:
         """The :class:`Prediction` of one clip from its windows' uncalibrated probabilities (from
         :meth:`window_outputs`); the track's probabilities are their mean, then the card's temperature
         (:func:`tempered`), and ``window_probabilities`` are each window's calibrated ones.
@@ -403,6 +393,7 @@ class GenreModel:
         together both end here, so a result never depends on how it was batched. The "unsure" and
         "not_music" flags follow the card's ``trust`` thresholds (:func:`melgenre.trust.trust_flags`);
         "not_music" needs ``window_embeddings`` (from :meth:`window_outputs`) except for silent clips.
+        ``windows_total`` is the number of windows of the whole recording (default: those given).
         """
         from melgenre.trust import LEGACY_METHOD, novelty, trust_flags
 
@@ -424,6 +415,7 @@ class GenreModel:
             novelty=score,
             window_seconds=self.window_seconds,
             segments=timeline.segments(window_probs, window_starts, self.classes, self.window_seconds, duration),
+            windows_total=len(window_starts) if windows_total is None else windows_total,
         )
 
     @property
@@ -642,7 +634,7 @@ def _onnx_session(model: str | Path | bytes, label: str) -> Any:
         raise MelgenreError(f"{label}: not a readable ONNX model ({reason})") from None
 
 
-def _from_onnx(path: Path, hop: float | None = None) -> GenreModel:
+def _from_onnx(path: Path, hop: float | None = None, windows: int | str | None = None) -> GenreModel:
     if not path.is_file():
         raise MelgenreError(f"{path}: no such file")
     session = _onnx_session(path, str(path))
@@ -653,7 +645,7 @@ def _from_onnx(path: Path, hop: float | None = None) -> GenreModel:
         card = json.loads(meta["melgenre_card"])
     except json.JSONDecodeError:
         raise MelgenreError(f"{path}: the melgenre card in the ONNX metadata is not valid JSON") from None
-    model = GenreModel(_check_card(path, card), session=session, hop=hop)
+    model = GenreModel(_check_card(path, card), session=session, hop=hop, windows=windows)
     import base64
 
     if "melgenre_trust_centres" in meta:
@@ -698,7 +690,8 @@ def shipped_models() -> list[str]:
     return sorted(names, key=lambda n: n != "default")
 
 
-def load_model(path: str | Path | None = None, backend: str | None = None, hop: float | None = None) -> GenreModel:
+def load_model(path: str | Path | None = None, backend: str | None = None, hop: float | None = None,
+               windows: int | str | None = None) -> GenreModel:
     """Load a model for prediction.
 
     Parameters
@@ -718,6 +711,11 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
         preset's ``chunk_hop_seconds``). The chunk length (``fast``: 3 s) gives back-to-back
         windows: about half the compute of the default 1.5 s, for a small loss of accuracy
         (see docs/results.md).
+    windows : int or "all", optional
+        The most windows one prediction scores, spread evenly over a longer recording, of which
+        only those stretches are decoded (:mod:`melgenre.windows`); ``"all"`` scores every
+        window. Default: the card's ``predict_windows``, else
+        :func:`~melgenre.windows.default_windows` (10, or every window of a 30-s clip when it has more).
 
     Returns
     -------
@@ -744,16 +742,17 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
     if is_onnx:
         if backend != "onnx":
             raise MelgenreError(f"{path}: an ONNX model runs only with the onnx backend")
-        return _from_onnx(path, hop)
+        return _from_onnx(path, hop, windows)
     module, card = _load_torch(path)
     centres = _trust_centres(path, card)
     if backend == "torch":
-        model = GenreModel(card, module=module, hop=hop)
+        model = GenreModel(card, module=module, hop=hop, windows=windows)
     else:
         with tempfile.TemporaryDirectory(prefix="melgenre-onnx-") as tmp:  # private (0700), removed at once
             onnx_path = Path(tmp) / "model.onnx"
             _write_onnx(module, card, onnx_path)
-            model = GenreModel(card, session=_onnx_session(onnx_path.read_bytes(), str(path)), hop=hop)
+            model = GenreModel(card, session=_onnx_session(onnx_path.read_bytes(), str(path)), hop=hop,
+                               windows=windows)
     model.trust_centres = centres
     return model
 
@@ -808,7 +807,7 @@ def estimate_from_cv(path: str | Path) -> dict[str, Any]:
 
 
 def save_package(source: str | Path, out: str | Path, estimates: Iterable[str | Path] = (),
-                 hop: float | None = None) -> Path:
+                 hop: float | None = None, windows: int | str | None = None) -> Path:
     """Write a model package: ``<out>.safetensors`` (weights) and ``<out>.json`` (the card).
 
     Parameters
@@ -826,6 +825,10 @@ def save_package(source: str | Path, out: str | Path, estimates: Iterable[str | 
     hop : float, optional
         Default seconds between prediction windows, stored in the card as ``predict_hop`` (chunked
         presets; ``load_model(hop=...)`` still overrides it). Default: the preset's own hop.
+    windows : int or "all", optional
+        The most windows one prediction scores, stored in the card as ``predict_windows``
+        (``load_model(windows=...)`` still overrides it). Default: the source's, else
+        :func:`~melgenre.windows.default_windows`.
 
     Returns
     -------
@@ -840,6 +843,9 @@ def save_package(source: str | Path, out: str | Path, estimates: Iterable[str | 
         if Preset.from_dict(card["preset"]).chunk_seconds is None or not hop > 0:
             raise MelgenreError(f"hop {hop}: needs a positive number and a model on a chunked preset")
         card["predict_hop"] = float(hop)
+    if windows is not None:
+        most = parse_windows(windows)
+        card["predict_windows"] = "all" if most is None else most
     summaries = sorted((estimate_from_cv(p) for p in estimates), key=lambda e: "artist" not in e["protocol"])
     if summaries:
         card["metrics"] = {**card.get("metrics", {}), "estimates": summaries}

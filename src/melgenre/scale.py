@@ -196,10 +196,11 @@ def prepare_ray(data, preset, out: str | Path, address: str | None = None, overw
 class _Predictor:
     """Ray actor body: one model per worker process, predicting one file per call."""
 
-    def __init__(self, model: str | None, backend: str | None, hop: float | None = None):
+    def __init__(self, model: str | None, backend: str | None, hop: float | None = None,
+                 windows: int | str | None = None):
         from melgenre.predict import load_model
 
-        self.model = load_model(model, backend=backend, hop=hop)
+        self.model = load_model(model, backend=backend, hop=hop, windows=windows)
 
     def predict(self, path: str, name: str, top_k: int) -> tuple[Any, str | None]:
         """``(prediction, None)`` or ``(None, reason)``, exactly as :func:`melgenre.predict.predict_paths`."""
@@ -215,7 +216,8 @@ class _Predictor:
 
 def predict_ray(paths: Iterable[str | Path], model: str | Path | None = None, backend: str | None = None,
                 top_k: int = 3, address: str | None = None, actors: int | None = None,
-                threads: int | None = None, hop: float | None = None) -> Iterator[tuple[Path, Any, str | None]]:
+                threads: int | None = None, hop: float | None = None,
+                windows: int | str | None = None) -> Iterator[tuple[Path, Any, str | None]]:
     """:func:`melgenre.predict.predict_paths` on Ray actors (one model per actor), in input order.
 
     Parameters
@@ -237,6 +239,8 @@ def predict_ray(paths: Iterable[str | Path], model: str | Path | None = None, ba
         Torch/ONNX threads per actor (default: Ray's, 1 per actor CPU).
     hop : float, optional
         Seconds between prediction windows (see :func:`melgenre.predict.load_model`).
+    windows : int or "all", optional
+        The most windows a prediction scores (see :func:`melgenre.predict.load_model`).
 
     Yields
     ------
@@ -258,7 +262,7 @@ def predict_ray(paths: Iterable[str | Path], model: str | Path | None = None, ba
         env = {"env_vars": {"OMP_NUM_THREADS": str(threads)}} if threads else None
         actor_cls = ray.remote(num_cpus=1, **({"runtime_env": env} if env else {}))(_Predictor)
         n = min(len(files), actors or _cluster_cpus(ray))
-        pool = ActorPool([actor_cls.remote(model_arg, backend, hop) for _ in range(n)])
+        pool = ActorPool([actor_cls.remote(model_arg, backend, hop, windows) for _ in range(n)])
         results = pool.map(lambda actor, f: actor.predict.remote(str(f.resolve()), str(f), top_k), files)
         try:
             for path, (pred, error) in zip(files, results):

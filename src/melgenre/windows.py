@@ -1,0 +1,198 @@
+"""The windows a prediction scores: every window of a clip, or a sample spread over a long song.
+
+A model scores fixed-length windows (a 3-s patch of the default model, a 30-s image of ``v1``) and
+averages them. A 30-s clip has a handful; a 3-minute song has 30 windows of the default model and a
+10-minute live track 100. Genre is a property of the whole song, so a prediction scores at most
+``most`` windows (:func:`default_windows`, or the card's ``predict_windows``) spread evenly over it,
+and reads only those stretches of the file where the format can seek (WAV, FLAC, OGG, Opus, MP3,
+AU, AIFF: :class:`melgenre.audio.Stretches`), falling back to decoding it whole (M4A). A recording
+with no more windows than that is scored whole, as before. ``most=None`` scores every window.
+
+The sampled windows are a subset of the full grid of :func:`window_images`: the same starts and,
+up to float rounding, the same images (tested), so a sample can only differ from the full
+prediction by which windows it leaves out. docs/benchmarks.md gives the label agreement with
+every-window prediction on full-length songs and the speed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from melgenre import audio, features
+from melgenre.errors import MelgenreError
+from melgenre.features import Preset
+
+#: Windows a prediction scores at most, when neither the caller nor the model card says otherwise, unless
+#: a clip of :data:`CLIP_SECONDS` has more (:func:`default_windows`).
+DEFAULT_WINDOWS = 10
+
+#: Length of the clips models are trained and evaluated on (GTZAN's): never sampled by default.
+CLIP_SECONDS = 30.0
+
+
+@dataclass
+class Windows:
+    """The mel images of the windows a prediction scores, and what they say of the recording."""
+
+    images: np.ndarray  # (W, H, W_img) float32 in [0, 1], rounded to float16 precision
+    starts: list[float]  # start of each window in seconds
+    padded: bool  # some window was zero-padded
+    silent: bool  # every sample read is below melgenre.audio.SILENCE_PEAK
+    duration: float  # length of the whole recording in seconds
+    total: int  # windows of the whole recording (> len(starts) when sampled)
+
+
+def parse_windows(value: int | str | None) -> int | None:
+    """``"all"`` -> None (every window), a positive whole number (or its text) -> itself.
+
+    Raises
+    ------
+    MelgenreError
+        Anything else.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
+        return None
+    try:
+        most = int(value)
+    except (TypeError, ValueError):
+        most = 0
+    if most < 1 or str(value).strip() not in (str(most), f"{most}.0"):
+        raise MelgenreError(f"windows must be a positive whole number or 'all', got {value!r}")
+    return most
+
+
+def default_windows(preset: Preset) -> int:
+    """The default most windows of a model predicting with ``preset`` (its prediction hop):
+    :data:`DEFAULT_WINDOWS`, or all the windows of a :data:`CLIP_SECONDS` clip when it has more
+    (``fast``: 18 at its 1.5-s hop), so clips as long as the training clips are always scored whole
+    and the model's evaluation figures hold for them."""
+    return max(DEFAULT_WINDOWS, len(window_offsets(round(CLIP_SECONDS * preset.sr), preset)))
+
+
+def spread(total: int, most: int | None) -> list[int]:
+    """Indices of at most ``most`` of ``total`` windows: the middle one of each of ``most`` equal parts."""
+    if most is None or total <= most:
+        return list(range(total))
+    return [(2 * i + 1) * total // (2 * most) for i in range(most)]
+
+
+def window_offsets(n_samples: int, preset: Preset) -> list[int]:
+    """Start samples (at ``preset.sr``) of every window :func:`window_images` takes of ``n_samples``."""
+    if preset.chunk_seconds is not None:
+        whole = dataclasses.replace(preset, duration=None)
+        n = max(n_samples, int(round(whole.chunk_seconds * whole.sr)))  # a short clip is padded to one chunk
+        return [s * whole.hop_length for s in features.chunk_starts(whole.n_frames(n), whole)]
+    if preset.duration is None:  # one image of the whole clip
+        return [0]
+    win = round(preset.duration * preset.sr)
+    return [s for s in range(0, max(n_samples, 1), win) if s == 0 or n_samples - s >= win / 2]
+
+
+def window_images(y: np.ndarray, preset: Preset) -> tuple[np.ndarray, list[float], bool]:
+    """Mel images of every window of a clip of any length.
+
+    Parameters
+    ----------
+    y : np.ndarray
+        Mono audio at ``preset.sr``.
+    preset : Preset
+        Chunked presets take every full chunk of the whole clip (``duration`` is ignored);
+        unchunked ones cut the clip into windows of ``duration`` seconds, hop ``duration``,
+        keeping a last partial window only if it is the only one or covers at least half a
+        window. Each window is padded/trimmed with :func:`melgenre.features.fit_to_preset`.
+
+    Returns
+    -------
+    images : np.ndarray
+        ``(W, H, W_img)`` float32 images in [0, 1], rounded to float16 precision as stored
+        for training (so a prediction equals evaluation on a prepared feature file).
+    starts : list of float
+        Start of each window in seconds.
+    padded : bool
+        True when some window was zero-padded.
+    """
+    sr = preset.sr
+    if preset.chunk_seconds is not None:
+        images, starts, padded = features.whole_clip_chunks(y, preset)
+    elif preset.duration is None:
+        images, starts, padded = features.mel_images(y, preset), [0.0], False
+    else:
+        win = round(preset.duration * sr)
+        offsets = window_offsets(len(y), preset)
+        padded = any(len(y) - s < win for s in offsets)
+        images = np.concatenate([features.mel_images(features.fit_to_preset(y[s:s + win], preset), preset)
+                                 for s in offsets])
+        starts = [s / sr for s in offsets]
+    return _stored_precision(images), starts, padded
+
+
+def _stored_precision(images: np.ndarray) -> np.ndarray:
+    return images.astype(np.float16).astype(np.float32)
+
+
+def _window_image(read: Callable[[int, int], np.ndarray], offset: int, preset: Preset) -> tuple[np.ndarray, float]:
+    """The image ``(1, H, W)`` of the window starting at sample ``offset`` and the peak of what was read,
+    from ``read(start, stop)`` (mono samples at ``preset.sr``, zeros past the end)."""
+    if preset.chunk_seconds is None:
+        y = read(offset, offset + round(preset.duration * preset.sr))
+        return features.mel_images(features.fit_to_preset(y, preset), preset), float(np.max(np.abs(y), initial=0))
+    # librosa's centred frames: frame f covers samples f*hop - n_fft/2 .. f*hop + n_fft/2, zero before 0
+    whole = dataclasses.replace(preset, duration=None)
+    hop, size = whole.hop_length, whole.chunk_frames
+    frame = offset // hop
+    context = min(frame, math.ceil((whole.n_fft // 2) / hop))  # frames read before the window
+    start = (frame - context) * hop
+    y = read(start, (frame + size - 1) * hop + whole.n_fft // 2 + 1)
+    power = features.melspectrogram(y, whole)[:, context:context + size]
+    return features.power_to_images(power[None], whole), float(np.max(np.abs(y), initial=0))
+
+
+def _sampled(read: Callable[[int, int], np.ndarray], n_samples: int, preset: Preset,
+             offsets: list[int], most: int) -> Windows:
+    chosen = [offsets[i] for i in spread(len(offsets), most)]
+    images, peaks = zip(*(_window_image(read, s, preset) for s in chosen))
+    win = round((preset.chunk_seconds or preset.duration) * preset.sr)
+    return Windows(images=_stored_precision(np.concatenate(images)), starts=[s / preset.sr for s in chosen],
+                   padded=any(n_samples - s < win for s in chosen), silent=max(peaks) < audio.SILENCE_PEAK,
+                   duration=n_samples / preset.sr, total=len(offsets))
+
+
+def array_windows(y: np.ndarray, preset: Preset, most: int | None) -> Windows:
+    """The windows of mono audio ``y`` at ``preset.sr``: all of them (:func:`window_images`) when there
+    are at most ``most`` (or ``most`` is None), else ``most`` of them spread over the clip."""
+    offsets = window_offsets(len(y), preset)
+    if most is None or len(offsets) <= most:
+        images, starts, padded = window_images(y, preset)
+        return Windows(images, starts, padded, audio.is_silent(y), len(y) / preset.sr, len(starts))
+    return _sampled(lambda a, b: audio.fix_length(y[a:b], b - a), len(y), preset, offsets, most)
+
+
+def file_windows(source: str | Path | bytes, preset: Preset, most: int | None, name: str | None = None) -> Windows:
+    """The windows of an audio file (path or bytes), as :func:`array_windows` of the decoded file.
+
+    A file with more than ``most`` windows is not decoded whole: only the stretches of the chosen
+    windows are read (:func:`melgenre.audio.open_stretches`), where the format can seek.
+
+    Raises
+    ------
+    AudioDecodeError
+        The file cannot be decoded (the message names it).
+    """
+    if most is not None:
+        stretches = audio.open_stretches(source, preset.sr, name=name)
+        if stretches is not None:
+            with stretches:
+                offsets = window_offsets(stretches.n_samples, preset)
+                if len(offsets) > most:
+                    return _sampled(stretches.read, stretches.n_samples, preset, offsets, most)
+    return array_windows(audio.load(source, sr=preset.sr, name=name).samples, preset, most)
+
+
+__all__ = ["CLIP_SECONDS", "DEFAULT_WINDOWS", "Windows", "array_windows", "default_windows", "file_windows",
+           "parse_windows", "spread", "window_images", "window_offsets"]
