@@ -28,6 +28,10 @@ Sections (see ``docs/benchmarks.md`` for what each figure means):
     files/s over the same N 30-s files for every shipped model: the per-file path
     (:func:`melgenre.predict.predict_paths`, torch and ONNX Runtime) against the library job
     (:func:`melgenre.library.predict_library`: decoding workers, batches across files).
+``songs``
+    the default model's library job on full-length MP3 songs made from the clips, scoring every
+    window against the default sample of windows: songs/s, peak RSS, label agreement
+    (:mod:`melgenre.songs`).
 
 >>> from melgenre.bench import BenchSettings, run_bench
 >>> results = run_bench("bench", BenchSettings.make(quick=True))  # doctest: +SKIP
@@ -59,8 +63,9 @@ from typing import Any
 import numpy as np
 
 from melgenre import __version__
+from melgenre.songs import bench_songs, songs_markdown
 
-SECTIONS = ("preprocessing", "features", "training", "inference", "memory", "trust", "library")
+SECTIONS = ("preprocessing", "features", "training", "inference", "memory", "trust", "library", "songs")
 
 #: The issues' targets: prepare vs the naive loop, and one 30-s file's end-to-end latency per model.
 TARGET_SPEEDUP = 5.0
@@ -99,6 +104,10 @@ class BenchSettings:
     memory_sizes: tuple[int, ...] = (250, 1000)  # prepare subprocess at these track counts
     memory_preset: str | None = None  # default: the last of ``presets``
     library_files: int = 200  # files of the library section (the same files for every path)
+    songs: int = 40  # full-length MP3 songs of the songs section (melgenre.songs)
+    song_clips: int = 6  # clips joined into one song (30-s clips: 3-minute songs)
+    songs_dir: Path | None = None  # keep the songs here and reuse them (default: made anew in a temp folder)
+    songs_model: str | None = None  # the songs section's model (default: the default model)
     sections: tuple[str, ...] = SECTIONS
     note: str = ""  # free text stored with the results, e.g. "under load: a training job ran"
 
@@ -109,7 +118,7 @@ class BenchSettings:
         if quick:
             base = {"quick": True, "n_files": 8, "repeats": 1, "feature_batch": 2, "train_steps": 2,
                     "train_budget_s": 6.0, "infer_repeats": 3, "infer_files": 4, "memory_sizes": (10, 40),
-                    "library_files": 4}
+                    "library_files": 4, "songs": 4}
         settings = cls(**{**base, **overrides})
         unknown = [s for s in settings.sections if s not in SECTIONS]
         if unknown:
@@ -331,6 +340,13 @@ class _Inputs:
         if not dest.exists():
             _link_subset(self.pool.tracks, self.pool.root, n, dest)
         return dest
+
+    def by_class(self) -> dict[str, list[Path]]:
+        """Every file of the pool by class name."""
+        out: dict[str, list[Path]] = {}
+        for t in self.pool.tracks:
+            out.setdefault(self.pool.classes[t.label], []).append(t.path)
+        return out
 
     def files(self, n: int) -> list[Path]:
         """``n`` audio files (the first of each class in turn)."""
@@ -867,6 +883,8 @@ def run_bench(out: str | Path = "bench", settings: BenchSettings | None = None,
                 results[section] = bench_trust(settings, log)
             elif section == "library":
                 results[section] = bench_library(settings, inputs, log)
+            elif section == "songs":
+                results[section] = bench_songs(settings, inputs.by_class(), inputs.tmp, log)
             else:
                 results[section] = bench_memory(settings, inputs, log)
             results.setdefault("section_seconds", {})[section] = round(time.perf_counter() - t0, 1)
@@ -982,6 +1000,8 @@ def results_markdown(results: dict[str, Any]) -> str:
                          f"{r['speedup_vs_same_backend']:.2f}× | "
                          f"{'**%.1f**' % r['library_int8'] if 'library_int8' in r else '—'} | "
                          f"{target} {'met' if r['meets_target'] else 'not met'} |")
+    if results.get("songs"):
+        lines += songs_markdown(results["songs"])
     return "\n".join(lines) + "\n"
 
 

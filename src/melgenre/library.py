@@ -10,7 +10,7 @@ it finishes, into SQLite, CSV or JSON Lines (chosen by the suffix of ``out``):
   ``kill -9`` at any point loses at most the files in flight.
 * **Fast.** Worker processes (:func:`melgenre.utils.worker_pool`) read, hash, decode and turn each
   file into mel images; this process runs the model on the windows of many files at once, in
-  full batches of :data:`melgenre.predict.BATCH_SIZE`, and builds each file's result with
+  full batches of the model's ``batch_size`` windows, and builds each file's result with
   :meth:`GenreModel.prediction`, so a row holds what :meth:`GenreModel.predict` gives for that
   file. At most ``in_flight`` files are decoded or waiting at once: memory does not grow with
   the library. Workers exit when this process dies.
@@ -43,7 +43,7 @@ from threadpoolctl import threadpool_limits
 
 from melgenre import __version__, features
 from melgenre.errors import AudioDecodeError, MelgenreError
-from melgenre.predict import BATCH_SIZE, GenreModel, Prediction, expand_paths, load_model
+from melgenre.predict import GenreModel, Prediction, expand_paths, load_model
 from melgenre.windows import file_windows
 from melgenre.utils import atomic_path, imap_bounded, worker_pool
 
@@ -455,7 +455,7 @@ def _bar(progress: bool) -> Any:
 def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | Path | None = None,
                     backend: str | None = "auto", hop: float | None = None, windows: int | str | None = None,
                     workers: int | None = None,
-                    in_flight: int | None = None, batch: int = BATCH_SIZE, progress: bool = True,
+                    in_flight: int | None = None, batch: int | None = None, progress: bool = True,
                     ray: str | None = None, on_rows: Callable[[list[dict]], None] | None = None) -> LibraryReport:
     """Predict every audio file under ``paths`` into the results file ``out``, resuming an earlier run.
 
@@ -478,8 +478,8 @@ def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | P
         Decoding processes (default: :func:`default_workers`); 0 decodes in this process.
     in_flight : int, optional
         Files submitted to the workers at once (default ``2 × workers + 2``): bounds memory.
-    batch : int
-        Windows per model call, across files.
+    batch : int, optional
+        Windows per model call, across files (default: the model's ``batch_size``; memory grows with it).
     progress : bool
         Progress bar (with rate and ETA) on stderr.
     ray : str, optional
@@ -527,7 +527,8 @@ def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | P
             if ray is not None:
                 batches = _ray_rows(todo, model, backend, hop, genre_model.windows, ray, genre_model.model_id, stats)
             else:
-                batches = _decoded_rows(_decoded(todo, genre_model, workers, in_flight), genre_model, batch)
+                batches = _decoded_rows(_decoded(todo, genre_model, workers, in_flight), genre_model,
+                                        batch or genre_model.batch_size)
             with _bar(progress) as bar:
                 task = bar.add_task("predict", total=len(files), completed=report.skipped, rate="")
                 started = time.perf_counter()

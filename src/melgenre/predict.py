@@ -59,8 +59,12 @@ DEFAULT_MODEL_DIR = resources.files("melgenre").joinpath("weights")
 #: Backends :func:`load_model` accepts (``"auto"``: :func:`auto_backend`).
 BACKENDS = ("torch", "onnx", "auto")
 
-#: Images per forward pass.
+#: Images per forward pass, unless the card's ``predict_batch`` or :data:`PREDICT_BATCH` says otherwise.
 BATCH_SIZE = 32
+
+#: Images per forward pass of models whose activations are large: musicnn needs about 40 MB a window
+#: with ONNX Runtime (1.6 GB at 32, 0.66 GB at 8, measured), for the same time per window.
+PREDICT_BATCH = {"musicnn": 8}
 
 _ONNX_PROVIDERS = ["CPUExecutionProvider"]
 
@@ -154,17 +158,17 @@ def _captured_embeddings(module: nn.Module) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
-def forward_outputs(module: nn.Module, images: np.ndarray, embeddings: bool = False
+def forward_outputs(module: nn.Module, images: np.ndarray, embeddings: bool = False, batch: int = BATCH_SIZE
                     ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Logits ``(N, C)`` of a torch model on images ``(N, H, W)``, in batches of :data:`BATCH_SIZE`, and
+    """Logits ``(N, C)`` of a torch model on images ``(N, H, W)``, in batches of ``batch``, and
     with ``embeddings`` the input of its last linear layer ``(N, D)`` from the same forward pass (else None)."""
     last = _last_linear(module)
     x = np.ascontiguousarray(np.asarray(images, dtype=np.float32)[:, None])
     logits = []
     with _captured_embeddings(module) if embeddings else contextlib.nullcontext([]) as captured:
         with torch.inference_mode():
-            for i in range(0, len(x), BATCH_SIZE):
-                logits.append(module(torch.from_numpy(x[i:i + BATCH_SIZE])).float().numpy())
+            for i in range(0, len(x), batch):
+                logits.append(module(torch.from_numpy(x[i:i + batch])).float().numpy())
     num_classes = last.out_features
     out = np.concatenate(logits) if logits else np.zeros((0, num_classes), dtype=np.float32)
     if not embeddings:
@@ -229,6 +233,9 @@ class GenreModel:
         #: The most windows one prediction scores, spread over a longer recording (None: every window):
         #: ``windows`` ("all" for None), else the card's ``predict_windows``, else windows.default_windows.
         self.windows: int | None = windows_setting(card, self.window_preset, windows)
+        #: Images per forward pass (memory grows with it): the card's ``predict_batch``, else
+        #: :data:`PREDICT_BATCH` of the architecture, else :data:`BATCH_SIZE`.
+        self.batch_size = int(card.get("predict_batch") or PREDICT_BATCH.get(card["model"]["name"], BATCH_SIZE))
         self.model_id: str = card["model_id"]
         #: Temperature of the card's calibration (1 without one): scales the track probabilities and each
         #: window's (:func:`tempered`), never their order.
@@ -284,7 +291,7 @@ class GenreModel:
         -------
         np.ndarray
             ``(N, C)`` calibrated softmax probabilities (of the logits divided by :attr:`temperature`),
-            computed in batches of :data:`BATCH_SIZE`.
+            computed in batches of :attr:`batch_size`.
         """
         return tempered(self.window_outputs(images)[0], self.temperature)
 
@@ -294,11 +301,13 @@ class GenreModel:
         use them (a stored :attr:`trust_centres`, and with ONNX a graph with an ``embedding`` output),
         else None."""
         if self._module is not None:
-            logits, emb = forward_outputs(self._module, images, embeddings=self.trust_centres is not None)
+            logits, emb = forward_outputs(self._module, images, embeddings=self.trust_centres is not None,
+                                          batch=self.batch_size)
         else:
             names = ["logits"] + (["embedding"] if self.trust_centres is not None and self._has_embedding else [])
             x = np.ascontiguousarray(np.asarray(images, dtype=np.float32)[:, None])
-            out = [self._session.run(names, {"mel": x[i:i + BATCH_SIZE]}) for i in range(0, len(x), BATCH_SIZE)]
+            b = self.batch_size
+            out = [self._session.run(names, {"mel": x[i:i + b]}) for i in range(0, len(x), b)]
             logits = np.concatenate([o[0] for o in out]) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
             emb = np.concatenate([o[1] for o in out]) if out and len(names) == 2 else None
         return _softmax(logits), emb
@@ -314,7 +323,7 @@ class GenreModel:
         Returns
         -------
         np.ndarray
-            ``(N, D)`` float32, computed in batches of :data:`BATCH_SIZE` (for the shipped
+            ``(N, D)`` float32, computed in batches of :attr:`batch_size` (for the shipped
             musicnn model: its pooled embedding after the head's standardisation).
 
         Raises
@@ -324,7 +333,7 @@ class GenreModel:
         """
         if self._module is None:
             raise MelgenreError(f"model {self.model_id}: embeddings need the torch backend, not {self.backend}")
-        return forward_outputs(self._module, images, embeddings=True)[1]
+        return forward_outputs(self._module, images, embeddings=True, batch=self.batch_size)[1]
 
     def _samples(self, source: str | Path | bytes | np.ndarray, sr: int | None, name: str | None) -> tuple[np.ndarray, str]:
         """Mono float32 audio at the preset's rate, and the name to report."""

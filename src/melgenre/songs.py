@@ -1,0 +1,200 @@
+"""Full-length songs for benchmarks: MP3s made from labelled clips, and the songs benchmark.
+
+A real library holds 3-minute MP3s at 44.1 kHz stereo, not 30-s mono clips. :func:`make_songs` joins
+``clips_per_song`` clips of one genre (GTZAN's, or any ``<class>/<file>`` corpus) into such a song;
+:func:`bench_songs` (``melgenre bench --sections songs``) times the library job
+(:func:`melgenre.library.predict_library`) on them scoring every window against the default sample
+of windows (:mod:`melgenre.windows`), in the same run, and measures how often the two agree.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from melgenre import audio
+
+#: Songs are written as MP3 at this rate, stereo, constant bitrate (libsndfile's LAME at level 0.4: 192 kbps).
+SONG_SR = 44_100
+MP3_COMPRESSION = 0.4
+
+#: Windows per song whose agreement with every-window prediction :func:`bench_songs` reports.
+AGREEMENT_WINDOWS = (1, 3, 5, 10, 15, 20)
+
+
+def plan_songs(clips: dict[str, list[Path]], n_songs: int, clips_per_song: int = 6) -> list[tuple[str, list[Path]]]:
+    """Which clips make which song: genres in turn (sorted), each genre's clips in order, wrapping round
+    when a genre has fewer clips than its songs need (so a small genre's songs repeat clips in another
+    order and position). Returns ``(genre, clips)`` per song."""
+    genres = sorted(g for g, files in clips.items() if files)
+    plan, used = [], dict.fromkeys(genres, 0)
+    while genres and len(plan) < n_songs:
+        for g in genres[: n_songs - len(plan)]:
+            files = clips[g]
+            plan.append((g, [files[(used[g] + i) % len(files)] for i in range(clips_per_song)]))
+            used[g] += clips_per_song
+    return plan
+
+
+def write_song(parts: Sequence[Path], out: Path) -> Path:
+    """Join the clips ``parts`` into one stereo 44.1-kHz MP3 at 192 kbps (atomically); returns ``out``.
+
+    The right channel is the left delayed by 10 samples, so the encoder sees two channels.
+    """
+    from melgenre.utils import atomic_path
+
+    y = np.concatenate([audio.load(p, sr=SONG_SR).samples for p in parts])
+    stereo = np.stack([y, np.concatenate([np.zeros(10, np.float32), y[:-10]])], axis=1)
+    peak = float(np.max(np.abs(stereo))) or 1.0
+    with atomic_path(out) as tmp:
+        sf.write(tmp, stereo / max(peak, 1.0), SONG_SR, format="MP3", subtype="MPEG_LAYER_III",
+                 compression_level=MP3_COMPRESSION, bitrate_mode="CONSTANT")
+    return out
+
+
+def make_songs(clips: dict[str, list[Path]], out: Path, n_songs: int, clips_per_song: int = 6,
+               workers: int = 1) -> list[Path]:
+    """Write ``n_songs`` songs (:func:`plan_songs`, :func:`write_song`) as ``out/<genre>/<genre>-song-NN.mp3``.
+
+    Songs already there are kept (encoding takes several seconds a song), so a folder can be reused.
+    """
+    plan = plan_songs(clips, n_songs, clips_per_song)
+    counts: dict[str, int] = {}
+    jobs = []
+    for genre, parts in plan:
+        counts[genre] = counts.get(genre, 0) + 1
+        path = out / genre / f"{genre}-song-{counts[genre]:02d}.mp3"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        jobs.append((parts, path))
+    todo = [(parts, path) for parts, path in jobs if not path.is_file()]
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(write_song, *zip(*todo)))
+    else:
+        for parts, path in todo:
+            write_song(parts, path)
+    return [path for _, path in jobs]
+
+
+def _library_job(files: list[str], db: str, model: str | None, windows: str | None) -> dict[str, Any]:
+    """One library job in a fresh process: its report and the process's peak RSS (MB)."""
+    from melgenre.bench import peak_rss_mb
+    from melgenre.library import predict_library, result_rows
+
+    report = predict_library(files, db, model=model, windows=windows, progress=False)
+    rows = result_rows(db)
+    return {"seconds": report.seconds, "load_seconds": report.load_seconds, "predicted": report.predicted,
+            "failed": len(report.failed), "model_id": report.model_id, "backend": report.backend,
+            "peak_rss_mb": round(peak_rss_mb(), 1), "labels": {r["path"]: r["label"] for r in rows}}
+
+
+def run_library_job(files: Sequence[Path], db: Path, model: str | None = None,
+                    windows: str | None = None) -> dict[str, Any]:
+    """:func:`melgenre.library.predict_library` over ``files`` into a new ``db`` in a fresh (spawned) process,
+    so its peak RSS is its own: songs/s without the model's loading, end to end, peak RSS and labels.
+    ``windows`` as for ``predict_library`` (None: the model's default)."""
+    db.unlink(missing_ok=True)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        job = pool.submit(_library_job, [str(f) for f in files], str(db), model, windows).result()
+    db.unlink(missing_ok=True)
+    job["songs_per_s"] = round(job["predicted"] / (job["seconds"] - job["load_seconds"]), 3)
+    job["songs_per_s_end_to_end"] = round(job["predicted"] / job["seconds"], 3)
+    return job
+
+
+def window_agreement(files: Sequence[Path], model: Any, counts: Sequence[int] = AGREEMENT_WINDOWS) -> dict[str, Any]:
+    """How often the label from ``n`` windows spread over a song (:func:`melgenre.windows.spread`) equals
+    the label from every window, for each ``n`` of ``counts``; ``model`` scores every window."""
+    from melgenre.windows import spread
+
+    same = dict.fromkeys(counts, 0)
+    totals = []
+    for f in files:
+        pred = model.predict(f)
+        probs = pred.window_probabilities
+        totals.append(len(probs))
+        for n in counts:
+            same[n] += int(np.argmax(probs[spread(len(probs), n)].mean(axis=0)) == np.argmax(probs.mean(axis=0)))
+    return {"songs": len(files), "windows_per_song": round(float(np.mean(totals)), 1),
+            "agreement": {str(n): round(same[n] / len(files), 4) for n in counts}}
+
+
+def bench_songs(settings: Any, clips: dict[str, list[Path]], tmp: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """The songs benchmark: the default model's library job on full-length MP3 songs, every window
+    (today's path before sampling) against the default sample of windows, in the same run.
+
+    Figures: songs/s of both (the model's loading excluded, as in the library section) and their
+    ratio, peak RSS of each job in its own process (and of the sampled job on a quarter of the songs:
+    memory must not grow with the library), label agreement between the two, and the agreement of
+    ``n`` windows per song with every window for :data:`AGREEMENT_WINDOWS`.
+    """
+    from melgenre.predict import load_model
+
+    folder = Path(settings.songs_dir) if settings.songs_dir else tmp / "songs"
+    t0 = time.perf_counter()
+    songs = make_songs(clips, folder, settings.songs, settings.song_clips, workers=settings.workers or 1)
+    log(f"songs: {len(songs)} songs of {settings.song_clips} clips ({time.perf_counter() - t0:.0f} s to make or find)")
+    model = settings.songs_model
+    every = run_library_job(songs, tmp / "songs-all.sqlite", model, "all")
+    sampled = run_library_job(songs, tmp / "songs-sampled.sqlite", model)
+    small = run_library_job(songs[: max(1, math.ceil(len(songs) / 4))], tmp / "songs-small.sqlite", model)
+    same = sum(every["labels"][k] == v for k, v in sampled["labels"].items())
+    genre_model = load_model(model, windows="all")
+    agreement = window_agreement(songs, genre_model)
+    sampled_windows = load_model(model).windows
+    size_mb = sum(s.stat().st_size for s in songs) / len(songs) / 1e6
+    result = {
+        "n_songs": len(songs), "clips_per_song": settings.song_clips, "mb_per_song": round(size_mb, 2),
+        "source": str(settings.data) if settings.data else "synthetic clips",
+        "model_id": sampled["model_id"], "backend": sampled["backend"], "windows": sampled_windows,
+        "every_window": {k: v for k, v in every.items() if k != "labels"},
+        "sampled": {k: v for k, v in sampled.items() if k != "labels"},
+        "sampled_quarter": {k: v for k, v in small.items() if k != "labels"},
+        "speedup": round(sampled["songs_per_s"] / every["songs_per_s"], 2),
+        "label_agreement": round(same / len(sampled["labels"]), 4),
+        "window_agreement": agreement,
+        "target": {"speedup": 5.0, "label_agreement": 0.97, "peak_rss_mb": 1024},
+    }
+    result["meets_target"] = (result["speedup"] >= 5.0 and result["label_agreement"] >= 0.97
+                              and max(sampled["peak_rss_mb"], small["peak_rss_mb"]) <= 1024)
+    log(f"songs: every window {every['songs_per_s']:.2f} songs/s (peak {every['peak_rss_mb']:.0f} MB), "
+        f"{sampled_windows} windows {sampled['songs_per_s']:.2f} songs/s (peak {sampled['peak_rss_mb']:.0f} MB; "
+        f"{small['peak_rss_mb']:.0f} MB on {small['predicted']} songs): {result['speedup']:.2f}x, labels "
+        f"{100 * result['label_agreement']:.1f} % the same")
+    return result
+
+
+def songs_markdown(r: dict[str, Any]) -> list[str]:
+    """The songs section of ``results.md``."""
+    every, sampled, small = r["every_window"], r["sampled"], r["sampled_quarter"]
+    agree = r["window_agreement"]
+    return [
+        "", f"## 8. Whole songs: the library job on {r['n_songs']} full-length MP3s ({r['model_id']})", "",
+        (f"Songs of {r['clips_per_song']} clips of one genre ({r['source']}), 44.1 kHz stereo MP3 at 192 kbps, "
+         f"{r['mb_per_song']:.1f} MB each; {r['backend']} backend; songs/s without loading the model."), "",
+        "| windows per song | songs/s | end to end | peak RSS, MB | labels as every window |", "|---|---|---|---|---|",
+        f"| every window (before sampling) | {every['songs_per_s']:.2f} | {every['songs_per_s_end_to_end']:.2f} | "
+        f"{every['peak_rss_mb']:.0f} | — |",
+        f"| at most {r['windows']} (default) | **{sampled['songs_per_s']:.2f}** ({r['speedup']:.2f}×) | "
+        f"{sampled['songs_per_s_end_to_end']:.2f} | {sampled['peak_rss_mb']:.0f} ({small['peak_rss_mb']:.0f} on "
+        f"{small['predicted']} songs) | **{100 * r['label_agreement']:.1f} %** |", "",
+        (f"Target: ≥ {r['target']['speedup']:g}× songs/s, ≥ {100 * r['target']['label_agreement']:g} % of labels "
+         f"equal, peak RSS ≤ {r['target']['peak_rss_mb']} MB: {'met' if r['meets_target'] else 'not met'}."), "",
+        f"Labels of n windows spread over a song equal to every window's ({agree['songs']} songs, "
+        f"{agree['windows_per_song']:g} windows each on average):", "",
+        "| n | " + " | ".join(agree["agreement"]) + " |", "|---" * (len(agree["agreement"]) + 1) + "|",
+        "| agreement | " + " | ".join(f"{100 * v:.1f} %" for v in agree["agreement"].values()) + " |",
+    ]
+
+
+__all__ = ["AGREEMENT_WINDOWS", "bench_songs", "make_songs", "plan_songs", "run_library_job", "songs_markdown",
+           "window_agreement", "write_song"]
+
