@@ -84,6 +84,7 @@ class MelgenrePlugin(BeetsPlugin):
             "write": None,  # beets' own import.write
             "min_confidence": None,  # melgenre tag's default (melgenre.tagging.DEFAULT_MIN_CONFIDENCE)
             "hop": None,  # the model's own
+            "windows": None,  # the model's own: at most 10 windows a song (melgenre.windows); "all" scores every one
         })
         self._imported: list[int] = []
         if self.config["auto"].get(bool):
@@ -184,10 +185,11 @@ class MelgenrePlugin(BeetsPlugin):
                                f"(.sqlite, .sqlite3 or .db)")
         min_confidence = self.config["min_confidence"].get()
         min_confidence = DEFAULT_MIN_CONFIDENCE if min_confidence is None else float(min_confidence)
-        hop = self.config["hop"].get()
+        hop, windows = self.config["hop"].get(), self.config["windows"].get()
         try:
             report = library.predict_library([_resolved(i) for i in items], database, model=model,
-                                             hop=None if hop is None else float(hop), progress=sys.stderr.isatty())
+                                             hop=None if hop is None else float(hop), windows=windows,
+                                             progress=sys.stderr.isatty())
             rows = {r["path"]: r for r in library.result_rows(database)}
         except MelgenreError as exc:
             raise ui.UserError(f"melgenre: {exc}") from None
