@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from melgenre import audio, features, songs, synth, windows
+from melgenre import audio, features, library, songs, synth, windows
 from melgenre.cli import app
 from melgenre.errors import AudioDecodeError, MelgenreError
 from melgenre.features import Preset
@@ -143,7 +143,7 @@ def test_stretches_read_what_load_gives(song):
         np.testing.assert_allclose(tail[:100], y[-100:], atol=1e-4)
 
 
-def test_model_cli_card_and_library(tiny_card, song, tmp_path):
+def test_model_cli_card_and_library(tiny_card, song, tmp_path, monkeypatch):
     paths, root = song
     model = load_model(tiny_card)
     assert model.windows == 18  # fast preset: every window of a 30-s clip
@@ -170,8 +170,10 @@ def test_model_cli_card_and_library(tiny_card, song, tmp_path):
     db = tmp_path / "r.sqlite"
     first = predict_library([paths["flac"], paths["mp3"]], db, model=tiny_card, windows=4, progress=False)
     assert first.predicted == 2 and not first.rewindowed
-    again = predict_library([paths["flac"], paths["mp3"]], db, model=tiny_card, windows=4, progress=False)
-    assert again.predicted == 0 and again.skipped == 2
+    with monkeypatch.context() as m:  # a rerun with nothing to do reads the package's card, not its weights
+        m.setattr(library, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+        again = predict_library([paths["flac"], paths["mp3"]], db, model=tiny_card, windows=4, progress=False)
+    assert again.predicted == 0 and again.skipped == 2 and again.model_id == first.model_id
     other = predict_library([paths["flac"], paths["mp3"]], db, model=tiny_card, windows="all", progress=False)
     assert other.predicted == 2 and other.rewindowed
     r = runner.invoke(app, ["predict", str(paths["flac"]), "--model", str(tiny_card), "--out", str(db),

@@ -43,7 +43,7 @@ from threadpoolctl import threadpool_limits
 
 from melgenre import __version__, features
 from melgenre.errors import AudioDecodeError, MelgenreError
-from melgenre.predict import GenreModel, Prediction, expand_paths, load_model
+from melgenre.predict import GenreModel, Prediction, auto_backend, expand_paths, load_model, package_card
 from melgenre.windows import file_windows
 from melgenre.utils import atomic_path, imap_bounded, worker_pool
 
@@ -501,7 +501,10 @@ def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | P
     files = [str(p.resolve()) for p in expand_paths(paths)]
     if not files:
         raise MelgenreError(f"no audio files in {', '.join(map(str, paths))}")
-    genre_model = load_model(model, backend=backend, hop=hop, windows=windows)
+    # a package's card names its weights, calibration and windows: a rerun with nothing to do loads no weights
+    card = package_card(model)
+    genre_model = load_model(model, backend=backend, hop=hop, windows=windows) if card is None else \
+        GenreModel(card, hop=hop, windows=windows)
     load_seconds = time.perf_counter() - t0
     out = Path(out)
     sink = _open(out, genre_model)
@@ -518,7 +521,12 @@ def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | P
                 pass
         todo = [f for f in files
                 if recalibrated or rewindowed or not _unchanged(previous.get(f), stats.get(f), genre_model.model_id)]
-        report = LibraryReport(out=out, model_id=genre_model.model_id, backend=genre_model.backend, files=len(files),
+        if todo and card is not None and ray is None:
+            genre_model = load_model(model, backend=backend, hop=hop, windows=windows)
+            load_seconds = time.perf_counter() - t0
+        backend_name = genre_model.backend if genre_model.loaded else (auto_backend() if backend == "auto" else backend
+                                                                       or "torch")
+        report = LibraryReport(out=out, model_id=genre_model.model_id, backend=backend_name, files=len(files),
                                skipped=len(files) - len(todo), predicted=0, failed=[], per_genre={}, seconds=0.0,
                                superseded=sum(f in previous for f in todo), load_seconds=load_seconds,
                                recalibrated=recalibrated, rewindowed=rewindowed)

@@ -247,6 +247,11 @@ class GenreModel:
         self._session = session
 
     @property
+    def loaded(self) -> bool:
+        """Whether the model can predict: False for one made from a card alone (its ids and windows only)."""
+        return self._module is not None or self._session is not None
+
+    @property
     def calibration_id(self) -> str:
         """12 hex digits of the card's ``calibration`` and ``trust`` entries: the same weights (model
         id) recalibrated give other probabilities and flags ("" for an uncalibrated model)."""
@@ -573,6 +578,24 @@ def _from_package(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     except (SafetensorError, ValueError) as exc:
         raise MelgenreError(f"{weights_path}: cannot read safetensors ({exc})") from None
     return _build(weights_path, card["model"], state), card
+
+
+def package_card(source: str | Path | None = None) -> dict[str, Any] | None:
+    """The card of a model package (as :func:`load_model` finds it; None: the default model) without
+    loading its weights; None for other sources (run directories, checkpoints, ONNX files).
+
+    Raises
+    ------
+    MelgenreError
+        The package's card is missing or not a melgenre model card.
+    """
+    path = default_model_path() if source is None else _resolve_shipped(source)
+    if path.suffix not in (".json", ".safetensors"):
+        return None
+    card_path = path.with_suffix(".json")
+    if not card_path.is_file():
+        raise MelgenreError(f"{card_path}: no such file (a model package is <stem>.json + <stem>.safetensors)")
+    return _check_card(card_path, _read_json(card_path))
 
 
 def _load_torch(source: str | Path) -> tuple[nn.Module, dict[str, Any]]:
