@@ -52,10 +52,11 @@ def test_parse_windows_and_spread():
     assert windows.spread(25, 10) == [1, 3, 6, 8, 11, 13, 16, 18, 21, 23]
     assert windows.spread(5, 10) == windows.spread(5, None) == [0, 1, 2, 3, 4]
     assert windows.spread(7, 1) == [3]
-    # the defaults: 10, or every window of a 30-s clip when it has more
-    assert windows.default_windows(FAST) == 18 and windows.default_windows(UNCHUNKED) == 10
+    # the defaults: every window of a 30-s clip, at least 3
+    assert windows.default_windows(FAST) == 18 and windows.default_windows(UNCHUNKED) == 8  # 4-s windows, the last half full
     hop6 = dataclasses.replace(MUSICNN, chunk_hop_seconds=6.0)
-    assert windows.default_windows(hop6) == 10 and len(windows.window_offsets(30 * 16_000, hop6)) == 5
+    assert windows.default_windows(hop6) == 5 == len(windows.window_offsets(30 * 16_000, hop6))
+    assert windows.default_windows(features.get_preset("v1")) == 3
 
 
 @pytest.mark.parametrize("preset, most, atol", [(FAST, 5, 2e-3), (MUSICNN, 4, 1e-2), (UNCHUNKED, 3, 2e-3)],
@@ -197,12 +198,12 @@ def test_songs_from_clips(synth_corpus, tmp_path):
 
 
 def test_default_model_samples_real_songs_like_every_window(tmp_path):
-    """Full-length songs of six real dev clips: the default model's ten windows give every window's label."""
+    """Full-length songs of six real dev clips: the default model's five windows give every window's label."""
     root = shared_path("gtzan-dev")
     clips = {g: sorted((root / g).glob("*.flac"))[6:] for g in ("blues", "jazz", "rock")}  # 3 songs
     made = songs.make_songs(clips, tmp_path, n_songs=3)
     sampled, every = load_model(backend="onnx"), load_model(backend="onnx", windows="all")
     for path in made:
         a, b = sampled.predict(path), every.predict(path)
-        assert len(a.window_starts) == 10 and a.windows_total == len(b.window_starts) == 30
+        assert len(a.window_starts) == 5 and a.windows_total == len(b.window_starts) == 30
         assert a.label == b.label, (path.name, a.top, b.top)

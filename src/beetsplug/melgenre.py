@@ -84,7 +84,7 @@ class MelgenrePlugin(BeetsPlugin):
             "write": None,  # beets' own import.write
             "min_confidence": None,  # melgenre tag's default (melgenre.tagging.DEFAULT_MIN_CONFIDENCE)
             "hop": None,  # the model's own
-            "windows": None,  # the model's own: at most 10 windows a song (melgenre.windows); "all" scores every one
+            "windows": None,  # the model's own: at most 5 windows a song for the default (melgenre.windows); "all" scores every one
         })
         self._imported: list[int] = []
         if self.config["auto"].get(bool):

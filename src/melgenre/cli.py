@@ -618,7 +618,7 @@ _HOP_HELP = ("Seconds between prediction windows, for models on a chunked preset
 _WINDOWS_HELP = ("The most windows scored per file, spread evenly over a longer recording, of which only those "
                  "stretches are decoded (WAV, FLAC, OGG, Opus, MP3, AIFF seek; M4A is decoded whole): a 3-minute song "
                  "has 30 windows of the default model. 'all' scores every window. Default: the model card's "
-                 "predict_windows, else 10 (or every window of a 30-s clip if it has more: 18 for the fast preset).")
+                 "predict_windows, else as many as a 30-s clip has, at least 3 (the default model: 5; fast models: 18).")
 
 
 @app.command("predict")
@@ -866,7 +866,7 @@ def export_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output: model.onnx, or the package path/stem. Required (no default)."),
     estimate: list[Path] = typer.Option(None, "--estimate", help="A cross-validation result of the model's recipe (cv-groups-last.json, cv-last.json, ...) to summarise in the package's card (protocol, pooled metrics, per-genre recall); repeatable; package only. Default: none."),
     hop: float = typer.Option(None, "--hop", help="Default seconds between prediction windows, stored in the package's card (predict --hop overrides it); package only. Default: the preset's hop."),
-    windows: str = typer.Option(None, "--windows", metavar="N|all", help="The most windows a prediction scores per file, stored in the package's card as predict_windows (predict --windows overrides it); package only. Default: the source's, else 10 (or every window of a 30-s clip if it has more)."),
+    windows: str = typer.Option(None, "--windows", metavar="N|all", help="The most windows a prediction scores per file, stored in the package's card as predict_windows (predict --windows overrides it); package only. Default: the source's, else as many as a 30-s clip has, at least 3."),
     int8: list[Path] = typer.Option(None, "--int8", metavar="CALIBRATION", help="Quantize to int8 (ONNX only; 2-3x faster for melcnn on CPUs with VNNI; check agreement with the float model), activation ranges from every window of up to --calibration-files of these audio files/folders (real music like the model's); repeatable. Default: off (float32)."),
     calibration_files: int = typer.Option(32, "--calibration-files", min=1, help="The most --int8 files read (evenly spread over the sorted list). Default: 32."),
 ) -> None:

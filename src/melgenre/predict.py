@@ -200,7 +200,7 @@ def tempered(probs: np.ndarray, temperature: float) -> np.ndarray:
 def windows_setting(card: dict[str, Any], preset: Preset, windows: int | str | None = None) -> int | None:
     """The most windows a prediction with ``preset`` scores (None: all): ``windows`` (``"all"``: None) when
     given, else the card's ``predict_windows`` (``"all"`` or a number), else
-    :func:`melgenre.windows.default_windows` (10, or every window of a 30-s clip when it has more)."""
+    :func:`melgenre.windows.default_windows` (as many as a 30-s clip has, at least 3)."""
     if windows is None:
         windows = card.get("predict_windows", default_windows(preset))
     return parse_windows(windows)
@@ -747,7 +747,8 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
         The most windows one prediction scores, spread evenly over a longer recording, of which
         only those stretches are decoded (:mod:`melgenre.windows`); ``"all"`` scores every
         window. Default: the card's ``predict_windows``, else
-        :func:`~melgenre.windows.default_windows` (10, or every window of a 30-s clip when it has more).
+        :func:`~melgenre.windows.default_windows` (as many as a 30-s clip has, at least 3: the
+        default model 5, ``fast`` models 18).
 
     Returns
     -------

@@ -1,8 +1,8 @@
 """The windows a prediction scores: every window of a clip, or a sample spread over a long song.
 
 A model scores fixed-length windows (a 3-s patch of the default model, a 30-s image of ``v1``) and
-averages them. A 30-s clip has a handful; a 3-minute song has 30 windows of the default model and a
-10-minute live track 100. Genre is a property of the whole song, so a prediction scores at most
+averages them. A 30-s clip has a handful (the default model: 5); a 3-minute song has 30 windows of the default
+model and a 10-minute live track 100. Genre is a property of the whole song, so a prediction scores at most
 ``most`` windows (:func:`default_windows`, or the card's ``predict_windows``) spread evenly over it,
 and reads only those stretches of the file where the format can seek (WAV, FLAC, OGG, Opus, MP3,
 AU, AIFF: :class:`melgenre.audio.Stretches`), falling back to decoding it whole (M4A). A recording
@@ -28,9 +28,8 @@ from melgenre import audio, features
 from melgenre.errors import MelgenreError
 from melgenre.features import Preset
 
-#: Windows a prediction scores at most, when neither the caller nor the model card says otherwise, unless
-#: a clip of :data:`CLIP_SECONDS` has more (:func:`default_windows`).
-DEFAULT_WINDOWS = 10
+#: The fewest windows a long recording gets by default (:func:`default_windows`).
+MIN_WINDOWS = 3
 
 #: Length of the clips models are trained and evaluated on (GTZAN's): never sampled by default.
 CLIP_SECONDS = 30.0
@@ -68,11 +67,12 @@ def parse_windows(value: int | str | None) -> int | None:
 
 
 def default_windows(preset: Preset) -> int:
-    """The default most windows of a model predicting with ``preset`` (its prediction hop):
-    :data:`DEFAULT_WINDOWS`, or all the windows of a :data:`CLIP_SECONDS` clip when it has more
-    (``fast``: 18 at its 1.5-s hop), so clips as long as the training clips are always scored whole
-    and the model's evaluation figures hold for them."""
-    return max(DEFAULT_WINDOWS, len(window_offsets(round(CLIP_SECONDS * preset.sr), preset)))
+    """The default most windows of a model predicting with ``preset`` (its prediction hop): as many as a
+    :data:`CLIP_SECONDS` clip has (the default model at its 6-s hop: 5; ``fast`` at 1.5 s: 18), at
+    least :data:`MIN_WINDOWS` (``v1``/``v2``: 30-s windows). So a clip as long as the training clips
+    is always scored whole, the model's evaluation figures hold for it, and a song of any length
+    costs what such a clip costs."""
+    return max(MIN_WINDOWS, len(window_offsets(round(CLIP_SECONDS * preset.sr), preset)))
 
 
 def spread(total: int, most: int | None) -> list[int]:
@@ -194,5 +194,5 @@ def file_windows(source: str | Path | bytes, preset: Preset, most: int | None, n
     return array_windows(audio.load(source, sr=preset.sr, name=name).samples, preset, most)
 
 
-__all__ = ["CLIP_SECONDS", "DEFAULT_WINDOWS", "Windows", "array_windows", "default_windows", "file_windows",
+__all__ = ["CLIP_SECONDS", "MIN_WINDOWS", "Windows", "array_windows", "default_windows", "file_windows",
            "parse_windows", "spread", "window_images", "window_offsets"]
