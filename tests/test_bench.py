@@ -23,7 +23,8 @@ def _figure(fig: dict, unit: str | None = None) -> None:
 def results(tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("bench")
     settings = BenchSettings.make(quick=True, presets=("v1",), n_files=2, models=("melcnn",), infer_files=2,
-                                  infer_repeats=2, memory_sizes=(2, 4), library_files=2, note="test")
+                                  infer_repeats=2, memory_sizes=(2, 4), library_files=2, songs=2, song_clips=2,
+                                  songs_model="melcnn", note="test")
     lines: list[str] = []
     returned = run_bench(out, settings, log=lines.append, command="pytest")
     assert lines  # one line per figure
@@ -115,13 +116,26 @@ def test_results_json_is_well_formed(results):
     assert lib["models"][1]["int8_model_id"] == "melcnn-3bd30150b86c-int8" and lib["models"][1]["library_int8"] > 0
     assert "library_int8" not in lib["models"][0]  # no int8 file of the default is shipped
 
+    songs = data["songs"]  # two 60-s MP3 songs of two synthetic 30-s clips each, melcnn: 18 of 38 windows
+    assert songs["n_songs"] == 2 and songs["clips_per_song"] == 2 and songs["windows"] == 18
+    assert songs["model_id"].startswith("melcnn-") and songs["mb_per_song"] > 0.5  # 192 kbps stereo
+    for job in ("every_window", "sampled", "sampled_quarter"):
+        assert songs[job]["songs_per_s"] > 0 and songs[job]["peak_rss_mb"] > 100 and songs[job]["failed"] == 0
+    assert songs["sampled"]["predicted"] == 2 and songs["sampled_quarter"]["predicted"] == 1
+    assert songs["speedup"] == pytest.approx(songs["sampled"]["songs_per_s"] / songs["every_window"]["songs_per_s"],
+                                             abs=0.01)
+    assert songs["label_agreement"] in (0.0, 0.5, 1.0) and isinstance(songs["meets_target"], bool)
+    agree = songs["window_agreement"]
+    assert agree["songs"] == 2 and agree["windows_per_song"] > 30 and list(agree["agreement"]) == ["1", "3", "5", "10",
+                                                                                                    "15", "20"]
+
 
 def test_results_markdown(results):
     _, out = results
     text = (out / "results.md").read_text()
     assert text.startswith("# melgenre benchmarks (quick)")
     for heading in ("## 1. Preprocessing", "## 2. Mel images", "## 3. Training", "## 4. Inference", "## 5. Memory",
-                    "## 6. Not music", "## 7. Library job"):
+                    "## 6. Not music", "## 7. Library job", "## 8. Whole songs"):
         assert heading in text
     assert "| melcnn |" in text and "cores" in text
 
