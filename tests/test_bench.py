@@ -40,7 +40,7 @@ def test_results_json_is_well_formed(results):
 
     m = data["machine"]
     assert isinstance(m["cores"], int) and m["cores"] >= 1 and m["usable_cores"] >= 1
-    assert isinstance(m["cpu_model"], str) and m["cpu_model"]
+    assert isinstance(m["cpu_model"], str) and m["cpu_model"] and m["int8_cpu"].startswith(m["cpu_model"] + " (")
     assert m["versions"]["torch"] and m["versions"]["melgenre"] and isinstance(m["gpus"], list)
     assert isinstance(m["cuda"], bool) and len(m["loadavg"]) == 3 and len(m["loadavg_end"]) == 3
 

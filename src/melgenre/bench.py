@@ -242,17 +242,13 @@ class TreeMemoryMonitor(threading.Thread):
 
 
 def machine_info() -> dict[str, Any]:
-    """Cores, CPU model, memory, versions, GPU (if any) and load average of this machine."""
+    """Cores, CPU model (and its int8 features: :func:`melgenre.models.int8_cpu`), memory, versions, GPU (if any)
+    and load average of this machine."""
     import torch
 
-    cpu_model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from melgenre.models import int8_cpu
+
+    cpu = int8_cpu()
     mem_kb = None
     try:
         mem_kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines()
@@ -274,7 +270,8 @@ def machine_info() -> dict[str, Any]:
     return {
         "hostname": platform.node(),
         "platform": platform.platform(),
-        "cpu_model": cpu_model,
+        "cpu_model": cpu.model,
+        "int8_cpu": str(cpu),
         "cores": os.cpu_count() or 1,
         "usable_cores": usable,
         "memory_gb": round(mem_kb / 1024 ** 2, 1) if mem_kb else None,
@@ -915,7 +912,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines = [f"# melgenre benchmarks{' (quick)' if results.get('quick') else ''}", "",
              f"- command: `{results.get('command', '')}`",
              f"- date: {results['created']}; total {results.get('seconds', 0):.0f} s",
-             (f"- machine: {m['cores']} cores ({m['cpu_model']}), {m['memory_gb']} GB RAM, torch "
+             (f"- machine: {m['cores']} cores ({m.get('int8_cpu', m['cpu_model'])}), {m['memory_gb']} GB RAM, torch "
               f"{m['versions']['torch']} ({m['torch_threads']} threads), GPU: {', '.join(m['gpus']) or 'none'}"),
              (f"- load average at start {m['loadavg']}, at end {m.get('loadavg_end', '?')}"
               " (1, 5, 15 min; a value above the core count means other work shared the CPU)"),

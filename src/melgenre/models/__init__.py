@@ -10,7 +10,7 @@ training uses ``CrossEntropyLoss`` on the logits directly.
 """
 
 from melgenre.models import cnn, melcnn, musicnn, yolov4, yolov8  # noqa: F401  (register the models)
-from melgenre.models.export import export_onnx, quantize_int8
+from melgenre.models.export import Int8Cpu, export_onnx, int8_cpu, quantize_int8
 from melgenre.models.registry import (
     ModelSpec,
     build,
@@ -43,6 +43,8 @@ __all__ = [
     "count_params",
     "count_params_of",
     "export_onnx",
+    "int8_cpu",
+    "Int8Cpu",
     "quantize_int8",
     "get_spec",
     "list_models",

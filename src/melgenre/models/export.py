@@ -7,7 +7,9 @@ the ``onnx`` package, whereas the dynamo exporter would also need ``onnxscript``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import platform
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -77,16 +79,20 @@ def export_onnx(
 
 
 #: How :func:`quantize_int8` quantizes (recorded in the cards of the models it makes).
-INT8_METHOD = ("ONNX Runtime static quantization: QDQ, weights int8 per output channel, activations uint8 "
-               "with MinMax ranges from calibration windows")
+INT8_METHOD = ("ONNX Runtime static quantization: QDQ, weights int8 per output channel in the reduced range "
+               "[-64, 64] (reduce_range), activations uint8 with MinMax ranges from calibration windows")
 
 
 def quantize_int8(src: str | Path, dst: str | Path, calibration: Iterable[np.ndarray]) -> Path:
     """Quantize an exported model to int8 (:data:`INT8_METHOD`); the metadata is kept.
 
-    On CPUs with int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI) convolutional networks
-    run 2-3× faster; check the quantized model's agreement with the float one before using it
-    (musicnn, with its wide mel-axis kernels, loses accuracy and gains no speed).
+    The weights' reduced range makes the model compute the same on every x86 CPU: without
+    VNNI, ONNX Runtime multiplies uint8 activations by int8 weights with ``vpmaddubsw``, which
+    adds pairs of products in int16 and saturates once ``255 * |w| * 2`` exceeds 32767 (full-range
+    weights changed 54 of 202 melcnn labels on an AVX2-only CPU); with ``|w| <= 64`` it cannot,
+    and VNNI CPUs keep their int8 dot-product speed (uint8 weights would not). Convolutional
+    networks run faster than in float; check the quantized model's agreement with the float one
+    before using it (musicnn, with its wide mel-axis kernels, loses accuracy and gains no speed).
 
     Parameters
     ----------
@@ -116,9 +122,53 @@ def quantize_int8(src: str | Path, dst: str | Path, calibration: Iterable[np.nda
             warnings.simplefilter("ignore")
             quant_pre_process(str(src), str(prepared))
             quantize_static(str(prepared), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
     return dst
+
+
+#: The x86 features (``/proc/cpuinfo`` flag names) that decide how ONNX Runtime multiplies int8 tensors:
+#: AVX2 without VNNI uses ``vpmaddubsw`` (int16 pair sums that can saturate), AVX-512 VNNI and AVX-VNNI
+#: ``vpdpbusd`` (exact int32 sums).
+INT8_CPU_FLAGS = ("avx2", "avx512_vnni", "avx_vnni")
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Cpu:
+    """A CPU's model name and which of :data:`INT8_CPU_FLAGS` it has (``flags`` None: unknown).
+
+    ``str()`` gives e.g. ``"AMD EPYC (avx2, no avx512_vnni/avx_vnni)"``.
+    """
+
+    model: str
+    flags: dict[str, bool] | None
+
+    def __str__(self) -> str:
+        if self.flags is None:
+            return f"{self.model} (int8 features unknown)"
+        has = [f for f in INT8_CPU_FLAGS if self.flags[f]]
+        lacks = [f for f in INT8_CPU_FLAGS if not self.flags[f]]
+        parts = ([", ".join(has)] if has else []) + ([f"no {'/'.join(lacks)}"] if lacks else [])
+        return f"{self.model} ({', '.join(parts)})"
+
+
+def int8_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> Int8Cpu:
+    """This machine's CPU model and int8-relevant x86 features, read from ``cpuinfo`` (Linux).
+
+    Without a readable ``cpuinfo`` or an x86 ``flags`` line in it (macOS, Windows, ARM) the model
+    is :func:`platform.processor` (or the machine type) and the flags are unknown (None).
+    """
+    model = platform.processor() or platform.machine() or "unknown CPU"
+    try:
+        first = Path(cpuinfo).read_text(errors="replace").split("\n\n", 1)[0]  # the first processor's block
+    except OSError:
+        return Int8Cpu(model, None)
+    fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+    flags = None
+    if "flags" in fields:
+        have = {f.replace("_", "") for f in fields["flags"].split()}  # also as spelt without "_" (avx512vnni)
+        flags = {f: f.replace("_", "") in have for f in INT8_CPU_FLAGS}
+    return Int8Cpu(fields.get("model name") or model, flags)
 
 
 @contextlib.contextmanager
