@@ -14,7 +14,7 @@ import soxr
 import torch
 from typer.testing import CliRunner
 
-from melgenre import predict, store, synth
+from melgenre import predict, store, synth, windows
 from melgenre.cli import app
 from melgenre.config import config_from_dict
 from melgenre.errors import AudioDecodeError, MelgenreError
@@ -106,7 +106,8 @@ def test_embed_images_is_the_last_linear_layers_input(model):
     assert model.embed_images(images[:0]).shape == (0, fc.in_features)
 
 
-def test_short_long_and_silent_clips(trained, model):
+def test_short_long_and_silent_clips(trained, model, monkeypatch):
+    monkeypatch.setattr(windows, "RECHECK_MARGIN", 0.0)  # a sample of the 2-epoch model's windows is never rechecked
     rng = np.random.default_rng(0)
     short = model.predict(0.1 * rng.standard_normal(SR // 2).astype(np.float32), sr=SR)
     _check(short, model)

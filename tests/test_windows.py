@@ -6,6 +6,8 @@ import dataclasses
 import json
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,6 +148,7 @@ def test_stretches_read_what_load_gives(song):
 
 def test_model_cli_card_and_library(tiny_card, song, tmp_path, monkeypatch):
     paths, root = song
+    monkeypatch.setattr(windows, "RECHECK_MARGIN", 0.0)  # the tiny model is unsure of everything: no rechecks here
     model = load_model(tiny_card)
     assert model.windows == 18  # fast preset: every window of a 30-s clip
     pred = load_model(tiny_card, windows=4).predict(paths["flac"])
@@ -205,5 +208,28 @@ def test_default_model_samples_real_songs_like_every_window(tmp_path):
     sampled, every = load_model(backend="onnx"), load_model(backend="onnx", windows="all")
     for path in made:
         a, b = sampled.predict(path), every.predict(path)
-        assert len(a.window_starts) == 5 and a.windows_total == len(b.window_starts) == 30
+        assert len(a.window_starts) in (5, 30) and a.windows_total == len(b.window_starts) == 30  # 30: rechecked
         assert a.label == b.label, (path.name, a.top, b.top)
+
+
+def test_close_calls_score_every_window(tiny_card, song, monkeypatch):
+    """A sample whose two best genres are within RECHECK_MARGIN gets the rest of the windows, merged in time order."""
+    paths, _ = song
+    every = load_model(tiny_card, windows="all").predict(paths["flac"])
+    probs = every.window_probabilities
+    chosen = windows.spread(len(probs), 4)
+    top = np.sort(probs[chosen].mean(axis=0))
+    margin = float(top[-1] - top[-2])
+    for setting, scored in ((margin / 2, 4), (margin * 2, every.windows_total)):
+        monkeypatch.setattr(windows, "RECHECK_MARGIN", setting)
+        pred = load_model(tiny_card, windows=4).predict(paths["flac"])
+        assert len(pred.window_starts) == scored and pred.windows_total == every.windows_total
+        if scored == every.windows_total:  # rechecked: every window, the same as scoring all at once
+            assert pred.window_starts == every.window_starts and pred.label == every.label
+            np.testing.assert_allclose(pred.window_probabilities, probs, atol=2e-3)
+        rows = {}
+        predict_library([paths["flac"]], Path(tempfile.mkdtemp()) / "r.sqlite", model=tiny_card, windows=4,
+                        progress=False, on_rows=lambda r: rows.update({x["path"]: x for x in r}))
+        (row,) = rows.values()
+        assert row["label"] == pred.label and row["probabilities"] == pytest.approx(pred.to_dict()["probabilities"],
+                                                                                    abs=1e-5)

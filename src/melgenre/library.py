@@ -316,8 +316,8 @@ def decode_file(path: str, preset_json: str, most: int | None = None) -> dict[st
 
     ``preset_json`` is the model's ``window_preset`` as JSON and ``most`` its :attr:`GenreModel.windows`.
     The result holds ``path``, ``size``, ``mtime``, ``sha256`` and either ``error`` (the one-line
-    reason) or ``images``, ``starts``, ``padded``, ``silent``, ``duration`` and ``total``, exactly as
-    :meth:`GenreModel.predict` computes them (a long file is read only where its windows are).
+    reason) or ``windows`` (:class:`melgenre.windows.Windows`), exactly as :meth:`GenreModel.predict`
+    computes them (a long file is read only where its windows are).
     """
     preset = _preset(preset_json)
     out: dict[str, Any] = {"path": path, "size": None, "mtime": None, "sha256": None, "error": None}
@@ -326,9 +326,7 @@ def decode_file(path: str, preset_json: str, most: int | None = None) -> dict[st
         out.update(size=st.st_size, mtime=st.st_mtime)
         data = Path(path).read_bytes()
         out["sha256"] = hashlib.sha256(data).hexdigest()
-        w = file_windows(data, preset, most, name=path)
-        out.update(images=w.images, starts=w.starts, padded=w.padded, silent=w.silent, duration=w.duration,
-                   total=w.total)
+        out["windows"] = file_windows(data, preset, most, name=path)
     except AudioDecodeError as exc:
         out["error"] = exc.reason
     except OSError as exc:
@@ -352,8 +350,8 @@ class _Batcher:
         self.queued = 0
 
     def add(self, decoded: dict[str, Any]) -> None:
-        images = decoded.pop("images")
-        decoded.update(windows=len(images), probs=[], embs=[])
+        images = decoded["windows"].images
+        decoded.update(n=len(images), probs=[], embs=[])
         self.files.append(decoded)
         self.images.append(images)
         self.queued += len(images)
@@ -366,21 +364,24 @@ class _Batcher:
             self.images, self.queued = ([rest] if len(rest) else []), len(rest)
             i = 0
             for f in self.files:
-                need = f["windows"] - sum(map(len, f["probs"]))
+                need = f["n"] - sum(map(len, f["probs"]))
                 if need and i < n:
                     f["probs"].append(probs[i:i + need])
                     if emb is not None:  # for the "not music" score (melgenre.trust)
                         f["embs"].append(emb[i:i + need])
                     i += len(f["probs"][-1])
-        done = [f for f in self.files if sum(map(len, f["probs"])) == f["windows"]]
+        done = [f for f in self.files if sum(map(len, f["probs"])) == f["n"]]
         self.files = self.files[len(done):]
         return [self._row(f) for f in done]
 
     def _row(self, f: dict[str, Any]) -> dict[str, Any]:
-        pred = self.model.prediction(f["path"], np.concatenate(f["probs"]), f["starts"], duration=f["duration"],
-                                     padded=f["padded"], silent=f["silent"],
-                                     window_embeddings=np.concatenate(f["embs"]) if f["embs"] else None,
-                                     windows_total=f["total"])
+        w, probs, emb = f["windows"], np.concatenate(f["probs"]), np.concatenate(f["embs"]) if f["embs"] else None
+        try:  # a sample too close to call: the file's other windows, here (rare: about one song in ten)
+            w, probs, emb = self.model.recheck(f["path"], w, probs, emb)
+        except AudioDecodeError as exc:
+            return make_row(f["path"], f["size"], f["mtime"], f["sha256"], self.model.model_id, None, exc.reason)
+        pred = self.model.prediction(f["path"], probs, w.starts, duration=w.duration, padded=w.padded,
+                                     silent=w.silent, window_embeddings=emb, windows_total=w.total)
         return make_row(f["path"], f["size"], f["mtime"], f["sha256"], self.model.model_id, pred, None)
 
 

@@ -48,7 +48,8 @@ from melgenre.features import Preset
 from melgenre.models import build_from_config, channels_last
 from melgenre.timeline import Segment
 from melgenre.utils import atomic_path, run_checkpoint
-from melgenre.windows import Windows, array_windows, default_windows, file_windows, parse_windows, window_images
+from melgenre.windows import (Windows, array_windows, close_call, default_windows, file_windows, merge,
+                              parse_windows, window_images)
 
 #: ``format`` field of a model card.
 CARD_FORMAT = "melgenre-model/1"
@@ -235,7 +236,8 @@ class GenreModel:
         self.windows: int | None = windows_setting(card, self.window_preset, windows)
         #: Images per forward pass (memory grows with it): the card's ``predict_batch``, else
         #: :data:`PREDICT_BATCH` of the architecture, else :data:`BATCH_SIZE`.
-        self.batch_size = int(card.get("predict_batch") or PREDICT_BATCH.get(card["model"]["name"], BATCH_SIZE))
+        architecture = (card.get("model") or {}).get("name")
+        self.batch_size = int(card.get("predict_batch") or PREDICT_BATCH.get(architecture, BATCH_SIZE))
         self.model_id: str = card["model_id"]
         #: Temperature of the card's calibration (1 without one): scales the track probabilities and each
         #: window's (:func:`tempered`), never their order.
@@ -274,15 +276,29 @@ class GenreModel:
             return window_images(y, self.window_preset)
 
     def windows_of(self, source: str | Path | bytes | np.ndarray, sr: int | None = None,
-                   name: str | None = None) -> tuple[Windows, str]:
-        """The windows :meth:`predict` scores of a file, its bytes or samples (at most :attr:`windows`,
-        spread over a longer recording; a file is then read only there), and the name to report."""
+                   name: str | None = None, exclude: Sequence[int] = ()) -> tuple[Windows, str]:
+        """The windows :meth:`predict` scores first of a file, its bytes or samples (at most :attr:`windows`,
+        spread over a longer recording; a file is then read only there), and the name to report; with
+        ``exclude`` (an earlier sample's ``indices``) every other window instead."""
         with _blas_controller().limit(limits=1, user_api="blas"):
             if isinstance(source, np.ndarray):
                 y, label = self._samples(source, sr, name)
-                return array_windows(y, self.window_preset, self.windows), label
+                return array_windows(y, self.window_preset, self.windows, exclude), label
             label = name or ("<bytes>" if isinstance(source, bytes) else str(source))
-            return file_windows(source, self.window_preset, self.windows, name=label), label
+            return file_windows(source, self.window_preset, self.windows, name=label, exclude=exclude), label
+
+    def recheck(self, source: str | Path | bytes | np.ndarray, w: Windows, probs: np.ndarray,
+                emb: np.ndarray | None, sr: int | None = None, name: str | None = None
+                ) -> tuple[Windows, np.ndarray, np.ndarray | None]:
+        """A sample's windows and their :meth:`window_outputs`, with the rest of the recording's windows
+        scored and merged in time order when the sample is too close to call
+        (:func:`melgenre.windows.close_call`); else as given."""
+        if not close_call(probs, w):
+            return w, probs, emb
+        rest, _ = self.windows_of(source, sr, name, exclude=w.indices)
+        more, more_emb = self.window_outputs(rest.images)
+        w, (probs, emb) = merge(w, rest, (probs, more), (emb, more_emb))
+        return w, probs, emb
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities of mel images.
@@ -380,7 +396,7 @@ class GenreModel:
         -------
         Prediction
             Track-level probabilities (mean over the scored windows: at most :attr:`windows`, spread
-            over the recording) and per-window detail.
+            over the recording, or every window when those are too close to call) and per-window detail.
 
         Raises
         ------
@@ -393,6 +409,7 @@ class GenreModel:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         w, label = self.windows_of(source, sr, name)
         probs, emb = self.window_outputs(w.images)
+        w, probs, emb = self.recheck(source, w, probs, emb, sr, name)
         return self.prediction(label, probs, w.starts, duration=w.duration, padded=w.padded, silent=w.silent,
                                top_k=top_k, window_embeddings=emb, windows_total=w.total)
 

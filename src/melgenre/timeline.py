@@ -14,7 +14,7 @@ them into "where in the song the genre changes":
    first, until every run is long enough or only one is left.
 
 >>> from melgenre import load_model
->>> load_model().predict("mix.mp3").segments  # doctest: +SKIP
+>>> load_model(windows="all").predict("mix.mp3").segments  # every window: a long file is otherwise sampled  # doctest: +SKIP
 [Segment(start=0.0, end=72.0, genre='rock', probability=0.71), Segment(start=72.0, end=160.4, ...)]
 """
 
