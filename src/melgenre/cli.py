@@ -857,6 +857,8 @@ def _library_summary(report) -> None:
     say(f"{report.files} files: {report.predicted} predicted this run ({len(report.failed)} failed), "
         f"{report.skipped} unchanged since an earlier run; {report.seconds:.1f} s"
         + (f", {report.files_per_s:.1f} files/s" if report.predicted else ""))
+    if report.rechecked:
+        say(f"{report.rechecked} files were too close to call on a sample of their windows and were scored on more")
 
 
 @app.command("export")

@@ -345,6 +345,7 @@ class _Batcher:
 
     def __init__(self, model: GenreModel, batch: int):
         self.model, self.batch = model, batch
+        self.rechecked = 0  # files whose sample was too close to call (more windows scored)
         self.files: list[dict[str, Any]] = []  # waiting files, in order, each with "probs" so far
         self.images: list[np.ndarray] = []  # their windows not yet run, in order
         self.queued = 0
@@ -376,17 +377,21 @@ class _Batcher:
 
     def _row(self, f: dict[str, Any]) -> dict[str, Any]:
         w, probs, emb = f["windows"], np.concatenate(f["probs"]), np.concatenate(f["embs"]) if f["embs"] else None
-        try:  # a sample too close to call: the file's other windows, here (rare: about one song in ten)
+        scored = len(w.indices)
+        try:  # a sample too close to call: more of the file's windows, read here (a few songs in a hundred)
             w, probs, emb = self.model.recheck(f["path"], w, probs, emb)
         except AudioDecodeError as exc:
             return make_row(f["path"], f["size"], f["mtime"], f["sha256"], self.model.model_id, None, exc.reason)
+        self.rechecked += len(w.indices) > scored
         pred = self.model.prediction(f["path"], probs, w.starts, duration=w.duration, padded=w.padded,
                                      silent=w.silent, window_embeddings=emb, windows_total=w.total)
         return make_row(f["path"], f["size"], f["mtime"], f["sha256"], self.model.model_id, pred, None)
 
 
-def _decoded_rows(decoded: Iterable[dict[str, Any]], model: GenreModel, batch: int) -> Iterator[list[dict]]:
-    """Rows of decoded files (failures at once, predictions when their batch has run), a few at a time."""
+def _decoded_rows(decoded: Iterable[dict[str, Any]], model: GenreModel, batch: int,
+                  report: LibraryReport) -> Iterator[list[dict]]:
+    """Rows of decoded files (failures at once, predictions when their batch has run), a few at a time;
+    ``report.rechecked`` counts the files whose sample was too close to call."""
     batcher = _Batcher(model, batch)
     for d in decoded:
         if d["error"] is not None:
@@ -394,9 +399,11 @@ def _decoded_rows(decoded: Iterable[dict[str, Any]], model: GenreModel, batch: i
             continue
         batcher.add(d)
         rows = batcher.ready()
+        report.rechecked = batcher.rechecked
         if rows:
             yield rows
     rows = batcher.ready(final=True)
+    report.rechecked = batcher.rechecked
     if rows:
         yield rows
 
@@ -437,6 +444,7 @@ class LibraryReport:
     load_seconds: float = 0.0  # of ``seconds``: loading the model (and exporting it to ONNX)
     recalibrated: bool = False  # the database's rows came from the same weights with another calibration
     rewindowed: bool = False  # the database's rows came from the same weights on other windows (hop, number)
+    rechecked: int = 0  # files whose sample of windows was too close to call: more windows were scored
 
     @property
     def files_per_s(self) -> float:
@@ -537,7 +545,7 @@ def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | P
                 batches = _ray_rows(todo, model, backend, hop, genre_model.windows, ray, genre_model.model_id, stats)
             else:
                 batches = _decoded_rows(_decoded(todo, genre_model, workers, in_flight), genre_model,
-                                        batch or genre_model.batch_size)
+                                        batch or genre_model.batch_size, report)
             with _bar(progress) as bar:
                 task = bar.add_task("predict", total=len(files), completed=report.skipped, rate="")
                 started = time.perf_counter()

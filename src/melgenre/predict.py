@@ -276,28 +276,29 @@ class GenreModel:
             return window_images(y, self.window_preset)
 
     def windows_of(self, source: str | Path | bytes | np.ndarray, sr: int | None = None,
-                   name: str | None = None, exclude: Sequence[int] = ()) -> tuple[Windows, str]:
+                   name: str | None = None, exclude: Sequence[int] = (), more: int | None = None
+                   ) -> tuple[Windows, str]:
         """The windows :meth:`predict` scores first of a file, its bytes or samples (at most :attr:`windows`,
         spread over a longer recording; a file is then read only there), and the name to report; with
-        ``exclude`` (an earlier sample's ``indices``) every other window instead."""
+        ``exclude`` (an earlier sample's ``indices``) up to ``more`` other windows instead (None: all)."""
+        most = more if exclude else self.windows
         with _blas_controller().limit(limits=1, user_api="blas"):
             if isinstance(source, np.ndarray):
                 y, label = self._samples(source, sr, name)
-                return array_windows(y, self.window_preset, self.windows, exclude), label
+                return array_windows(y, self.window_preset, most, exclude), label
             label = name or ("<bytes>" if isinstance(source, bytes) else str(source))
-            return file_windows(source, self.window_preset, self.windows, name=label, exclude=exclude), label
+            return file_windows(source, self.window_preset, most, name=label, exclude=exclude), label
 
     def recheck(self, source: str | Path | bytes | np.ndarray, w: Windows, probs: np.ndarray,
                 emb: np.ndarray | None, sr: int | None = None, name: str | None = None
                 ) -> tuple[Windows, np.ndarray, np.ndarray | None]:
-        """A sample's windows and their :meth:`window_outputs`, with the rest of the recording's windows
-        scored and merged in time order when the sample is too close to call
-        (:func:`melgenre.windows.close_call`); else as given."""
-        if not close_call(probs, w):
-            return w, probs, emb
-        rest, _ = self.windows_of(source, sr, name, exclude=w.indices)
-        more, more_emb = self.window_outputs(rest.images)
-        w, (probs, emb) = merge(w, rest, (probs, more), (emb, more_emb))
+        """A sample's windows and their :meth:`window_outputs`; while the sample is too close to call
+        (:func:`melgenre.windows.close_call` of its calibrated track probabilities), twice as many more
+        windows, spread over those left, are scored and merged in time order (5, 15, 45, ... windows)."""
+        while close_call(tempered(probs.mean(axis=0, keepdims=True), self.temperature)[0], w):
+            rest, _ = self.windows_of(source, sr, name, exclude=w.indices, more=2 * len(w.indices))
+            more, more_emb = self.window_outputs(rest.images)
+            w, (probs, emb) = merge(w, rest, (probs, more), (emb, more_emb))
         return w, probs, emb
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:

@@ -92,6 +92,7 @@ def _library_job(files: list[str], db: str, model: str | None, windows: str | No
     report = predict_library(files, db, model=model, windows=windows, progress=False)
     rows = result_rows(db)
     return {"seconds": report.seconds, "load_seconds": report.load_seconds, "predicted": report.predicted,
+            "rechecked": report.rechecked,
             "failed": len(report.failed), "model_id": report.model_id, "backend": report.backend,
             "peak_rss_mb": round(peak_rss_mb(), 1), "labels": {r["path"]: r["label"] for r in rows}}
 
@@ -134,7 +135,7 @@ def bench_songs(settings: Any, clips: dict[str, list[Path]], tmp: Path, log: Cal
     Figures: songs/s of both (the model's loading excluded, as in the library section) and their
     ratio, peak RSS of each job in its own process (and of the sampled job on a quarter of the songs:
     memory must not grow with the library), label agreement between the two, and the agreement of
-    ``n`` windows per song with every window for :data:`AGREEMENT_WINDOWS`.
+    ``n`` windows per song with every window for :data:`AGREEMENT_WINDOWS` (without rechecks).
     """
     from melgenre.predict import load_model
 
@@ -167,8 +168,8 @@ def bench_songs(settings: Any, clips: dict[str, list[Path]], tmp: Path, log: Cal
                               and max(sampled["peak_rss_mb"], small["peak_rss_mb"]) <= 1024)
     log(f"songs: every window {every['songs_per_s']:.2f} songs/s (peak {every['peak_rss_mb']:.0f} MB), "
         f"{sampled_windows} windows {sampled['songs_per_s']:.2f} songs/s (peak {sampled['peak_rss_mb']:.0f} MB; "
-        f"{small['peak_rss_mb']:.0f} MB on {small['predicted']} songs): {result['speedup']:.2f}x, labels "
-        f"{100 * result['label_agreement']:.1f} % the same")
+        f"{small['peak_rss_mb']:.0f} MB on {small['predicted']} songs; {sampled['rechecked']} rechecked): "
+        f"{result['speedup']:.2f}x, labels {100 * result['label_agreement']:.1f} % the same")
     return result
 
 
@@ -186,6 +187,8 @@ def songs_markdown(r: dict[str, Any]) -> list[str]:
         f"| at most {r['windows']} (default) | **{sampled['songs_per_s']:.2f}** ({r['speedup']:.2f}×) | "
         f"{sampled['songs_per_s_end_to_end']:.2f} | {sampled['peak_rss_mb']:.0f} ({small['peak_rss_mb']:.0f} on "
         f"{small['predicted']} songs) | **{100 * r['label_agreement']:.1f} %** |", "",
+        (f"{sampled['rechecked']} of {sampled['predicted']} songs were too close to call on {r['windows']} windows "
+         f"and were scored on more (melgenre.windows.close_call)."), "",
         (f"Target: ≥ {r['target']['speedup']:g}× songs/s, ≥ {100 * r['target']['label_agreement']:g} % of labels "
          f"equal, peak RSS ≤ {r['target']['peak_rss_mb']} MB: {'met' if r['meets_target'] else 'not met'}."), "",
         f"Labels of n windows spread over a song equal to every window's ({agree['songs']} songs, "

@@ -8,7 +8,8 @@ and reads only those stretches of the file where the format can seek (WAV, FLAC,
 AU, AIFF: :class:`melgenre.audio.Stretches`), falling back to decoding it whole (M4A). A recording
 with no more windows than that is scored whole, as before. ``most=None`` scores every window. A
 sample too close to call (its two most probable genres within :data:`RECHECK_MARGIN`,
-:func:`close_call`) has the rest of its windows scored too, so its label is every window's.
+:func:`close_call`) gets twice as many more windows, spread over those left, until it is clear or
+every window is scored.
 
 The sampled windows are a subset of the full grid of :func:`window_images`: the same starts and,
 up to float rounding, the same images (tested), so a sample can only differ from the full
@@ -36,8 +37,8 @@ MIN_WINDOWS = 3
 #: Length of the clips models are trained and evaluated on (GTZAN's): never sampled by default.
 CLIP_SECONDS = 30.0
 
-#: A sample whose two most probable genres (mean of its windows' probabilities) are closer than this
-#: is too close to call: the rest of the recording's windows are scored too (:func:`close_call`).
+#: A sample whose two most probable genres (its track-level probabilities) are closer than this is too
+#: close to call: twice as many more windows are scored, until it is not or every window is (:func:`close_call`).
 RECHECK_MARGIN = 0.2
 
 
@@ -177,16 +178,19 @@ def _windows_at(read: Callable[[int, int], np.ndarray], n_samples: int, preset: 
 
 
 def _pick(total: int, most: int | None, exclude: Sequence[int]) -> list[int] | None:
-    """Grid indices to read (None: every window, the plain whole-clip path)."""
+    """Grid indices to read: at most ``most`` of the windows not in ``exclude``, spread over them
+    (None: every window, the plain whole-clip path)."""
     if exclude:
-        return [i for i in range(total) if i not in set(exclude)]
+        left = set(exclude)
+        rest = [i for i in range(total) if i not in left]
+        return rest if most is None or len(rest) <= most else [rest[j] for j in spread(len(rest), most)]
     return None if most is None or total <= most else spread(total, most)
 
 
 def array_windows(y: np.ndarray, preset: Preset, most: int | None, exclude: Sequence[int] = ()) -> Windows:
     """The windows of mono audio ``y`` at ``preset.sr``: all of them (:func:`window_images`) when there
     are at most ``most`` (or ``most`` is None), else ``most`` of them spread over the clip; with
-    ``exclude`` (the ``indices`` of an earlier sample) every other window."""
+    ``exclude`` (the ``indices`` of an earlier sample) as many of the other windows."""
     offsets = window_offsets(len(y), preset)
     indices = _pick(len(offsets), most, exclude)
     if indices is None:
@@ -220,17 +224,16 @@ def file_windows(source: str | Path | bytes, preset: Preset, most: int | None, n
     return array_windows(audio.load(source, sr=preset.sr, name=name).samples, preset, most, exclude)
 
 
-def close_call(window_probs: np.ndarray, windows: Windows, margin: float | None = None) -> bool:
-    """Whether a sample of windows is too close to call: some windows are left out and the two most
-    probable genres of the mean of ``window_probs`` (one row per window) are within ``margin``
-    (default :data:`RECHECK_MARGIN`).
+def close_call(probabilities: np.ndarray, windows: Windows, margin: float | None = None) -> bool:
+    """Whether a sample of windows is too close to call: some of the recording's windows are left out
+    and the two most probable genres of ``probabilities`` (the sample's track-level probabilities,
+    as shown) are within ``margin`` (default :data:`RECHECK_MARGIN`).
 
-    Measured on 40 full-length songs of dev clips (docs/benchmarks.md): the songs whose five-window
-    label differed from every window's had margins of 0.01 and 0.12; about one song in ten is rechecked.
-    """
-    if not windows.sampled or window_probs.shape[1] < 2:
+    Measured on 40 full-length songs of dev clips (docs/benchmarks.md): the two songs whose
+    five-window label differed from every window's had margins of 0.01 and 0.12."""
+    if not windows.sampled or len(probabilities) < 2:
         return False
-    top = np.sort(window_probs.mean(axis=0))
+    top = np.sort(probabilities)
     return float(top[-1] - top[-2]) < (RECHECK_MARGIN if margin is None else margin)
 
 
