@@ -104,6 +104,12 @@ def test_short_recordings_and_all_are_every_window(song, tmp_path):
     a = windows.array_windows(y, FAST, 5)
     assert a.total == len(starts) and len(a.starts) == 5
     np.testing.assert_allclose(a.images, images[windows.spread(len(starts), 5)], atol=1e-3)
+    # a clip whose last chunk ends a few samples after it (779 hops of 512): not "padded", as with every window
+    cut = y[:779 * 512]
+    n_windows = len(windows.window_images(cut, FAST)[1])
+    last = windows.array_windows(cut, FAST, None, exclude=range(n_windows - 1))  # the last window alone
+    assert windows.window_offsets(len(cut), FAST)[-1] + round(3 * FAST.sr) > len(cut)
+    assert last.indices == [n_windows - 1] and last.padded is False and windows.window_images(cut, FAST)[2] is False
     quiet = tmp_path / "quiet.flac"
     sf.write(quiet, np.zeros((60 * SR, 2), dtype=np.float32), SR)
     w = windows.file_windows(quiet, FAST, 4)

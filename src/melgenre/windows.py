@@ -172,8 +172,10 @@ def _windows_at(read: Callable[[int, int], np.ndarray], n_samples: int, preset: 
     chosen = [offsets[i] for i in indices]
     images, peaks = zip(*(_window_image(read, s, preset) for s in chosen))
     win = round((preset.chunk_seconds or preset.duration) * preset.sr)
+    # as window_images: chunked presets pad only a clip shorter than one chunk, others a short last window
+    padded = n_samples < win if preset.chunk_seconds is not None else any(n_samples - s < win for s in chosen)
     return Windows(images=_stored_precision(np.concatenate(images)), starts=[s / preset.sr for s in chosen],
-                   padded=any(n_samples - s < win for s in chosen), silent=max(peaks) < audio.SILENCE_PEAK,
+                   padded=padded, silent=max(peaks) < audio.SILENCE_PEAK,
                    duration=n_samples / preset.sr, total=len(offsets), indices=list(indices))
 
 
