@@ -31,6 +31,7 @@ def results(tmp_path_factory) -> tuple[dict, Path]:
     return returned, out
 
 
+@pytest.mark.slow  # the suite once, every section (~1.5-2.5 min on 2 cores); CI runs it (`pytest -m slow`)
 def test_results_json_is_well_formed(results):
     returned, out = results
     data = json.loads((out / "results.json").read_text())
@@ -130,6 +131,7 @@ def test_results_json_is_well_formed(results):
                                                                                                     "15", "20"]
 
 
+@pytest.mark.slow  # the suite once, every section (~1.5-2.5 min on 2 cores); CI runs it (`pytest -m slow`)
 def test_results_markdown(results):
     _, out = results
     text = (out / "results.md").read_text()

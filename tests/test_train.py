@@ -48,6 +48,7 @@ def _history(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow  # ~40-80 s on 2 cores: trains until it learns; CI runs it (`pytest -m slow`)
 def test_tiny_run_learns_synthetic_classes(synth_store, tmp_path):
     run = fit(config_from_dict(TINY), tmp_path, data=synth_store, progress=False)  # timing: melgenre bench
     metrics = json.loads((run / "metrics.json").read_text())
@@ -88,6 +89,7 @@ def test_budgeted_epochs_limit_batches_and_validate_every_nth(synth_store, tmp_p
         config_from_dict({**TINY, "train": {"val_every": 0}})
 
 
+@pytest.mark.slow  # ~25-45 s: a killed training and its resume; CI runs it (`pytest -m slow`)
 def test_resume_after_kill_restarts_from_last_ckpt(synth_store, tmp_path, monkeypatch):
     cfg = {**TINY, "name": "killed", "train": {"max_epochs": 6, "patience": 50}}
     config = tmp_path / "killed.yaml"
@@ -141,6 +143,7 @@ def test_resume_after_kill_restarts_from_last_ckpt(synth_store, tmp_path, monkey
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 6
 
 
+@pytest.mark.slow  # ~20-35 s: two folds and a retrain; CI runs it (`pytest -m slow`)
 def test_cross_validation_and_final_retrain(synth_store, tmp_path):
     cfg = config_from_dict({**TINY, "name": "cv", "train": {"max_epochs": 3, "patience": 3}})
     folds_only = cross_validate(cfg, folds=2, runs_dir=tmp_path, data=synth_store, progress=False,
@@ -174,6 +177,7 @@ def test_cross_validation_and_final_retrain(synth_store, tmp_path):
     assert sum(map(sum, pooled["confusion"])) == 40 and 0 <= pooled["balanced"]["macro_precision"] <= 1
 
 
+@pytest.mark.slow  # ~15-30 s: two cross-validations; CI runs it (`pytest -m slow`)
 def test_fixed_epoch_cross_validation_scores_the_last_epoch(synth_store, tmp_path):
     """--fixed-epochs: no early stopping, each fold's last epoch is scored, the final retrain
     trains max_epochs; the folds live beside those of a best-epoch CV, not over them."""

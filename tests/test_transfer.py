@@ -203,6 +203,7 @@ def test_fusion_of_cross_validations(emb_store, tmp_path):
     assert set(estimate["recall_intervals"]) == {c["class"] for c in a["pooled"]["per_class"] if c["support"]}
 
 
+@pytest.mark.slow  # ~15-25 s: trains the whole musicnn; CI runs it (`pytest -m slow`)
 def test_finetune_recipe_trains_the_whole_tagger(corpus, tmp_path):
     """configs/musicnn-finetune.yaml on mel patches: the backbone moves, at its smaller learning rate."""
     import yaml

@@ -206,6 +206,7 @@ def test_songs_from_clips(synth_corpus, tmp_path):
     assert made[0].stat().st_mtime_ns == mtime  # kept, not made again
 
 
+@pytest.mark.slow  # ~20-30 s: encodes three MP3 songs; CI runs it (`pytest -m slow`)
 def test_default_model_samples_real_songs_like_every_window(tmp_path):
     """Full-length songs of six real dev clips: the default model's five windows give every window's label."""
     root = shared_path("gtzan-dev")

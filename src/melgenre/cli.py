@@ -706,9 +706,8 @@ def predict_cmd(
             top = ", ".join(f"{escape(genre)} {p:.3f}" for genre, p in pred.top)
             if "not_music" in pred.flags:  # no genre headline for what does not sound like music
                 top = f"[bold]not music?[/] [dim]nearest: {top}[/]"
-            scored = len(pred.window_starts)
-            out.add_row(escape(str(path)), top, f"{scored} of {pred.windows_total}" if scored < pred.windows_total
-                        else str(scored), flags)
+            scored, total = len(pred.window_starts), getattr(pred, "windows_total", 0)  # tags: every window
+            out.add_row(escape(str(path)), top, f"{scored} of {total}" if scored < total else str(scored), flags)
         console.print(out)
         _say_flags(f for _, pred, _ in results if pred is not None for f in pred.flags)
     if any(error is not None for _, _, error in results):
