@@ -403,9 +403,10 @@ def real_library(root: Path) -> dict[Path, str]:
     return lib
 
 
-def test_predict_tag_and_undo_a_library_of_real_clips_in_every_format(tmp_path):
+def test_predict_tag_and_undo_a_library_of_training_clips_in_every_format(tmp_path):
     """Issue 13's three commands end to end with the shipped default model: predict a folder of
-    real GTZAN clips in every supported format into a database, resume, tag the files, undo."""
+    real GTZAN clips in every supported format into a database, resume, tag the files, undo.
+    The clips are the model's training clips: its labels and confidence on them are optimistic."""
     lib = real_library(tmp_path / "lib")
     db, log = tmp_path / "results.sqlite", tmp_path / "log.jsonl"
     before = {p: (samples(p), tag_snapshot(p), hashlib.sha256(p.read_bytes()).hexdigest()) for p in lib}

@@ -139,7 +139,8 @@ def test_joined_clips_give_two_segments_split_near_the_join(separating_model, tm
     assert heights[0] == heights[3] == 1.02 and heights[1] != heights[2]
 
 
-def test_default_model_on_two_real_clips():
+def test_default_model_on_two_joined_training_clips():
+    """Two real dev clips the default model trained on: figures on training clips are optimistic."""
     root = shared_path("gtzan-dev")
     model = load_model(None, windows="all")  # a timeline scores every window
     a, b = (audio.load(root / g / f"{g}.00002.flac", sr=model.preset.sr).samples for g in ("classical", "metal"))
