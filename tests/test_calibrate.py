@@ -193,6 +193,58 @@ def test_calibrate_writes_the_card_and_reference(calibrated):
     assert tr["not_music_above"] == pytest.approx(np.quantile(music, 1 - trust.FALSE_FLAG_RATE), abs=1e-6)
 
 
+def _top_class_ece(probs: np.ndarray, labels: np.ndarray, bins: int) -> float:
+    """ECE written out again for the test: bins of the top probability in (lo, hi]."""
+    conf, right = probs.max(axis=1), probs.argmax(axis=1) == labels
+    total = 0.0
+    for lo, hi in zip(np.linspace(0, 1, bins + 1)[:-1], np.linspace(0, 1, bins + 1)[1:]):
+        members = (conf > lo) & (conf <= hi) if lo > 0 else conf <= hi
+        if members.any():
+            total += members.sum() * abs(right[members].mean() - conf[members].mean())
+    return total / len(conf)
+
+
+def test_card_figures_are_those_of_the_out_of_fold_predictions(calibrated):
+    """The card's temperature, NLL, ECE, accuracy and "unsure" figures, computed again from the
+    folds' out-of-fold window logits (not read back from the card)."""
+    root, card = calibrated["root"], json.loads(calibrated["card"].read_text())
+    cal, tr = card["calibration"], card["trust"]
+    oof = calibrate.oof_outputs(root / "runs" / "tiny-cal" / "cv-last.json", root / "syn.h5", card.get("predict_hop"))
+    assert len(oof.tracks) == cal["n"] > 0
+
+    logits = oof.window_logits.astype(np.float64)
+    window_probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    window_probs /= window_probs.sum(axis=1, keepdims=True)
+    mean = np.stack([window_probs[oof.track_index == i].mean(axis=0) for i in range(len(oof.tracks))])
+
+    def at(t: float) -> np.ndarray:  # the track mean's log, divided by t, through a softmax
+        z = np.exp(np.log(mean) / t)
+        return z / z.sum(axis=1, keepdims=True)
+
+    def nll(t: float) -> float:
+        return float(-np.mean(np.log(at(t)[np.arange(len(oof.labels)), oof.labels])))
+
+    t = cal["temperature"]
+    assert nll(t) <= min(nll(other) for other in np.geomspace(*calibrate.T_RANGE, 300)) + 1e-7  # the best in range
+    assert (cal["nll_before"], cal["nll_after"]) == pytest.approx((nll(1.0), nll(t)), abs=1e-5)
+    assert cal["ece_before"] == pytest.approx(_top_class_ece(at(1.0), oof.labels, 15), abs=1e-5)
+    assert cal["ece_after"] == pytest.approx(_top_class_ece(at(t), oof.labels, 15), abs=1e-5)
+    after = at(t)
+    top, right = after.max(axis=1), after.argmax(axis=1) == oof.labels
+    assert cal["accuracy"] == pytest.approx(right.mean(), abs=1e-6)
+
+    # "unsure": the largest observed top probability below which fewer than half are right
+    candidates = [c for c in [*np.unique(top), top.max() + 1e-9] if (top < c).any() and right[top < c].mean() < 0.5]
+    assert tr["unsure_below"] == pytest.approx(max(candidates, default=0.0), abs=1e-6)
+    unsure = top < tr["unsure_below"]
+    assert tr["unsure_rate_dev"] == pytest.approx(unsure.mean(), abs=1e-6)
+    assert tr["accuracy_unsure_dev"] == (pytest.approx(right[unsure].mean(), abs=1e-6) if unsure.any() else None)
+    assert tr["accuracy_sure_dev"] == (pytest.approx(right[~unsure].mean(), abs=1e-6) if (~unsure).any() else None)
+    with np.load(calibrated["card"].with_name("tiny.trust.npz")) as npz:
+        music = npz["music_novelty"]
+    assert tr["false_flag_rate_dev"] == pytest.approx(np.mean(music > tr["not_music_above"]), abs=1e-6)
+
+
 def test_predictions_use_the_calibrated_probabilities(calibrated):
     card_path, plain = calibrated["card"], calibrated["plain"]
     torch_model, onnx_model, raw = load_model(card_path), load_model(card_path, backend="onnx"), load_model(plain)

@@ -76,7 +76,8 @@ def test_shipped_int8_melcnn_agrees_with_melcnn_on_synthetic_audio(tmp_path):
     assert worst < TOLERANCE, f"on {int8_cpu()}: window probabilities up to {worst:.3f} apart (tolerance {TOLERANCE})"
 
 
-def test_shipped_int8_melcnn_agrees_with_melcnn_on_real_clips():
+def test_shipped_int8_melcnn_agrees_with_melcnn_on_training_clips():
+    """Real dev clips, which melcnn trained on: agreement on training clips is optimistic."""
     clips = expand_paths([shared_path("gtzan-dev")])[::10]  # 21 clips, every genre
     quick, exact = load_model("melcnn-int8"), load_model("melcnn", backend="onnx")
     same, diffs = 0, []

@@ -169,6 +169,22 @@ def test_resume_skips_unchanged_and_redoes_changed_failed_and_other_model(tiny_c
     assert set(read_results(out)["model_id"]) == {fourth.model_id}
 
 
+def test_resume_redoes_a_file_whose_mtime_alone_changed(tiny_card, tmp_path):
+    """A file rewritten with the same size (here: only its mtime moved) is predicted again."""
+    root = tmp_path / "songs"
+    synth.write_corpus(root, n_classes=3, per_class=1, seconds=3.0, seed=2)
+    out = tmp_path / "r.sqlite"
+    assert predict_library([root], out, model=tiny_card, workers=0, progress=False).predicted == 3
+    touched = root / "class01" / "class01.00000.wav"
+    st = touched.stat()
+    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    assert touched.stat().st_size == st.st_size
+    again = predict_library([root], out, model=tiny_card, workers=0, progress=False)
+    assert (again.skipped, again.predicted) == (2, 1)
+    rows = read_results(out).set_index("path")
+    assert rows.loc[str(touched.resolve()), "mtime"] == touched.stat().st_mtime
+
+
 def test_a_recalibrated_model_redoes_every_file(tiny_card, songs, tmp_path):
     """The same weights (model id) with another calibration give other probabilities and flags:
     the database's meta notices it and every file is predicted again, once."""

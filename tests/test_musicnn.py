@@ -120,7 +120,8 @@ def test_conversion_refuses_unknown_or_misshapen_variables():
 
 
 @pytest.mark.skipif(not os.environ.get("MELGENRE_MUSICNN_WHEEL"),
-                    reason="set MELGENRE_MUSICNN_WHEEL to musicnn-0.1.0-py3-none-any.whl to re-convert it")
+                    reason="set MELGENRE_MUSICNN_WHEEL to musicnn-0.1.0-py3-none-any.whl to re-convert it "
+                           "(.ci/run downloads it)")
 def test_shipped_weights_equal_a_fresh_conversion_of_the_wheel(tmp_path):
     written = convert(os.environ["MELGENRE_MUSICNN_WHEEL"], tmp_path)
     assert len(written) == len(CHECKPOINTS)

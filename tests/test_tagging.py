@@ -226,6 +226,26 @@ def test_replace_and_undo_restore_existing_fields_exactly(tmp_path):
     assert [u.action for u in tagging.undo(tmp_path / "log.jsonl")] == ["already"] * len(files)
 
 
+def test_undo_restores_every_value_of_a_multi_value_id3v24_genre(tmp_path):
+    """ID3v2.4 keeps several TCON values apart (v2.3 joins them with /): undo gives both back."""
+    from mutagen.id3 import ID3, TCON
+
+    mp3 = make_clip(tmp_path / "lib" / "a.mp3")
+    id3 = ID3()
+    id3.add(TCON(encoding=3, text=["Rock", "Blues"]))
+    id3.save(mp3, v2_version=4)
+    db = write_results(tmp_path / "r.sqlite", [result_row(mp3, "jazz")])
+    r = cli(tmp_path / "lib", "--from", db, "--write", "--replace", "--log", tmp_path / "log.jsonl")
+    assert r.exit_code == 0, r.output
+    assert ID3(mp3).getall("TCON")[0].text == ["Jazz"]
+
+    r = cli("--undo", tmp_path / "log.jsonl")
+    assert r.exit_code == 0, r.output
+    tags = ID3(mp3)
+    assert tags.version[:2] == (2, 4)
+    assert [(f.encoding, f.text) for f in tags.getall("TCON")] == [(3, ["Rock", "Blues"])]
+
+
 def test_undo_refuses_a_file_changed_since(tmp_path):
     clip = make_clip(tmp_path / "lib" / "a.ogg")
     db = write_results(tmp_path / "r.sqlite", [result_row(clip)])
@@ -383,9 +403,10 @@ def real_library(root: Path) -> dict[Path, str]:
     return lib
 
 
-def test_predict_tag_and_undo_a_library_of_real_clips_in_every_format(tmp_path):
+def test_predict_tag_and_undo_a_library_of_training_clips_in_every_format(tmp_path):
     """Issue 13's three commands end to end with the shipped default model: predict a folder of
-    real GTZAN clips in every supported format into a database, resume, tag the files, undo."""
+    real GTZAN clips in every supported format into a database, resume, tag the files, undo.
+    The clips are the model's training clips: its labels and confidence on them are optimistic."""
     lib = real_library(tmp_path / "lib")
     db, log = tmp_path / "results.sqlite", tmp_path / "log.jsonl"
     before = {p: (samples(p), tag_snapshot(p), hashlib.sha256(p.read_bytes()).hexdigest()) for p in lib}

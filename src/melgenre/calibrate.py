@@ -359,13 +359,13 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
     flagged_unsure = after.max(axis=1) < unsure_below
     flagged_music = music > not_music_above
     trust_card = {
-        "unsure_below": round(unsure_below, 6),
+        "unsure_below": unsure_below,  # not rounded: the flags at predict time are those counted here
         "unsure_rule": "calibrated top probability below which out-of-fold predictions are right less than half the time",
         "unsure_rate_dev": round(float(flagged_unsure.mean()), 6),
         "accuracy_unsure_dev": round(float(correct[flagged_unsure].mean()), 6) if flagged_unsure.any() else None,
         "accuracy_sure_dev": round(float(correct[~flagged_unsure].mean()), 6) if (~flagged_unsure).any() else None,
         "novelty": trust.NOVELTY_METHOD,
-        "not_music_above": round(not_music_above, 6),
+        "not_music_above": not_music_above,
         "not_music_rule": f"{100 * (1 - false_flag_rate):g}th percentile of the out-of-fold dev clips' novelty "
                           "(distance of the clip's mean embedding to the nearest class centre of the training tracks)",
         "false_flag_rate_dev": round(float(flagged_music.mean()), 6),
