@@ -102,6 +102,15 @@ def test_prior_genres_are_the_musicnn_tags_named_like_a_genre():
         "Hip Hop": ["Hip-Hop"], "R&B": ["rnb"], "electronic": ["electronic"], "Heavy-Metal": ["heavy metal"]}
 
 
+def test_recipe_is_the_default_models():
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "configs" / "musicnn-tagprior.yaml").read_text())
+    del shipped["model"]["tag_prior"]
+    assert {k: shipped[k] for k in ("seed", "model", "optim", "train")} == {
+        k: learn_module.RECIPE[k] for k in ("seed", "model", "optim", "train")}
+    assert learn_module.RECIPE["data"].items() <= shipped["data"].items()
+    assert shipped["model"]["embedding"] == learn_module.EMBEDDING["embedding"]
+
+
 def test_tag_names_keep_a_learnt_spelling():
     assert tagging.genre_name("hiphop") == "Hip-Hop" and tagging.genre_name("rock") == "Rock"
     assert tagging.genre_name("IDM") == "IDM" and tagging.genre_name("Drum and Bass") == "Drum and Bass"

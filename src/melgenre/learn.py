@@ -149,13 +149,15 @@ def _audio_files(root: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def scan(source: str | Path, genres_from: str = "auto") -> Found:
+def scan(source: str | Path, genres_from: str = "auto", progress: bool = False) -> Found:
     """Read the genre and artist of every audio file under ``source``.
 
     ``genres_from``: ``"tags"`` (every audio file below, the first value of its genre tag),
     ``"folders"`` (``<genre>/<file>`` folders or GTZAN's layouts, :func:`melgenre.datasets.discover`;
     tags give only the artists) or ``"auto"``: tags when at least one file has a genre tag, else folders.
     """
+    from rich.progress import track
+
     from melgenre.tagging import genres_and_artist
 
     source = Path(source)
@@ -168,7 +170,7 @@ def scan(source: str | Path, genres_from: str = "auto") -> Found:
         raise DatasetError(f"{source}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
     tags: dict[Path, tuple[list[str], str]] = {}
     unreadable = []
-    for path in paths:
+    for path in track(paths, description="read tags", disable=not progress, transient=True):
         try:
             tags[path] = genres_and_artist(path)
         except (MelgenreError, OSError) as exc:
@@ -434,7 +436,7 @@ def learn(source: str | Path, out: str | Path, *, genres_from: str = "auto", map
     seconds: dict[str, float] = {}
     out = Path(out).with_suffix(".json")
     work = Path(work) if work is not None else out.with_name(out.stem + ".learn")
-    found = scan(source, genres_from)
+    found = scan(source, genres_from, progress)
     tax = taxonomy(found.files, read_mapping(mapping) if mapping else None, min_per_genre)
     prior = prior_genres(tax.classes)
     if tag_prior and not prior:
