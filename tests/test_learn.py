@@ -100,6 +100,9 @@ def test_mapping_files(tmp_path):
 def test_prior_genres_are_the_musicnn_tags_named_like_a_genre():
     assert prior_genres(["Hip Hop", "R&B", "electronic", "Classical", "Heavy-Metal"]) == {
         "Hip Hop": ["Hip-Hop"], "R&B": ["rnb"], "electronic": ["electronic"], "Heavy-Metal": ["heavy metal"]}
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "configs" / "musicnn-tagprior.yaml").read_text())
+    gtzan = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
+    assert prior_genres(gtzan) == shipped["model"]["tag_prior"]["genres"]  # the default model's, from names alone
 
 
 def test_recipe_is_the_default_models():

@@ -56,6 +56,8 @@ RECIPE: dict[str, Any] = {
 }
 #: Weight of the tagger's zero-shot logits (the default model's).
 PRIOR_WEIGHT = 0.5
+#: Tags the default model's prior gives genres besides their namesake (configs/musicnn-tagprior.yaml).
+PRIOR_ALIASES = {"disco": ("dance",), "metal": ("heavy metal",)}
 #: Seconds between prediction windows, as the default model predicts.
 PREDICT_HOP = 6.0
 MIN_PER_GENRE = 5
@@ -249,10 +251,13 @@ def taxonomy(files: Sequence[Labelled], mapping: dict[str, str] | None = None,
 
 
 def prior_genres(classes: Sequence[str]) -> dict[str, list[str]]:
-    """The musicnn MSD tags named like each genre (by :func:`genre_key`): the zero-shot prior's mapping."""
+    """The zero-shot prior's mapping: each genre's musicnn MSD tag of the same name (by :func:`genre_key`),
+    plus the default model's two extra choices (:data:`PRIOR_ALIASES`); genres without one are left out."""
     from melgenre.models.musicnn import MSD_TAGS
 
-    return {c: [t] for c in classes for t in MSD_TAGS if genre_key(t) == genre_key(c)}
+    tags = {c: [t for t in MSD_TAGS if genre_key(t) == genre_key(c)] + list(PRIOR_ALIASES.get(genre_key(c), ()))
+            for c in classes}
+    return {c: t for c, t in tags.items() if t}
 
 
 def _track_id(path: Path, root: Path) -> str:
