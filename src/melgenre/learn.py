@@ -166,7 +166,7 @@ def scan(source: str | Path, genres_from: str = "auto", progress: bool = False) 
     if genres_from not in GENRES_FROM:
         raise ConfigError(f"genres from {genres_from!r}: use one of {', '.join(GENRES_FROM)}")
     if not source.is_dir():
-        raise DatasetError(f"{source}: no such folder")
+        raise DatasetError(f"{source}: {'not a folder' if source.exists() else 'no such folder'}")
     paths = _audio_files(source)
     if not paths:
         raise DatasetError(f"{source}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
