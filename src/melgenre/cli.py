@@ -1004,10 +1004,10 @@ def learn(
     Then `melgenre predict LIB --out r.sqlite --model OUT.json` and `melgenre tag LIB --from r.sqlite --write`
     fill in the genre of the files that have none (files with a genre keep it).
     """
+    import logging
+
     from melgenre.evaluate import with_interval
     from melgenre.learn import learn as learn_genres
-
-    import logging
 
     _quiet_lightning()
     if logging.getLogger("melgenre").level > logging.DEBUG:  # a line per epoch of six trainings: only with -v
