@@ -410,7 +410,7 @@ def learn(source: str | Path, out: str | Path, *, genres_from: str = "auto", map
         Cross-validation folds (fewer when there are fewer artists).
     augment : sequence of str
         Audio variants added to the training rows (default: the default model's five; ``()`` for
-        none: about six times faster to embed).
+        none: 3-5 times faster to embed).
     tag_prior : bool, optional
         Add the tagger's zero-shot logits for genres named like one of its tags (:func:`prior_genres`).
         Default: when at least one genre is.
