@@ -241,7 +241,7 @@ def test_bad_inputs_get_one_line(case, message, library, tmp_path):
 def test_learn_on_real_clips_reencoded_with_tags(tmp_path):
     """Dev clips of four genres as FLAC, Ogg and MP3 with genre and artist tags (artists: blocks of five
     consecutive clips, as GTZAN is ordered by artist): learn, then fill in the genre of untagged copies."""
-    dev = shared_path("data", "gtzan-dev")
+    dev = shared_path("gtzan-dev")
     music, rng = tmp_path / "music", np.random.default_rng(0)
     for genre in ("blues", "classical", "jazz", "rock"):
         for i in range(15):
