@@ -332,7 +332,9 @@ def _embed(found: Found, tax: Taxonomy, mapping: str | Path | None, min_per_genr
 
 def _grouping(ids: list[str], artists: dict[str, str], groups: str | Path | None, work: Path,
               min_share: float = 0.5) -> tuple[str, dict[str, str], str | None]:
-    """The grouping file the folds use, its ``{track: group}`` and why the folds are not artist-disjoint (None if they are)."""
+    """The grouping file the folds use (written to ``work`` unless ``groups`` names one), its
+    ``{track: group}``, and why the folds are not artist-disjoint (None when they are): fewer than
+    two artists, or artist tags on fewer than ``min_share`` of the tracks."""
     from melgenre.data import GROUPINGS, group_of, grouping
 
     if groups is not None:
