@@ -983,6 +983,75 @@ def calibrate(
     say("wrote " + ", ".join(str(p) for p in written if p is not None))
 
 
+@app.command()
+def learn(
+    source: Path = typer.Argument(..., metavar="SOURCE", help="<genre>/<file> folders, or a music folder whose files carry genre tags."),
+    out: Path = typer.Option(..., "--out", "-o", help="The model package to write: OUT.json (card), OUT.safetensors, OUT.trust.npz. Required."),
+    genres_from: str = typer.Option("auto", "--genres-from", help="Where the genres come from: tags (the first value of each file's genre tag; untagged files are left out), folders (<genre>/<file>), or auto: tags when any file has a genre tag, else folders. Default: auto."),
+    mapping: Path = typer.Option(None, "--map", help="A from,to CSV/TSV (or YAML from: to) merging or renaming genres, e.g. Rap,Hip-Hop; an empty 'to' leaves that genre out. Spellings that differ only in case, spaces, hyphens or &/and (Hip-Hop, hip hop, HipHop) are merged without it. Default: none."),
+    min_per_genre: int = typer.Option(5, "--min-per-genre", min=1, help="Leave out (and list) genres with fewer tracks. Default: 5."),
+    groups: str = typer.Option(None, "--groups", help="A .csv/.tsv of track,artist (or track,group) rows, as for `melgenre cv --groups`, or fault_filtered, instead of the artist tags. Default: the artist tags (album artist when missing); without them the estimate is same-artist, labelled optimistic."),
+    folds: int = typer.Option(5, "--folds", "-k", min=2, help="Cross-validation folds (fewer when there are fewer artists). Default: 5."),
+    augment: str = typer.Option(",".join(("fast", "slow", "offset", "bright", "dark")), "--augment", metavar="NAME,...|none", help="Audio variants added as training rows (the default model's recipe): each costs one more embedding pass; none embeds 3-5x faster (on 2 cores, 200 clips: about 10 minutes in all against 2-3). Default: fast,slow,offset,bright,dark."),
+    tag_prior: bool = typer.Option(None, "--tag-prior/--no-tag-prior", help="Add musicnn's own zero-shot logits for genres named like one of its 50 MSD tags (rock, jazz, Hip-Hop, electronic, folk, soul, ...). Default: on when at least one genre is."),
+    epochs: int = typer.Option(30, "--epochs", min=1, help="Training epochs of each fold and of the final model. Default: 30 (the default model's)."),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Fit the temperature and the unsure / not-music thresholds on the out-of-fold predictions (needs 50 of them: fewer leave the package uncalibrated). Default: on."),
+    work: Path = typer.Option(None, "--work", help="Work folder: embedding cache, feature file, cross-validation runs, learn.json. A rerun reuses it. Default: OUT.learn/ beside the package."),
+    workers: int = typer.Option(0, "--workers", "-w", min=0, help="Embedding worker processes. Default 0 = one per CPU core; 1 = no pool."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars. Default: on."),
+) -> None:
+    """Learn a genre model of YOUR genres from labelled music, with an honest (artist-disjoint) estimate.
+
+    Then `melgenre predict LIB --out r.sqlite --model OUT.json` and `melgenre tag LIB --from r.sqlite --write`
+    fill in the genre of the files that have none (files with a genre keep it).
+    """
+    import logging
+
+    from melgenre.evaluate import with_interval
+    from melgenre.learn import learn as learn_genres
+
+    _quiet_lightning()
+    if logging.getLogger("melgenre").level > logging.DEBUG:  # a line per epoch of six trainings: only with -v
+        logging.getLogger("melgenre.train").setLevel(logging.WARNING)
+    names = () if augment.strip().lower() == "none" else _names(augment)
+    r = learn_genres(source, out, genres_from=genres_from, mapping=mapping, min_per_genre=min_per_genre, groups=groups,
+                     folds=folds, augment=names, tag_prior=tag_prior, epochs=epochs, calibrate=calibrate, work=work,
+                     workers=workers or None, progress=progress)
+    counts = ", ".join(f"{c} {n}" for c, n in r.counts.items())
+    say(f"{len(r.classes)} genres from {r.genres_from}, {sum(r.counts.values())} tracks: {counts}")
+    for genre, spellings in r.merged.items():
+        say(f"  merged spellings: {genre} <- {', '.join(spellings)}")
+    if r.too_small:
+        say(f"  left out, fewer than {min_per_genre} tracks: " + ", ".join(f"{c} {n}" for c, n in r.too_small.items()))
+    if r.few_tracks:
+        say(f"  few tracks (under 10), do not trust their figures: {', '.join(r.few_tracks)}")
+    skipped = [f"{r.untagged} without a genre tag"] if r.genres_from == "tags" else []
+    skipped += [f"{len(r.unreadable)} with unreadable tags", f"{len(r.undecodable)} undecodable"]
+    skipped += [f"{r.mapped_out} mapped out"] if r.mapped_out else []
+    say(f"  files left out: {', '.join(skipped)}" + (f"; {r.several_genres} files have several genres: the first was used"
+                                                      if r.several_genres else ""))
+    for path, reason in r.unreadable + [(u["path"], u["reason"]) for u in r.undecodable]:
+        say(f"    [yellow]skipped[/] {path}: {reason}")
+    if r.tag_prior:
+        say("  zero-shot prior from musicnn's tags: " + ", ".join(f"{c} = {t[0]}" for c, t in r.tag_prior.items()))
+    say(f"estimate, {r.protocol}:")
+    say(f"  pooled over {len(r.folds)} folds ({r.pooled['n']} tracks), [95 % intervals]: " + _pooled_summary(r.pooled))
+    if r.artist_disjoint:
+        _say_group_intervals(r.pooled)
+    say("  recall per genre [Wilson 95 %]: " + ", ".join(
+        f"{c['class']} {with_interval(c['recall'], c['recall_interval'])}" for c in r.pooled["per_class"] if c["support"]))
+    if r.untrained:
+        say(f"  only one artist (some fold scored them untrained): {', '.join(r.untrained)}")
+    if r.calibration:
+        say(f"calibrated: temperature {r.calibration['temperature']:.2f}, unsure below {r.calibration['unsure_below']:.2f}, "
+            f"not music above {r.calibration['not_music_above']:.2f}")
+    else:
+        say(f"not calibrated ({r.not_calibrated}): no 'unsure' flags, and 'not music' only for silence")
+    say(f"wrote {r.package} (+ .safetensors{', .trust.npz' if r.calibration else ''}); work folder {r.work}/ "
+        f"({r.embedded} files embedded now, the rest from its cache)")
+    say("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in r.seconds.items()))
+
+
 # -- HTTP service --------------------------------------------------------------------------------
 
 @app.command()

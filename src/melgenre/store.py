@@ -250,6 +250,7 @@ def prepare(
     compression: str = "none",
     embed: dict[str, Any] | None = None,
     augment: Sequence[str] = (),
+    cache: str | Path | None = None,
 ) -> PrepareReport:
     """Compute the mel images of a corpus into one HDF5 store (atomic, resumable, parallel).
 
@@ -280,6 +281,11 @@ def prepare(
         as extra rows (column ``variant``: 0 = original, ``k`` = the k-th name). Training uses
         every variant of its tracks; validation, test and cross-validation scores use the
         originals only (:class:`melgenre.data.MelDataModule`).
+    cache : path, optional
+        Keep each track's rows in this folder as a part file named by the file's path, size and
+        modification time and the settings, and reuse them in any later run, whatever its classes,
+        labels or other files (``melgenre learn``: a new mapping of genres embeds nothing again).
+        Default: parts live in ``<out>.parts/`` only until the file is assembled.
 
     Returns
     -------
@@ -287,7 +293,7 @@ def prepare(
         Counts per class, skipped (corrupt) files with reasons, silent clips, timing.
     """
     t0 = time.perf_counter()
-    job = start_prepare(data, preset, out, overwrite, t0, compression, embed, augment)
+    job = start_prepare(data, preset, out, overwrite, t0, compression, embed, augment, cache)
     if isinstance(job, PrepareReport):
         return job
     with _progress(progress) as bar:
@@ -313,6 +319,7 @@ class PrepareJob:
     compression: str
     embed: dict[str, Any] | None = None
     augment: tuple[str, ...] = ()
+    cached: bool = False  # parts live in a cache folder that outlives the run (see prepare's cache)
 
     @property
     def resumed(self) -> int:
@@ -322,7 +329,8 @@ class PrepareJob:
 
 def start_prepare(data: str | Path | Corpus, preset: str | Path | Preset, out: str | Path, overwrite: bool,
                   t0: float, compression: str = "none",
-                  embed: dict[str, Any] | None = None, augment: Sequence[str] = ()) -> PrepareReport | PrepareJob:
+                  embed: dict[str, Any] | None = None, augment: Sequence[str] = (),
+                  cache: str | Path | None = None) -> PrepareReport | PrepareJob:
     """Plan a prepare run (shared by the local and the Ray paths).
 
     Returns the report at once when ``out`` is already up to date; otherwise opens the parts
@@ -357,20 +365,33 @@ def start_prepare(data: str | Path | Corpus, preset: str | Path | Preset, out: s
         if not overwrite:
             raise StoreError(f"{out}: already exists and was made from other inputs or settings (use --overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    parts = out.with_name(out.name + ".parts")
-    _open_parts_dir(parts, plan)
+    if cache is None:
+        parts = out.with_name(out.name + ".parts")
+        _open_parts_dir(parts, plan)
+    else:
+        parts = Path(cache)
+        parts.mkdir(parents=True, exist_ok=True)
+    settings = json.dumps([preset.to_dict(), compression, embed, augment, PARTS_VERSION], sort_keys=True)
     jobs = [_Job(index=i, path=str(t.path.resolve()), name=str(t.path.relative_to(corpus.root)),
-                 preset=preset.to_dict(), part=str(parts / f"{i:06d}.npz"), compression=compression,
-                 embed=embed, augment=augment)
+                 preset=preset.to_dict(), part=str(parts / (f"{i:06d}.npz" if cache is None
+                                                            else f"{_file_key(t.path, settings)}.npz")),
+                 compression=compression, embed=embed, augment=augment)
             for i, t in enumerate(corpus.tracks)]
     todo = [j for j in jobs if not _part_ok(Path(j.part))]
-    return PrepareJob(corpus, preset, out, plan, parts, jobs, todo, compression, embed, augment)
+    return PrepareJob(corpus, preset, out, plan, parts, jobs, todo, compression, embed, augment, cache is not None)
+
+
+def _file_key(path: Path, settings: str) -> str:
+    """Name of a file's part in a cache folder: its resolved path, size and mtime, and the settings."""
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{settings}".encode()).hexdigest()[:32]
 
 
 def finish_prepare(job: PrepareJob, t0: float) -> PrepareReport:
     """Assemble the parts of a finished job into the HDF5 file, remove them, and report."""
     _assemble(job)
-    shutil.rmtree(job.parts, ignore_errors=True)
+    if not job.cached:
+        shutil.rmtree(job.parts, ignore_errors=True)
     with MelStore(job.out) as store:
         report = _report_from_store(store, job.out, job.corpus, time.perf_counter() - t0)
     report.resumed, report.computed, report.up_to_date = job.resumed, len(job.todo), False

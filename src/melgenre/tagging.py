@@ -55,8 +55,11 @@ _LOG_KEYS = {"path", "format", "had_tags", "before", "after", "sha256_before", "
 
 
 def genre_name(label: str) -> str:
-    """The tag text for a class label: ``"rock"`` -> ``"Rock"``, ``"hiphop"`` -> ``"Hip-Hop"``."""
-    return GENRE_NAMES.get(label.lower(), label.replace("_", " ").title())
+    """The tag text for a class label: ``"rock"`` -> ``"Rock"``, ``"hiphop"`` -> ``"Hip-Hop"``; a label
+    with capitals is already a tag's spelling (``melgenre learn``'s genres: ``"IDM"``) and stays as it is."""
+    if label != label.lower():
+        return label
+    return GENRE_NAMES.get(label, label.replace("_", " ").title())
 
 
 # -- tag formats ---------------------------------------------------------------------------------
@@ -97,6 +100,15 @@ class _Id3:
     def text(value) -> str:
         return "; ".join(value["text"])
 
+    @staticmethod
+    def genres(tags) -> list[str]:
+        frames = tags.getall("TCON")
+        return list(frames[0].genres) if frames else []  # ID3v1 numbers such as "(17)" as names
+
+    @staticmethod
+    def artist(tags) -> str:
+        return next((str(f.text[0]) for key in ("TPE1", "TPE2") for f in tags.getall(key) if f.text), "")
+
 
 class _Vorbis:
     """Vorbis comment ``GENRE`` (FLAC, Ogg Vorbis, Opus), any letter case; values are the
@@ -131,6 +143,14 @@ class _Vorbis:
     def text(value) -> str:
         return "; ".join(v for _, _, v in value)
 
+    @staticmethod
+    def genres(tags) -> list[str]:
+        return [v for k, v in tags if k.lower() == "genre"]
+
+    @staticmethod
+    def artist(tags) -> str:
+        return next((v for key in ("artist", "albumartist", "album artist") for k, v in tags if k.lower() == key), "")
+
 
 class _Mp4:
     """MP4 ``©gen``; values are lists of text. (mutagen reads the older ``gnre`` atom, an ID3v1
@@ -162,6 +182,14 @@ class _Mp4:
     @staticmethod
     def text(value) -> str:
         return "; ".join(value)
+
+    @staticmethod
+    def genres(tags) -> list[str]:
+        return list(tags.get("\xa9gen", []))
+
+    @staticmethod
+    def artist(tags) -> str:
+        return next((str(tags[key][0]) for key in ("\xa9ART", "aART") if tags.get(key)), "")
 
 
 def _format(audio_file) -> type | None:
@@ -210,6 +238,23 @@ def genre_text(audio_file) -> str:
     fmt = _format(audio_file)
     value = fmt.read(audio_file.tags)
     return "" if value == ABSENT else fmt.text(value)
+
+
+def genres_and_artist(path: str | Path) -> tuple[list[str], str]:
+    """The genres of an audio file's tags, every value in order (one field ``"Rock; Pop"`` counts as
+    two), and its artist (the album artist when the artist is missing); ``([], "")`` without tags.
+
+    Raises
+    ------
+    MelgenreError
+        mutagen cannot read the file (not audio, or a broken header).
+    """
+    audio_file = _open(Path(path))
+    fmt = _format(audio_file) if audio_file is not None else None
+    if fmt is None or audio_file.tags is None:
+        return [], ""
+    genres = [g.strip() for value in fmt.genres(audio_file.tags) for g in str(value).split(";")]
+    return [g for g in genres if g], fmt.artist(audio_file.tags).strip()
 
 
 # -- results database ----------------------------------------------------------------------------
