@@ -12,12 +12,9 @@ This module is beets glue only; everything melgenre does is in :mod:`melgenre.li
 
 from __future__ import annotations
 
-import hashlib
 import os
-import sqlite3
 import sys
 from collections import Counter
-from contextlib import closing
 from pathlib import Path
 
 from beets import config as beets_config
@@ -48,20 +45,6 @@ def set_item_genre(item: Item, genre: str) -> None:
 def _resolved(item: Item) -> str:
     """The item's file as :func:`melgenre.library.predict_library` keys it: absolute and resolved."""
     return str(Path(os.fsdecode(item.path)).resolve())
-
-
-def _refresh_rows(database: Path, paths: list[str]) -> None:
-    """Give the results rows of files whose tags (never their audio) were just rewritten the files' new
-    size, mtime and SHA-256.
-
-    predict_library redoes a file whose size or mtime differs from its row, so without this every
-    genre written into a file would make the next run predict that file again."""
-    fresh = []
-    for path in paths:
-        st = os.stat(path)
-        fresh.append((st.st_size, st.st_mtime, hashlib.sha256(Path(path).read_bytes()).hexdigest(), path))
-    with closing(sqlite3.connect(database)) as db, db:
-        db.executemany("UPDATE results SET size = ?, mtime = ?, sha256 = ? WHERE path = ?", fresh)
 
 
 class MelgenrePlugin(BeetsPlugin):
@@ -229,8 +212,8 @@ class MelgenrePlugin(BeetsPlugin):
             item.store()
         if rewritten:
             try:
-                _refresh_rows(database, rewritten)
-            except (OSError, sqlite3.Error) as exc:
+                library.refresh_rows(database, rewritten)
+            except (OSError, MelgenreError) as exc:
                 self._log.warning("cannot update {} ({}): the next run predicts the {} files it wrote again",
                                   displayable_path(str(database)), exc, len(rewritten))
         ui.print_(f"melgenre: {counts['written']} {'would be written' if pretend else 'written'}, "

@@ -22,6 +22,7 @@ any of the three formats into a pandas DataFrame.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import functools
@@ -43,7 +44,7 @@ from threadpoolctl import threadpool_limits
 
 from melgenre import __version__, features
 from melgenre.errors import AudioDecodeError, MelgenreError
-from melgenre.predict import GenreModel, Prediction, auto_backend, expand_paths, load_model, package_card
+from melgenre.predict import GenreModel, Prediction, expand_paths, load_model, package_card, resolve_backend
 from melgenre.windows import file_windows
 from melgenre.utils import atomic_path, imap_bounded, worker_pool
 
@@ -533,8 +534,8 @@ def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | P
         if todo and card is not None and ray is None:
             genre_model = load_model(model, backend=backend, hop=hop, windows=windows)
             load_seconds = time.perf_counter() - t0
-        backend_name = genre_model.backend if genre_model.loaded else (auto_backend() if backend == "auto" else backend
-                                                                       or "torch")
+        # a package is never an .onnx file: its backend as load_model would resolve it
+        backend_name = genre_model.backend if genre_model.loaded else resolve_backend(model or "", backend)
         report = LibraryReport(out=out, model_id=genre_model.model_id, backend=backend_name, files=len(files),
                                skipped=len(files) - len(todo), predicted=0, failed=[], per_genre={}, seconds=0.0,
                                superseded=sum(f in previous for f in todo), load_seconds=load_seconds,
@@ -565,6 +566,30 @@ def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | P
     report.per_genre = dict(Counter(v for v in labels.values() if v is not None).most_common())
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def refresh_rows(out: str | Path, paths: Iterable[str]) -> None:
+    """Give the rows of ``paths`` in the SQLite results database ``out`` the files' size, mtime and SHA-256
+    now, after their tags (never their audio) were rewritten, so a rerun does not predict them again
+    (:func:`predict_library` redoes a file whose size or mtime differs from its row).
+
+    Raises
+    ------
+    MelgenreError
+        ``out`` is not a melgenre results database, or cannot be written.
+    OSError
+        A file cannot be read.
+    """
+    fresh = []
+    for path in paths:
+        st = os.stat(path)
+        fresh.append((st.st_size, st.st_mtime, hashlib.sha256(Path(path).read_bytes()).hexdigest(), path))
+    _SqliteSink(Path(out)).close()  # read-only: fails on anything but a melgenre results database
+    try:
+        with contextlib.closing(sqlite3.connect(out)) as db, db:
+            db.executemany("UPDATE results SET size = ?, mtime = ?, sha256 = ? WHERE path = ?", fresh)
+    except sqlite3.Error as exc:
+        raise MelgenreError(f"{out}: cannot write results ({exc})") from None
 
 
 def _unchanged(row: dict[str, Any] | None, st: os.stat_result | None, model_id: str) -> bool:
@@ -604,4 +629,4 @@ def _decoded(files: list[str], model: GenreModel, workers: int | None,
 
 
 __all__ = ["COLUMNS", "FORMATS", "SCHEMA", "SCHEMA_VERSION", "LibraryReport", "decode_file", "default_workers",
-           "make_row", "predict_library", "read_results"]
+           "make_row", "predict_library", "read_results", "refresh_rows"]

@@ -715,6 +715,16 @@ def auto_backend() -> str:
     return "onnx"
 
 
+def resolve_backend(path: str | Path, backend: str | None) -> str:
+    """The backend :func:`load_model` uses for ``path``: ``backend``, with None -> ``"onnx"`` for an
+    ``.onnx`` file else ``"torch"``, and ``"auto"`` -> ``"onnx"`` for an ``.onnx`` file else
+    :func:`auto_backend` (an unknown name is returned as given, for the caller to reject)."""
+    is_onnx = Path(path).suffix == ".onnx"
+    if backend == "auto":
+        return "onnx" if is_onnx else auto_backend()
+    return backend or ("onnx" if is_onnx else "torch")
+
+
 def default_model_path() -> Path:
     """Path of the default package's card (``melgenre/weights/default.json``); it may not exist."""
     return shipped_model_path("default")
@@ -785,9 +795,7 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
                                 "package .json or .onnx)")
     path = _resolve_shipped(path)
     is_onnx = path.suffix == ".onnx"
-    backend = backend or ("onnx" if is_onnx else "torch")
-    if backend == "auto":
-        backend = "onnx" if is_onnx else auto_backend()
+    backend = resolve_backend(path, backend)
     if backend not in BACKENDS:
         raise MelgenreError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if is_onnx:
