@@ -315,7 +315,7 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
     import io
 
     from melgenre import trust
-    from melgenre.evaluate import compute_metrics, wilson_interval
+    from melgenre.metrics import compute_metrics, wilson_interval
     from melgenre.predict import _load_torch, tempered
     from melgenre.utils import atomic_path
 
