@@ -16,7 +16,7 @@ from melgenre.cli import app
 from melgenre.config import config_from_dict
 from melgenre.errors import MelgenreError
 from melgenre.evaluate import wilson_interval
-from melgenre.predict import _softmax, export_onnx_file, forward_outputs, load_model, save_package, tempered
+from melgenre.predict import export_onnx_file, forward_outputs, load_model, save_package, softmax, tempered
 from melgenre.store import prepare
 from melgenre.train import cross_validate
 
@@ -47,13 +47,13 @@ def test_fit_temperature_recovers_a_known_temperature(true_t):
 
 def test_track_probabilities_average_the_windows_softmax_then_scale_the_mean():
     logits = np.array([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
-    mean0 = (_softmax(logits[:1]) + _softmax(logits[1:2]))[0] / 2
+    mean0 = (softmax(logits[:1]) + softmax(logits[1:2]))[0] / 2
     np.testing.assert_allclose(calibrate.track_probabilities(logits, np.array([0, 0, 1])), [mean0, [1 / 3] * 3], atol=1e-6)
     probs = calibrate.track_probabilities(logits, np.array([0, 0, 1]), temperature=0.5)
     expected0 = mean0 ** 2 / (mean0 ** 2).sum()  # softmax(log(mean) / 0.5)
     np.testing.assert_allclose(probs, [expected0, [1 / 3] * 3], atol=1e-6)
     # of one window, the same as dividing its logits by the temperature
-    np.testing.assert_allclose(tempered(_softmax(logits), 0.5), _softmax(logits / 0.5), atol=1e-6)
+    np.testing.assert_allclose(tempered(softmax(logits), 0.5), softmax(logits / 0.5), atol=1e-6)
 
 
 def test_temperature_never_changes_a_track_label():
@@ -63,7 +63,7 @@ def test_temperature_never_changes_a_track_label():
     index = np.array([0, 0])
     assert calibrate.track_probabilities(logits, index).argmax() == 2
     # ... sharpening each window before the mean would hand it to class 0
-    assert ((_softmax(logits / 0.3)).mean(0)).argmax() == 0
+    assert ((softmax(logits / 0.3)).mean(0)).argmax() == 0
     for t in (0.1, 0.3, 0.784, 2.0, 10.0):
         probs = calibrate.track_probabilities(logits, index, t)
         assert probs.argmax() == 2 and probs.sum() == pytest.approx(1.0)
@@ -252,14 +252,14 @@ def test_predictions_use_the_calibrated_probabilities(calibrated):
     clip = synth.synth_clip(1, 3, 4.0, SR, np.random.default_rng(5))
     images, _, _ = torch_model.clip_images(clip)
     logits = forward_outputs(raw._module, images)[0]
-    expected = _softmax(logits / np.float32(torch_model.temperature))
+    expected = softmax(logits / np.float32(torch_model.temperature))
     np.testing.assert_allclose(torch_model.predict_images(images), expected, atol=1e-5)
     np.testing.assert_allclose(onnx_model.predict_images(images), expected, atol=1e-4)
     p_torch, p_onnx = torch_model.predict(clip, sr=SR), onnx_model.predict(clip, sr=SR)
     np.testing.assert_allclose(p_torch.window_probabilities, p_onnx.window_probabilities, atol=1e-4)
     np.testing.assert_allclose(p_torch.window_probabilities, expected, atol=1e-5)
     # the track's probabilities: the mean of the raw windows, then the temperature; the label is raw's
-    track = tempered(_softmax(logits).mean(0, keepdims=True), torch_model.temperature)[0]
+    track = tempered(softmax(logits).mean(0, keepdims=True), torch_model.temperature)[0]
     np.testing.assert_allclose([p_torch.probabilities[c] for c in torch_model.classes], track, atol=1e-5)
     assert p_torch.label == raw.predict(clip, sr=SR).label == torch_model.classes[int(track.argmax())]
     assert p_torch.novelty == pytest.approx(p_onnx.novelty, rel=1e-4) and p_torch.flags == p_onnx.flags

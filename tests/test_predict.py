@@ -14,7 +14,7 @@ import soxr
 import torch
 from typer.testing import CliRunner
 
-from melgenre import predict, store, synth, windows
+from melgenre import package, predict, store, synth, windows
 from melgenre.cli import app
 from melgenre.config import config_from_dict
 from melgenre.errors import AudioDecodeError, MelgenreError
@@ -102,7 +102,7 @@ def test_embed_images_is_the_last_linear_layers_input(model):
     assert emb.shape == (len(images), fc.in_features) and emb.dtype == np.float32
     with torch.no_grad():
         logits = fc(torch.from_numpy(emb)).numpy()
-    np.testing.assert_allclose(predict._softmax(logits), model.predict_images(images), atol=1e-5)
+    np.testing.assert_allclose(predict.softmax(logits), model.predict_images(images), atol=1e-5)
     assert model.embed_images(images[:0]).shape == (0, fc.in_features)
 
 
@@ -209,7 +209,7 @@ def test_lazy_root_export_and_default_model(monkeypatch, tmp_path):
     from melgenre import load_model as root_load_model
 
     assert root_load_model is load_model
-    monkeypatch.setattr(predict, "DEFAULT_MODEL_DIR", tmp_path)
+    monkeypatch.setattr(package, "DEFAULT_MODEL_DIR", tmp_path)
     with pytest.raises(MelgenreError, match="no default model is installed; pass --model"):
         load_model()
 

@@ -14,6 +14,7 @@ import math
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -325,3 +326,19 @@ def frame_windows(y: np.ndarray, win: int, hop: int) -> np.ndarray:
     """Cut ``y`` into ``(n_windows, win)`` windows stepping by ``hop`` (a short clip is zero-padded)."""
     starts = window_starts(len(y), win, hop)
     return np.stack([fix_length(y[s:s + win], win) for s in starts])
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files to predict: files as given, and audio files under directories (recursive, sorted).
+
+    Directory scans keep files whose suffix is in :data:`AUDIO_EXTENSIONS` and
+    skip hidden names (such as temp files being written). Duplicates are dropped.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                          and f.suffix.lower() in AUDIO_EXTENSIONS)
+        else:
+            out.append(p)
+    return list(dict.fromkeys(out))

@@ -810,9 +810,9 @@ def bench_library(settings: BenchSettings, inputs: _Inputs, log: Callable[[str],
 
 def bench_trust(settings: BenchSettings, log: Callable[[str], None]) -> dict[str, Any]:
     """The default model's "not music" score: AUROC of its out-of-fold dev clips against the generated
-    non-music set (:func:`melgenre.trust.evaluate_package`; 6-s clips when quick, else 30 s)."""
+    non-music set (:func:`melgenre.calibrate.evaluate_package`; 6-s clips when quick, else 30 s)."""
     from melgenre.errors import MelgenreError
-    from melgenre.trust import evaluate_package
+    from melgenre.calibrate import evaluate_package
 
     try:
         result = evaluate_package(seconds=6.0 if settings.quick else 30.0)

@@ -46,9 +46,9 @@ def track_probabilities(window_logits: np.ndarray, track_index: np.ndarray, temp
 
     ``track_index`` ``(N,)`` gives each window's track as an integer in ``0 .. T-1``.
     """
-    from melgenre.predict import _softmax, tempered
+    from melgenre.inference import softmax, tempered
 
-    probs = _softmax(np.asarray(window_logits, dtype=np.float64)).astype(np.float64)
+    probs = softmax(np.asarray(window_logits, dtype=np.float64)).astype(np.float64)
     index = np.asarray(track_index, dtype=np.int64)
     n_tracks = int(index.max()) + 1 if len(index) else 0
     sums = np.zeros((n_tracks, probs.shape[1]))
@@ -70,7 +70,7 @@ def fit_temperature(window_logits: np.ndarray, track_index: np.ndarray, labels: 
     """
     from scipy.optimize import minimize_scalar
 
-    from melgenre.predict import tempered
+    from melgenre.inference import tempered
 
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
@@ -205,7 +205,7 @@ def oof_outputs(cv_json: str | Path, data: str | Path | None = None, hop: float 
         Prediction hop of the package (its card's ``predict_hop``): only the stored chunks that
         prediction would use are scored (see :func:`window_step`). Default: every chunk.
     """
-    from melgenre.predict import forward_outputs
+    from melgenre.inference import forward_outputs
     from melgenre.train import _load_run
 
     logits, embs, index, tracks, labels, fold, train_refs, train_labels = [], [], [], [], [], [], [], []
@@ -256,7 +256,7 @@ def _store_of(cv_json: Path, data: str | Path | None) -> Path:
 
 def _package_centres(module: Any, store_path: Path, hop: float | None, card: dict[str, Any]) -> tuple[np.ndarray, int]:
     """Class centres of the training tracks' mean embeddings under the package's own model, and the track count."""
-    from melgenre.predict import forward_outputs
+    from melgenre.inference import forward_outputs
     from melgenre.store import MelStore
     from melgenre.trust import class_centres
 
@@ -316,7 +316,8 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
 
     from melgenre import trust
     from melgenre.metrics import compute_metrics, wilson_interval
-    from melgenre.predict import _load_torch, tempered
+    from melgenre.inference import tempered
+    from melgenre.package import load_torch
     from melgenre.utils import atomic_path
 
     card_path = Path(package).with_suffix(".json")
@@ -326,7 +327,7 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
     false_flag_rate = trust.FALSE_FLAG_RATE if false_flag_rate is None else false_flag_rate
     if not 0 < false_flag_rate < 1:
         raise MelgenreError(f"false flag rate must be between 0 and 1, got {false_flag_rate}")
-    module, card = _load_torch(card_path)
+    module, card = load_torch(card_path)
     cv_json = Path(cv_json)
     oof = oof_outputs(cv_json, data, card.get("predict_hop"))
     if oof.classes != card["classes"]:
@@ -380,7 +381,7 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
         tmp.write_bytes(reference_bytes)
     with atomic_path(card_path) as tmp:
         tmp.write_text(json.dumps(new_card, indent=1) + "\n")
-    evaluation = trust.evaluate_package(card_path, music_novelty=music, seconds=nonmusic_seconds)
+    evaluation = evaluate_package(card_path, music_novelty=music, seconds=nonmusic_seconds)
     trust_card["evaluation"] = {k: v for k, v in evaluation.items() if k not in ("nonmusic", "model_id")}
     with atomic_path(card_path) as tmp:  # the card again, with the non-music figures
         tmp.write_text(json.dumps(new_card, indent=1) + "\n")
@@ -393,6 +394,50 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
         with atomic_path(report) as tmp:
             tmp.write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def evaluate_package(card_path: str | Path | None = None, music_novelty: np.ndarray | None = None,
+                     with_speech: bool | None = None, seconds: float = 30.0) -> dict[str, Any]:
+    """Music against generated non-music for a calibrated package (default: the shipped default model).
+
+    Every clip of :func:`melgenre.trust.nonmusic_clips` is predicted with the package; the AUROC of the novelty
+    score puts the out-of-fold dev clips (``music_novelty``, default: the package's stored ones)
+    against them. Returns the AUROC, the dev false-flag rate at the card's threshold, how many
+    non-music clips got "not_music" or any trust flag, and each clip's score, top probability and flags.
+    ``seconds``: length of the generated clips (the dev clips are 30 s).
+
+    Raises
+    ------
+    MelgenreError
+        The package has no stored reference (run ``melgenre calibrate`` on it first).
+    """
+    from melgenre import trust
+    from melgenre.inference import load_model
+    from melgenre.package import default_model_path
+
+    card_path = Path(card_path) if card_path is not None else default_model_path()
+    model = load_model(card_path)
+    reference = trust.load_reference(card_path.with_suffix(".json"), model.card)
+    if reference is None or model.trust_centres is None:
+        raise MelgenreError(f"{card_path}: no trust reference; run `melgenre calibrate` on the package first")
+    music = reference["music_novelty"] if music_novelty is None else np.asarray(music_novelty)
+    clips = trust.nonmusic_clips(sr=model.preset.sr, seconds=seconds, with_speech=with_speech)
+    scores = {}
+    for name, y in clips.items():
+        pred = model.predict(y, sr=model.preset.sr, name=name)
+        scores[name] = {"novelty": round(pred.novelty, 6), "top_probability": round(pred.top[0][1], 6),
+                        "flags": list(pred.flags)}
+    threshold = model.card["trust"]["not_music_above"]
+    return {
+        "model_id": model.model_id,
+        "auroc_music_vs_nonmusic": round(trust.auroc(np.array([s["novelty"] for s in scores.values()]), music), 6),
+        "false_flag_rate_dev": round(float(np.mean(music > threshold)), 6),
+        "n_music": len(music), "n_nonmusic": len(scores),
+        "nonmusic_not_music": sum("not_music" in s["flags"] for s in scores.values()),
+        "nonmusic_flagged": sum(bool({"not_music", "unsure"} & set(s["flags"])) for s in scores.values()),
+        "speech": any(name.startswith("speech") for name in scores), "seconds": seconds,
+        "nonmusic": scores,
+    }
 
 
 def reliability_diagram(before: np.ndarray, after: np.ndarray, labels: np.ndarray, out: str | Path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import threading
@@ -62,6 +63,16 @@ def run_checkpoint(run_dir: str | Path) -> Path:
 
 #: Seconds between a worker's checks that the process that started it is still alive.
 PARENT_CHECK_S = 0.5
+
+
+@functools.lru_cache(maxsize=1)
+def blas_controller() -> Any:
+    """NumPy's BLAS thread pool. The mel's matrix products are small: on more than one BLAS thread
+    they gain nothing, and the idle threads keep spinning against the model's own thread pool
+    (about 1.5x the latency of a whole prediction on 2 cores)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _start_time(pid: int) -> str | None:
