@@ -361,9 +361,9 @@ def test_tag_prior_recipe_trains_packages_and_exports(emb_store, corpus, tmp_pat
 
 
 def test_own_default_model_from_a_gtzan_tree_end_to_end(tmp_path):
-    """README's recipe for a default model of one's own, through the CLI, on synthetic clips named as
-    GTZAN tracks of each fault-filtered part: embed with augmentation, artist-disjoint cv with a final
-    retrain, export with the estimate, calibrate, predict, score (training clips left out)."""
+    """The recipe for a default model of one's own (docs/reproduce.md), through the CLI, on synthetic
+    clips named as GTZAN tracks of each fault-filtered part: embed with augmentation, artist-disjoint cv
+    with a final retrain, export with the estimate, calibrate, predict, score (training clips left out)."""
     from melgenre.data import gtzan_fault_filtered
 
     genres = ["blues", "classical", "rock"]

@@ -1,6 +1,6 @@
 """Leave-one-out precision@k of same-genre neighbours in a `melgenre index` of GTZAN clips.
 
-Usage (the figures in docs/results.md)::
+Usage (the figures in docs/results/similar.md)::
 
     PYTHONPATH=src python3 tools/similar_precision.py /work/shared/data/gtzan-dev \
         --index /tmp/gtzan-dev-library.h5 --out docs/similar-precision.json

@@ -1,4 +1,4 @@
-"""Segment boundary error of the genre timeline on joined real clips (the figure in docs/results.md).
+"""Segment boundary error of the genre timeline on joined real clips (the figure in docs/results/timeline.md).
 
 Joins PAIRS pairs of 30-s clips of two different genres (drawn with a fixed seed from a GTZAN
 layout <root>/<genre>/<file>), predicts each joined file with a model and reports how many give
