@@ -3,8 +3,8 @@
 A model's softmax is often over- or under-confident. Temperature scaling divides log-probabilities
 by one number ``T`` before the softmax (``T > 1`` softens, ``T < 1`` sharpens). melgenre shows
 **track-level** probabilities, the mean of the windows' softmax outputs, so ``T`` is applied to the
-log of that mean (:func:`melgenre.predict.tempered`; a window's own probabilities are its logits
-divided by ``T``, as :meth:`melgenre.predict.GenreModel.predict_images` gives them). Scaling the
+log of that mean (:func:`melgenre.inference.tempered`; a window's own probabilities are its logits
+divided by ``T``, as :meth:`melgenre.inference.GenreModel.predict_images` gives them). Scaling the
 track's mean, not each window before the mean, keeps every track's ranking, so a calibrated model
 gives exactly the labels of the uncalibrated one. ``T`` is fitted to minimise the negative
 log-likelihood of the track probabilities (:func:`fit_temperature`).
@@ -42,7 +42,7 @@ T_RANGE = (0.05, 20.0)
 
 def track_probabilities(window_logits: np.ndarray, track_index: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Track probabilities ``(T, C)``: the mean over each track's windows of ``softmax(logits)``,
-    scaled by ``temperature`` (:func:`melgenre.predict.tempered`), as a calibrated model predicts.
+    scaled by ``temperature`` (:func:`melgenre.inference.tempered`), as a calibrated model predicts.
 
     ``track_index`` ``(N,)`` gives each window's track as an integer in ``0 .. T-1``.
     """

@@ -15,7 +15,7 @@ genre tags, and makes a model package of the shipped default's recipe on *your* 
    epochs) with whole artists held out when the files carry artist tags (or a grouping file is
    given); otherwise each track is its own group and the estimate says it is optimistic.
 4. **Package.** The final retrain on every track, packaged with the estimate
-   (:func:`melgenre.predict.save_package`), the tagger's zero-shot prior for genres named like
+   (:func:`melgenre.package.save_package`), the tagger's zero-shot prior for genres named like
    one of its tags, and calibration (:func:`melgenre.calibrate.calibrate_package` on the
    out-of-fold predictions: temperature, "unsure" and "not music" thresholds).
 

@@ -325,9 +325,11 @@ def decode_file(path: str, preset_json: str, most: int | None = None) -> dict[st
     try:
         st = os.stat(path)
         out.update(size=st.st_size, mtime=st.st_mtime)
-        data = Path(path).read_bytes()
-        out["sha256"] = hashlib.sha256(data).hexdigest()
-        out["windows"] = file_windows(data, preset, most, name=path)
+        out["sha256"] = _sha256(path)
+        # Decoded from the path, not from the bytes just hashed: libsndfile then reads the file itself,
+        # where from bytes every read and seek is a Python callback (a third of the time of 5 windows of a
+        # 3-minute MP3, measured). A file rewritten in between has another size or mtime on the next run.
+        out["windows"] = file_windows(path, preset, most, name=path)
     except AudioDecodeError as exc:
         out["error"] = exc.reason
     except OSError as exc:
@@ -335,6 +337,12 @@ def decode_file(path: str, preset_json: str, most: int | None = None) -> dict[st
     except Exception as exc:  # noqa: BLE001  (one file's failure is its row's error; the run goes on)
         out["error"] = str(exc) if isinstance(exc, MelgenreError) else f"{type(exc).__name__}: {exc}"
     return out
+
+
+def _sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (read in blocks, never whole into memory)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class _Batcher:
@@ -420,7 +428,7 @@ def _ray_rows(files: list[str], model_source: str | Path | None, backend: str | 
         key = str(path)
         st = stats.get(key)
         try:
-            sha = hashlib.sha256(Path(key).read_bytes()).hexdigest()
+            sha = _sha256(key)
         except OSError:
             sha = None
         yield [make_row(key, st.st_size if st else None, st.st_mtime if st else None, sha, model_id, pred, error)]
@@ -472,17 +480,17 @@ def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | P
     Parameters
     ----------
     paths : iterable of path
-        Files and folders (searched recursively, see :func:`melgenre.predict.expand_paths`).
+        Files and folders (searched recursively, see :func:`melgenre.audio.expand_paths`).
     out : path
         ``.sqlite`` (also ``.sqlite3``, ``.db``), ``.csv`` or ``.jsonl``; created, or resumed.
     model : path, optional
-        For :func:`melgenre.predict.load_model` (default: the installed default model).
+        For :func:`melgenre.inference.load_model` (default: the installed default model).
     backend : {"auto", "onnx", "torch"}
         Inference backend; ``"auto"``: ONNX Runtime when installed, else torch.
     hop : float, optional
-        Seconds between prediction windows (see :func:`melgenre.predict.load_model`).
+        Seconds between prediction windows (see :func:`melgenre.inference.load_model`).
     windows : int or "all", optional
-        The most windows scored per file, spread over it (see :func:`melgenre.predict.load_model`;
+        The most windows scored per file, spread over it (see :func:`melgenre.inference.load_model`;
         default: the model's). A rerun with another hop or number of windows redoes every file.
     workers : int, optional
         Decoding processes (default: :func:`default_workers`); 0 decodes in this process.
@@ -583,7 +591,7 @@ def refresh_rows(out: str | Path, paths: Iterable[str]) -> None:
     fresh = []
     for path in paths:
         st = os.stat(path)
-        fresh.append((st.st_size, st.st_mtime, hashlib.sha256(Path(path).read_bytes()).hexdigest(), path))
+        fresh.append((st.st_size, st.st_mtime, _sha256(path), path))
     _SqliteSink(Path(out)).close()  # read-only: fails on anything but a melgenre results database
     try:
         with contextlib.closing(sqlite3.connect(out)) as db, db:

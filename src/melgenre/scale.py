@@ -10,7 +10,7 @@ Both give exactly what the local commands give:
   same way (finished parts are reused), and a local run can resume a Ray run and vice versa.
 * :func:`predict_ray` starts one actor per CPU (at most one per file), each loading the model
   once, maps the files over them in order and returns the same ``(path, prediction, error)``
-  triples as :func:`melgenre.predict.predict_paths`, so the CSV/JSON/table output is the same.
+  triples as :func:`melgenre.inference.predict_paths`, so the CSV/JSON/table output is the same.
 
 What a cluster needs: melgenre installed (same version) on every node, and the audio files (and
 for ``predict`` the model file) readable at the same absolute path on every node, e.g. on a
@@ -203,7 +203,7 @@ class _Predictor:
         self.model = load_model(model, backend=backend, hop=hop, windows=windows)
 
     def predict(self, path: str, name: str, top_k: int) -> tuple[Any, str | None]:
-        """``(prediction, None)`` or ``(None, reason)``, exactly as :func:`melgenre.predict.predict_paths`."""
+        """``(prediction, None)`` or ``(None, reason)``, exactly as :func:`melgenre.inference.predict_paths`."""
         try:
             return self.model.predict(path, top_k=top_k, name=name), None
         except AudioDecodeError as exc:
@@ -218,14 +218,14 @@ def predict_ray(paths: Iterable[str | Path], model: str | Path | None = None, ba
                 top_k: int = 3, address: str | None = None, actors: int | None = None,
                 threads: int | None = None, hop: float | None = None,
                 windows: int | str | None = None) -> Iterator[tuple[Path, Any, str | None]]:
-    """:func:`melgenre.predict.predict_paths` on Ray actors (one model per actor), in input order.
+    """:func:`melgenre.inference.predict_paths` on Ray actors (one model per actor), in input order.
 
     Parameters
     ----------
     paths : iterable of path
-        Files and directories (expanded with :func:`melgenre.predict.expand_paths`).
+        Files and directories (expanded with :func:`melgenre.audio.expand_paths`).
     model : path, optional
-        Model for :func:`melgenre.predict.load_model` (default: the installed default model);
+        Model for :func:`melgenre.inference.load_model` (default: the installed default model);
         it must be readable at the same absolute path on every node.
     backend : {"torch", "onnx"}, optional
         Inference backend.
@@ -238,9 +238,9 @@ def predict_ray(paths: Iterable[str | Path], model: str | Path | None = None, ba
     threads : int, optional
         Torch/ONNX threads per actor (default: Ray's, 1 per actor CPU).
     hop : float, optional
-        Seconds between prediction windows (see :func:`melgenre.predict.load_model`).
+        Seconds between prediction windows (see :func:`melgenre.inference.load_model`).
     windows : int or "all", optional
-        The most windows a prediction scores (see :func:`melgenre.predict.load_model`).
+        The most windows a prediction scores (see :func:`melgenre.inference.load_model`).
 
     Yields
     ------

@@ -65,7 +65,7 @@ def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None
     out_dir : path
         Folder for the outputs (created).
     model : path, optional
-        For :func:`melgenre.predict.load_model` (default: the installed default model).
+        For :func:`melgenre.inference.load_model` (default: the installed default model).
     backend, workers, progress
         As for :func:`melgenre.library.predict_library`.
     include_training : bool

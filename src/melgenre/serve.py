@@ -1,6 +1,6 @@
 """HTTP service: upload an audio file, get its genre (JSON API plus a one-page web UI).
 
-``create_app`` builds a FastAPI application around one :class:`~melgenre.predict.GenreModel`
+``create_app`` builds a FastAPI application around one :class:`~melgenre.inference.GenreModel`
 that is loaded once and shared by all requests:
 
 ``POST /predict``  multipart field ``file`` -> label, top-k, all class probabilities, per-window
@@ -261,7 +261,7 @@ def spectrogram_png(y, preset, title: str = "") -> bytes:
 
 
 def prediction_json(pred, filename: str) -> dict[str, Any]:
-    """The ``POST /predict`` response body for a :class:`~melgenre.predict.Prediction`."""
+    """The ``POST /predict`` response body for a :class:`~melgenre.inference.Prediction`."""
     windows = pred.window_probabilities
     return {
         "filename": filename,

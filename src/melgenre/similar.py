@@ -1,7 +1,7 @@
 """Similar tracks: a library index of one embedding per track, and nearest-neighbour search.
 
 A track's embedding is the mean, over the model's prediction windows, of
-:meth:`melgenre.predict.GenreModel.embed_images` (the input of the model's last linear layer;
+:meth:`melgenre.inference.GenreModel.embed_images` (the input of the model's last linear layer;
 for the shipped musicnn default, its pooled musicnn embedding after the head's fixed
 standardisation), L2-normalised, so the dot product of two embeddings is their cosine similarity.
 
@@ -223,7 +223,7 @@ def build_index(paths: str | Path | Iterable[str | Path], out: str | Path, model
         The index ``.h5`` file; an existing one is updated.
     model : path or name, optional
         The model whose penultimate features are the embeddings (see
-        :func:`melgenre.predict.load_model`). Default: the model an existing ``out`` was built
+        :func:`melgenre.inference.load_model`). Default: the model an existing ``out`` was built
         with, else the shipped default model. An existing index made with another model is refused.
     workers : int, optional
         Worker processes (default: all CPU cores; 1 embeds in this process).

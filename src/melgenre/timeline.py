@@ -1,6 +1,6 @@
 """Genre timeline of a clip: smoothed per-window probabilities and the segments they give.
 
-A :class:`~melgenre.predict.Prediction` holds the probabilities of every window; this module turns
+A :class:`~melgenre.inference.Prediction` holds the probabilities of every window; this module turns
 them into "where in the song the genre changes":
 
 1. **Smoothing** (:func:`smooth`): a centred moving average over :data:`SMOOTH_WINDOWS` (3)
@@ -146,7 +146,7 @@ def describe(segs: Sequence[Segment]) -> str:
 
 
 def timeline_figure(pred, segs: Sequence[Segment] | None = None, title: str = ""):
-    """A matplotlib figure of a :class:`~melgenre.predict.Prediction`'s timeline: the smoothed
+    """A matplotlib figure of a :class:`~melgenre.inference.Prediction`'s timeline: the smoothed
     probability of every genre over time as a stacked area (x = window centres), the segments as
     labelled spans and their boundaries as vertical lines. Needs at least one window."""
     import matplotlib

@@ -447,7 +447,7 @@ def out_of_fold(cv_dirs: list[str | Path], groups: bool = False,
 
 
 def _learnable(summaries: list[dict[str, Any]], classes: list[str], y: np.ndarray) -> list[str] | None:
-    """:func:`melgenre.evaluate.learnable_classes` of aligned CVs scoring labels ``y``."""
+    """:func:`melgenre.metrics.learnable_classes` of aligned CVs scoring labels ``y``."""
     from melgenre.evaluate import learnable_classes
 
     return learnable_classes(classes, np.bincount(y, minlength=len(classes)), summaries[0].get("untrained_classes") or [])
@@ -488,9 +488,9 @@ def fuse_cv(cv_dirs: list[str | Path], groups: bool = False, fixed_epochs: bool 
 def compare_cv(cv_a: str | Path, cv_b: str | Path, groups: bool = False, fixed_epochs: bool = False) -> dict[str, Any]:
     """Paired comparison of two cross-validated recipes on the same out-of-fold tracks.
 
-    Both recipes' predictions of each track are resampled together (:func:`melgenre.evaluate.paired_bootstrap`),
+    Both recipes' predictions of each track are resampled together (:func:`melgenre.metrics.paired_bootstrap`),
     so the interval of a difference is much narrower than the two recipes' own intervals side
-    by side. Returns the protocol, the recipe names and :func:`~melgenre.evaluate.paired_bootstrap`'s
+    by side. Returns the protocol, the recipe names and :func:`~melgenre.metrics.paired_bootstrap`'s
     result (differences are A - B).
     """
     from melgenre.evaluate import paired_bootstrap
@@ -567,7 +567,7 @@ def cross_validate(cfg: ExperimentConfig, folds: int | None = None, runs_dir: st
     on, so the pooled figures estimate the recipe without optimism), the final retrain trains as
     many (``final-last`` / ``final-groups-last``) and results go to ``cv-last.json`` /
     ``cv-groups-last.json``. Both modes report the folds' track-level predictions pooled
-    (``pooled``, see :func:`melgenre.evaluate.pooled_metrics`). The result's ``protocol`` says
+    (``pooled``, see :func:`melgenre.metrics.pooled_metrics`). The result's ``protocol`` says
     in words which folds were used. ``final_retrain=False`` stops after the folds (an estimate
     only: no final model, no test result).
     """

@@ -26,12 +26,12 @@ Sections (see ``docs/benchmarks.md`` for what each figure means):
     peak RSS of a ``prepare`` subprocess (and of its workers) at N and 4N tracks.
 ``library``
     files/s over the same N 30-s files for every shipped model: the per-file path
-    (:func:`melgenre.predict.predict_paths`, torch and ONNX Runtime) against the library job
+    (:func:`melgenre.inference.predict_paths`, torch and ONNX Runtime) against the library job
     (:func:`melgenre.library.predict_library`: decoding workers, batches across files).
 ``songs``
     the default model's library job on full-length MP3 songs made from the clips, scoring every
     window against the default sample of windows: songs/s, peak RSS, label agreement
-    (:mod:`melgenre.songs`).
+    (:mod:`melgenre.bench.songs`).
 
 The sections live in :mod:`~melgenre.bench.preprocessing` (preprocessing, features),
 :mod:`~melgenre.bench.training`, :mod:`~melgenre.bench.inference` (inference, library, trust) and
@@ -78,7 +78,7 @@ from melgenre.bench.preprocessing import (
 from melgenre.bench.report import results_markdown, write_results
 from melgenre.bench.settings import SECTIONS, BenchSettings
 from melgenre.bench.training import bench_training, training_configs
-from melgenre.songs import bench_songs
+from melgenre.bench.songs import bench_songs
 
 
 def run_bench(out: str | Path = "bench", settings: BenchSettings | None = None,

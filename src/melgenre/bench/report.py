@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from melgenre.songs import songs_markdown
+from melgenre.bench.songs import songs_markdown
 
 
 def write_results(results: dict[str, Any], out: str | Path) -> None:

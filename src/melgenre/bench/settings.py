@@ -42,7 +42,7 @@ class BenchSettings:
     memory_sizes: tuple[int, ...] = (250, 1000)  # prepare subprocess at these track counts
     memory_preset: str | None = None  # default: the last of ``presets``
     library_files: int = 200  # files of the library section (the same files for every path)
-    songs: int = 40  # full-length MP3 songs of the songs section (melgenre.songs)
+    songs: int = 40  # full-length MP3 songs of the songs section (melgenre.bench.songs)
     song_clips: int = 6  # clips joined into one song (30-s clips: 3-minute songs)
     songs_dir: Path | None = None  # keep the songs here and reuse them (default: made anew in a temp folder)
     songs_model: str | None = None  # the songs section's model (default: the default model)

@@ -60,7 +60,7 @@ def say_group_intervals(metrics: dict) -> None:
 
 
 def pooled_summary(pooled: dict) -> str:
-    """One line of pooled CV metrics with their bootstrap intervals (``melgenre.evaluate.pooled_metrics``)."""
+    """One line of pooled CV metrics with their bootstrap intervals (``melgenre.metrics.pooled_metrics``)."""
     from melgenre.evaluate import with_interval
 
     ci = pooled["intervals"]

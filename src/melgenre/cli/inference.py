@@ -199,7 +199,7 @@ def explain(
 
 
 def _say_flags(flags) -> None:
-    """Each distinct prediction flag (``melgenre.predict.FLAGS``), in words, one line each."""
+    """Each distinct prediction flag (``melgenre.inference.FLAGS``), in words, one line each."""
     from melgenre.predict import FLAGS
 
     for flag in dict.fromkeys(flags):

@@ -86,7 +86,7 @@ def make_songs(clips: dict[str, list[Path]], out: Path, n_songs: int, clips_per_
 
 def _library_job(files: list[str], db: str, model: str | None, windows: str | None) -> dict[str, Any]:
     """One library job in a fresh process: its report and the process's peak RSS (MB)."""
-    from melgenre.bench import peak_rss_mb
+    from melgenre.bench.memory import peak_rss_mb
     from melgenre.library import predict_library, result_rows
 
     report = predict_library(files, db, model=model, windows=windows, progress=False)
