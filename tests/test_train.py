@@ -89,6 +89,18 @@ def test_budgeted_epochs_limit_batches_and_validate_every_nth(synth_store, tmp_p
         config_from_dict({**TINY, "train": {"val_every": 0}})
 
 
+def test_no_validation_split_with_val_every_still_writes_the_checkpoint(synth_store, tmp_path):
+    """A run without a validation split and train.val_every > 1 (a final retrain on train+val) keeps its
+    last epoch's weights: last.ckpt is written and the run can be evaluated and exported."""
+    cfg = config_from_dict({**TINY, "name": "noval", "data": {"batch_size": 8, "fractions": [0.8, 0, 0.2]},
+                            "train": {"max_epochs": 3, "limit_train_batches": 1, "val_every": 2}})
+    run = fit(cfg, tmp_path, data=synth_store, progress=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 2 and any(k.startswith("model.") for k in ckpt["state_dict"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and metrics["results"]["test"]["track"]["n"] == 8
+
+
 @pytest.mark.slow  # ~25-45 s: a killed training and its resume; CI runs it (`pytest -m slow`)
 def test_resume_after_kill_restarts_from_last_ckpt(synth_store, tmp_path, monkeypatch):
     cfg = {**TINY, "name": "killed", "train": {"max_epochs": 6, "patience": 50}}

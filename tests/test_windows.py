@@ -14,7 +14,8 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from melgenre import audio, features, library, songs, synth, windows
+from melgenre import audio, features, library, synth, windows
+from melgenre.bench import songs
 from melgenre.cli import app
 from melgenre.errors import AudioDecodeError, MelgenreError
 from melgenre.features import Preset

@@ -329,7 +329,10 @@ def fit(cfg: ExperimentConfig, runs_dir: str | Path = "runs", data: str | Path |
     has_val = len(dm.rows_for("val")) > 0
     # last.ckpt every epoch (the resume point): Lightning >= 2.2's save_last only writes it when a
     # top-k checkpoint was saved in the same epoch, i.e. only when the monitor improved.
-    last_ckpt = AtomicCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False)
+    # Without a validation split it is written at the end of each training epoch: by default Lightning writes
+    # it after validation when validation runs only every train.val_every > 1 epochs, i.e. never here.
+    last_ckpt = AtomicCheckpoint(dirpath=ckpt_dir, filename="last", enable_version_counter=False,
+                                 save_on_train_epoch_end=True if not has_val else None)
     if has_val and not keep_last:
         best = AtomicCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
                                 enable_version_counter=False)
