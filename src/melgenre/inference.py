@@ -511,7 +511,7 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
         Seconds between the starts of prediction windows, for chunked presets (default: the
         preset's ``chunk_hop_seconds``). The chunk length (``fast``: 3 s) gives back-to-back
         windows: about half the compute of the default 1.5 s, for a small loss of accuracy
-        (see docs/results.md).
+        (see docs/results/melcnn.md).
     windows : int or "all", optional
         The most windows one prediction scores, spread evenly over a longer recording, of which
         only those stretches are decoded (:mod:`melgenre.windows`); ``"all"`` scores every

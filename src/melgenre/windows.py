@@ -13,7 +13,7 @@ every window is scored.
 
 The sampled windows are a subset of the full grid of :func:`window_images`: the same starts and,
 up to float rounding, the same images (tested), so a sample can only differ from the full
-prediction by which windows it leaves out. docs/benchmarks.md gives the label agreement with
+prediction by which windows it leaves out. docs/benchmarks/songs.md gives the label agreement with
 every-window prediction on full-length songs and the speed.
 """
 
@@ -231,7 +231,7 @@ def close_call(probabilities: np.ndarray, windows: Windows, margin: float | None
     and the two most probable genres of ``probabilities`` (the sample's track-level probabilities,
     as shown) are within ``margin`` (default :data:`RECHECK_MARGIN`).
 
-    Measured on 40 full-length songs of dev clips (docs/benchmarks.md): the two songs whose
+    Measured on 40 full-length songs of dev clips (docs/benchmarks/songs.md): the two songs whose
     five-window label differed from every window's had margins of 0.01 and 0.12."""
     if not windows.sampled or len(probabilities) < 2:
         return False
