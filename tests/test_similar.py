@@ -133,6 +133,60 @@ def test_rerun_is_incremental(library, tiny_card, tmp_path):
     assert len(Index(out)) == 8
 
 
+def test_long_tracks_are_embedded_from_the_windows_a_prediction_scores(library, tiny_card, tmp_path):
+    """A track longer than the model's windows is embedded from the sample predict scores first (read
+    only there), not from every window. A rerun keeps the index's own windows (every window for an
+    index from before sampling); other windows embed every track again, also those from other folders."""
+    import soundfile as sf
+
+    from melgenre.predict import load_model, save_package
+
+    sampled_card = save_package(tiny_card, tmp_path / "four" / "tiny4", windows=4)
+    model, every = load_model(sampled_card), load_model(sampled_card, windows="all")
+    parts = [sf.read(f, dtype="float32") for f in sorted(library.rglob("class*.wav"))]
+    song = library / "song.wav"
+    sf.write(song, np.concatenate([y for y, _ in parts]), parts[0][1])  # 21 s: 12 windows of the fast preset
+    w = model.windows_of(song)[0]
+    assert w.sampled and len(w.starts) == 4 and w.total == 12
+
+    out = tmp_path / "library.h5"
+    report = build_index(library, out, model=sampled_card, workers=1)
+    index = Index(out)
+    assert report.n_tracks == 8 and index.attrs["windows"] == "4"
+    stored = index.embeddings_at([index.row(song)])[0]
+    np.testing.assert_allclose(stored, similar._normalise(model.embed_images(w.images).mean(axis=0)), atol=1e-5)
+    whole = similar._normalise(every.embed_images(every.windows_of(song)[0].images).mean(axis=0))
+    assert not np.allclose(stored, whole, atol=1e-3)  # the sample, not every window
+    np.testing.assert_allclose(similar.embed_file(model, song)[0], stored, atol=1e-5)
+    assert similar.embed_file(model, song)[1] == pytest.approx(21.0)
+    short = library / "class00" / "class00.00000.wav"  # a 3.5-s clip: every window, as before
+    np.testing.assert_allclose(index.embeddings_at([index.row(short)])[0], similar.embed_file(every, short)[0],
+                               atol=1e-5)
+
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    shutil.copy2(song, extra / "other.wav")
+    assert Index(out).add([extra]).added == [str((extra / "other.wav").resolve())]
+    with h5py.File(out, "a") as f:  # as an index written before sampling: every window, no attribute
+        del f.attrs["windows"]
+        f["embeddings"][:] = whole
+    assert build_index(library, out, model=sampled_card, workers=1).up_to_date  # its own windows: all
+    assert Index(out).model().windows is None  # and queries are embedded the same way
+    again = build_index(library, out, model=sampled_card, workers=1, windows=4)
+    assert not again.up_to_date and again.computed == 9 and again.n_tracks == 9 and again.unchanged == 0
+    index = Index(out)
+    assert index.attrs["windows"] == "4"
+    for path in (song, extra / "other.wav"):
+        np.testing.assert_allclose(index.embeddings_at([index.row(path)])[0], stored, atol=1e-5)
+    assert build_index(library, out, model=sampled_card, workers=1).up_to_date
+    assert Index(out).model().windows == 4
+    result = runner.invoke(app, ["index", str(library), "--out", str(out), "--model", str(sampled_card),
+                                 "--windows", "all", "--workers", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert Index(out).attrs["windows"] == "all" and "re-embedded" in result.output
+    np.testing.assert_allclose(Index(out).embeddings_at([Index(out).row(song)])[0], whole, atol=1e-5)
+
+
 def test_resume_after_interruption(library, tiny_card, tmp_path, monkeypatch):
     out = tmp_path / "library.h5"
     real, calls = similar.embed_file, []

@@ -1,7 +1,8 @@
 """Similar tracks: a library index of one embedding per track, and nearest-neighbour search.
 
-A track's embedding is the mean, over the model's prediction windows, of
-:meth:`melgenre.inference.GenreModel.embed_images` (the input of the model's last linear layer;
+A track's embedding is the mean, over the windows a prediction scores (at most the model's
+``windows``, spread over a long recording, and only those stretches decoded: :mod:`melgenre.windows`),
+of :meth:`melgenre.inference.GenreModel.embed_images` (the input of the model's last linear layer;
 for the shipped musicnn default, its pooled musicnn embedding after the head's fixed
 standardisation), L2-normalised, so the dot product of two embeddings is their cosine similarity.
 
@@ -13,6 +14,7 @@ Layout of an index file (``format_version`` 1, HDF5)::
     mtime_ns    (N,)   int64     modification time    } changed files
     duration    (N,)   float64   seconds
     attrs       format_version, model_id, model (what to load it with), dim, melgenre_version,
+                windows (the most windows a track's embedding averages, or "all"; absent: "all"),
                 root (common folder of the paths), content_id (new on every write),
                 skipped (JSON list of {path, reason, size, mtime_ns})
 
@@ -112,20 +114,36 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
-def embed_samples(model, y: np.ndarray, name: str = "<array>") -> np.ndarray:
-    """The track embedding ``(D,)`` of mono samples at ``model.preset.sr``: the L2-normalised mean
-    of the windows' penultimate features. Raises :class:`MelgenreError` when it is all zeros."""
-    images = model.clip_images(y)[0]
+def _track_embedding(model, images: np.ndarray, name: str) -> np.ndarray:
     mean = model.embed_images(images).mean(axis=0)
     if not np.any(mean) or not np.all(np.isfinite(mean)):
         raise MelgenreError(f"{name}: no usable embedding (all zero or not finite)")
     return _normalise(mean)
 
 
+def embed_samples(model, y: np.ndarray, name: str = "<array>") -> np.ndarray:
+    """The track embedding ``(D,)`` of mono samples at ``model.preset.sr``: the L2-normalised mean
+    of the penultimate features of the windows :meth:`~melgenre.inference.GenreModel.predict` scores
+    first (at most ``model.windows``, spread over a longer recording). Raises :class:`MelgenreError`
+    when it is all zeros."""
+    return _track_embedding(model, model.windows_of(y, sr=model.preset.sr, name=name)[0].images, name)
+
+
 def embed_file(model, path: str | Path, name: str | None = None) -> tuple[np.ndarray, float]:
-    """``(embedding (D,), duration in seconds)`` of an audio file (see :func:`embed_samples`)."""
-    clip = audio.load(path, sr=model.preset.sr, name=name or str(path))
-    return embed_samples(model, clip.samples, name or str(path)), clip.duration
+    """``(embedding (D,), duration in seconds)`` of an audio file (see :func:`embed_samples`); a long
+    file is read only where its windows are."""
+    label = name or str(path)
+    w, _ = model.windows_of(path, name=label)
+    return _track_embedding(model, w.images, label), w.duration
+
+
+def windows_attr(model) -> str:
+    """How an index records the most windows a track's embedding averages: ``"all"`` or a number."""
+    return "all" if model.windows is None else str(model.windows)
+
+
+def _windows_of_index(index: Index) -> str:
+    return str(index.attrs.get("windows", "all"))  # an index from before sampling averaged every window
 
 
 def _model_spec(model: str | Path | None) -> str:
@@ -139,16 +157,19 @@ def _model_spec(model: str | Path | None) -> str:
 _MODELS: dict[str, Any] = {}  # per process: workers load each model once
 
 
-def _worker_model(spec: str):
-    if spec not in _MODELS:
+def _worker_model(spec: str, windows: str = ""):
+    """The model ``spec`` (loaded once per process) scoring at most ``windows`` ("all", a number, or ""
+    for its card's default)."""
+    key = f"{spec}\0{windows}"
+    if key not in _MODELS:
         from melgenre.predict import load_model
 
         if multiprocessing.parent_process() is not None:  # a pool worker: one core each
             import torch
 
             torch.set_num_threads(1)
-        _MODELS[spec] = load_model(None if spec == "default" else spec, backend="torch")
-    return _MODELS[spec]
+        _MODELS[key] = load_model(None if spec == "default" else spec, backend="torch", windows=windows or None)
+    return _MODELS[key]
 
 
 @dataclass
@@ -158,11 +179,12 @@ class _EmbedJob:
     model: str  # spec for _worker_model
     size: int
     mtime_ns: int
+    windows: str = ""  # for _worker_model
 
 
 def _embed_job(job: _EmbedJob) -> dict[str, Any]:
     """Embed one file and write its part file. Runs in a worker (or a Ray task)."""
-    model = _worker_model(job.model)  # a model that fails to load fails the run, not the file
+    model = _worker_model(job.model, job.windows)  # a model that fails to load fails the run, not the file
     info: dict[str, Any] = {"error": "", "duration": 0.0}
     embedding = np.zeros(0, dtype=np.float32)
     try:
@@ -194,14 +216,12 @@ def _part_name(path: str, size: int, mtime_ns: int) -> str:
 
 def _scan(paths: Iterable[str | Path]) -> tuple[dict[str, tuple[int, int]], list[Path]]:
     """Audio files under ``paths`` as ``{absolute path: (size, mtime_ns)}``, and the folders given."""
-    from melgenre.predict import expand_paths
-
     paths = [Path(p) for p in paths]
     for p in paths:
         if not p.exists():
             raise MelgenreError(f"{p}: no such file or directory")
     found = {}
-    for f in expand_paths(paths):
+    for f in audio.expand_paths(paths):
         st = f.stat()
         found[str(f.resolve())] = (st.st_size, st.st_mtime_ns)
     return found, [p.resolve() for p in paths if p.is_dir()]
@@ -212,7 +232,8 @@ def _under(path: str, folders: list[Path]) -> bool:
 
 
 def build_index(paths: str | Path | Iterable[str | Path], out: str | Path, model: str | Path | None = None,
-                workers: int | None = None, progress: bool = False, ray: str | None = None) -> IndexReport:
+                workers: int | None = None, progress: bool = False, ray: str | None = None,
+                windows: int | str | None = None) -> IndexReport:
     """Create or update a library index (incremental, resumable, atomic; see the module docstring).
 
     Parameters
@@ -232,6 +253,12 @@ def build_index(paths: str | Path | Iterable[str | Path], out: str | Path, model
     ray : str, optional
         Embed as Ray tasks: ``""`` starts/attaches a local Ray, else a cluster address (see
         :mod:`melgenre.scale`). The files must be readable at the same path on every node.
+    windows : int or "all", optional
+        The most windows a track's embedding averages, spread over a longer track (only those
+        stretches are decoded); ``"all"``: every window. Default: what an existing ``out`` was built
+        with (``"all"`` for an index from before sampling), else the model's ``windows``
+        (:func:`melgenre.inference.load_model`). Other windows than an existing index's embed every
+        track again.
 
     Returns
     -------
@@ -248,22 +275,33 @@ def build_index(paths: str | Path | Iterable[str | Path], out: str | Path, model
         raise MelgenreError(f"{out}: is a directory; --out takes the path of the .h5 index to write")
     old = Index(out) if out.exists() else None
     spec = str(old.attrs.get("model", "default")) if model is None and old is not None else _model_spec(model)
-    genre_model = _worker_model(spec)  # validates the model here, before any worker starts
+    if windows is None and old is not None:
+        windows = _windows_of_index(old)
+    setting = "" if windows is None else str(windows)
+    genre_model = _worker_model(spec, setting)  # validates the model here, before any worker starts
     if old is not None and old.model_id != genre_model.model_id:
         raise MelgenreError(f"{out}: made with model {old.model_id}, not {genre_model.model_id}; "
                             "use the same --model or another --out")
+    windows = windows_attr(genre_model)
+    stale = old is not None and _windows_of_index(old) != windows  # embeddings of other windows: made again
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     files, folders = _scan(paths)
+    gone: list[str] = []
+    if stale:  # every entry is embedded again, also those from other folders (dropped when no longer there)
+        others = [p for p in old.paths if p not in files]
+        there = [Path(p) for p in others if Path(p).is_file()]
+        files |= _scan(there)[0] if there else {}
+        gone = [p for p in others if p not in files]
     if not files and old is None:
         raise MelgenreError(f"no audio files in {', '.join(map(str, paths))}")
     known = {p: i for i, p in enumerate(old.paths)} if old is not None else {}
     old_skipped = {s["path"]: s for s in (old.skipped if old is not None else [])}
     keep, todo, updated, skipped = [], [], [], []
-    removed = [p for p in known if _under(p, folders) and p not in files]
+    removed = [p for p in known if (_under(p, folders) or p in gone) and p not in files]
     for p, (size, mtime) in files.items():
         if p in known:
             i = known[p]
-            if (int(old.sizes[i]), int(old.mtimes[i])) == (size, mtime):
+            if not stale and (int(old.sizes[i]), int(old.mtimes[i])) == (size, mtime):
                 keep.append(i)
                 continue
             updated.append(p)
@@ -279,8 +317,10 @@ def build_index(paths: str | Path | Iterable[str | Path], out: str | Path, model
                            time.perf_counter() - t0, up_to_date=True)
 
     parts = out.with_name(out.name + ".parts")
-    store._open_parts_dir(parts, hashlib.sha256(f"{genre_model.model_id}\0{PARTS_VERSION}".encode()).hexdigest())
-    jobs = [_EmbedJob(p, str(parts / _part_name(p, size, mtime)), spec, size, mtime) for p, size, mtime in todo]
+    parts_key = f"{genre_model.model_id}\0{PARTS_VERSION}\0{windows}"
+    store._open_parts_dir(parts, hashlib.sha256(parts_key.encode()).hexdigest())
+    jobs = [_EmbedJob(p, str(parts / _part_name(p, size, mtime)), spec, size, mtime, setting)
+            for p, size, mtime in todo]
     pending = [j for j in jobs if _read_part(Path(j.part)) is None]
     if ray is not None:
         from melgenre.scale import run_part_tasks
@@ -302,7 +342,7 @@ def build_index(paths: str | Path | Iterable[str | Path], out: str | Path, model
         new_rows.append((job, embedding, info["duration"]))
         if job.path not in removed_set:
             added.append(job.path)
-    _write(out, old, sorted(keep), new_rows, skipped, genre_model.model_id, spec, dim)
+    _write(out, old, sorted(keep), new_rows, skipped, genre_model.model_id, spec, dim, windows)
     shutil.rmtree(parts, ignore_errors=True)
     return IndexReport(out, genre_model.model_id, dim, len(keep) + len(new_rows), added, updated, removed, skipped,
                        len(keep), len(jobs) - len(pending), len(pending), time.perf_counter() - t0)
@@ -315,7 +355,7 @@ def _model_dim(model) -> int:
 
 
 def _write(out: Path, old: Index | None, keep: list[int], new_rows: list, skipped: list[dict[str, Any]],
-           model_id: str, spec: str, dim: int) -> None:
+           model_id: str, spec: str, dim: int, windows: str = "all") -> None:
     """Write the index atomically: the kept rows of ``old`` (copied block by block), then the new rows."""
     n = len(keep) + len(new_rows)
     with atomic_path(out) as tmp:
@@ -342,6 +382,7 @@ def _write(out: Path, old: Index | None, keep: list[int], new_rows: list, skippe
             f.create_dataset("duration", data=np.array(cols["duration"], dtype=np.float64))
             f.attrs.update({
                 "format_version": FORMAT_VERSION, "model_id": model_id, "model": spec, "dim": dim,
+                "windows": windows,
                 "melgenre_version": __version__, "content_id": uuid.uuid4().hex,
                 "root": os.path.commonpath([str(Path(p).parent) for p in cols["path"]]) if n else "",
                 "skipped": json.dumps(skipped),
@@ -440,7 +481,8 @@ class Index:
     def model(self, model: str | Path | None = None):
         """The model to embed queries with: ``model``, or the one the index was built with. Raises
         :class:`MelgenreError` when its id is not the index's (embeddings of two models do not compare)."""
-        m = _worker_model(_model_spec(model) if model is not None else str(self.attrs.get("model", "default")))
+        spec = _model_spec(model) if model is not None else str(self.attrs.get("model", "default"))
+        m = _worker_model(spec, _windows_of_index(self))  # queries averaged as the tracks were
         check_model(self, m)
         return m
 
