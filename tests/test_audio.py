@@ -149,3 +149,16 @@ def test_m4a_errors_name_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(audio.shutil, "which", lambda name: None)
     with pytest.raises(AudioDecodeError, match=r"^clip\.m4a: decoding this format needs the ffmpeg program"):
         audio.load(m4a)
+
+
+def test_expand_paths_finds_audio_and_skips_hidden_files_and_folders(tmp_path):
+    for name in ("b.wav", "a.FLAC", "notes.txt", ".partial.wav", ".Trash/old.mp3", "sub/c.mp3", "sub/.sync/d.ogg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    hidden_root = tmp_path / ".inbox"  # a hidden folder given by name is searched
+    hidden_root.mkdir()
+    (hidden_root / "e.wav").write_bytes(b"")
+    explicit = tmp_path / ".partial.wav"  # a file given by name is kept, whatever its name
+    found = audio.expand_paths([tmp_path, hidden_root, explicit, tmp_path / "b.wav"])
+    assert found == [tmp_path / "a.FLAC", tmp_path / "b.wav", tmp_path / "sub" / "c.mp3", hidden_root / "e.wav",
+                     explicit]

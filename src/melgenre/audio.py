@@ -331,14 +331,15 @@ def frame_windows(y: np.ndarray, win: int, hop: int) -> np.ndarray:
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     """Files to predict: files as given, and audio files under directories (recursive, sorted).
 
-    Directory scans keep files whose suffix is in :data:`AUDIO_EXTENSIONS` and
-    skip hidden names (such as temp files being written). Duplicates are dropped.
+    Directory scans keep files whose suffix is in :data:`AUDIO_EXTENSIONS` and skip hidden names,
+    files or folders below the one given (temp files being written, ``.Trash``, sync tools' old
+    versions). Duplicates are dropped.
     """
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                          and f.suffix.lower() in AUDIO_EXTENSIONS)
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS
+                          and not any(part.startswith(".") for part in f.relative_to(p).parts))
         else:
             out.append(p)
     return list(dict.fromkeys(out))

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from melgenre.audio import AUDIO_EXTENSIONS
+from melgenre.audio import AUDIO_EXTENSIONS, expand_paths
 from melgenre.errors import ConfigError, DatasetError, MelgenreError
 from melgenre.utils import atomic_path
 
@@ -146,11 +146,6 @@ class Found:
     several: int = 0  # files whose genre field held several genres (the first one is used)
 
 
-def _audio_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
-
-
 def scan(source: str | Path, genres_from: str = "auto", progress: bool = False) -> Found:
     """Read the genre and artist of every audio file under ``source``.
 
@@ -167,7 +162,7 @@ def scan(source: str | Path, genres_from: str = "auto", progress: bool = False) 
         raise ConfigError(f"genres from {genres_from!r}: use one of {', '.join(GENRES_FROM)}")
     if not source.is_dir():
         raise DatasetError(f"{source}: {'not a folder' if source.exists() else 'no such folder'}")
-    paths = _audio_files(source)
+    paths = expand_paths([source])
     if not paths:
         raise DatasetError(f"{source}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
     tags: dict[Path, tuple[list[str], str]] = {}
