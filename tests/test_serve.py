@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import shutil
 import stat
 import time
 import warnings
@@ -431,6 +432,36 @@ def test_predict_lists_similar_tracks_with_an_index(tiny_model, clips, library_i
     expected = index.query(embed_file(tiny_model, clips[1])[0], k=4)
     assert [m["path"] for m in similar] == [index.relative(m.path) for m in expected]
     assert not any(m["path"].startswith("/") for m in similar)
+
+
+def test_uploads_are_embedded_over_the_indexs_windows(tiny_card, clips, tmp_path):
+    """An index keeps its own windows (here every window) while the served model samples 4: a long upload is
+    embedded as the index's tracks were, so a track in the library is its own nearest match at score 1."""
+    from melgenre.predict import load_model
+    from melgenre.similar import build_index
+
+    parts = [sf.read(f, dtype="float32") for f in clips]
+    song = tmp_path / "music" / "song.wav"
+    song.parent.mkdir()
+    sf.write(song, np.concatenate([y for y, _ in parts * 2]), parts[0][1])  # 21 s: 12 windows
+    for clip in clips:
+        shutil.copy2(clip, song.parent / clip.name)
+    out = tmp_path / "all.h5"
+    build_index(song.parent, out, model=tiny_card, workers=1, windows="all")
+    model = load_model(tiny_card, windows=4)
+    assert model.windows_of(song)[0].sampled
+    with TestClient(create_app(model=model, index=out, similar_k=2)) as c:
+        r = _post(c, song, name="upload.wav")
+    assert r.status_code == 200, r.text
+    best = r.json()["similar"][0]
+    assert best["path"] == "song.wav"
+    # the tiny model's embeddings are nearly parallel: a 4-window query would score 1 - 8e-6 or so
+    from melgenre.similar import embed_samples
+
+    y = np.concatenate([y for y, _ in parts * 2])
+    every = load_model(tiny_card, windows="all")
+    sampled_score = float(embed_samples(model, y, "song") @ embed_samples(every, y, "song"))
+    assert sampled_score < 1 - 2e-6 and abs(best["score"] - 1.0) < (1.0 - sampled_score) / 4
 
 
 def test_cli_serve_with_an_index(monkeypatch, tiny_card, library_index, tmp_path):

@@ -348,10 +348,12 @@ def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: 
 
         model = load_model(model_path)
     if index is not None:
-        from melgenre.similar import Index, check_model
+        from melgenre.similar import Index, check_model, windows_attr
 
         index = index if isinstance(index, Index) else Index(index)
         check_model(index, model)
+        # uploads are embedded as the index's tracks were: over the same most windows
+        embedder = model if windows_attr(model) == index.windows else index.model()
     max_bytes = int(max_upload_mb * _MB)
     top_k = min(top_k, len(model.classes))
     # Inference is CPU-bound: let at most one request per core compute at a time; the rest wait
@@ -408,7 +410,7 @@ def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: 
                 from melgenre.similar import embed_samples
 
                 # the windows go through the model once more for their embeddings (only with an index)
-                matches = index.query(embed_samples(model, clip.samples, filename), k=similar_k)
+                matches = index.query(embed_samples(embedder, clip.samples, filename), k=similar_k)
                 body["similar"] = [{"path": index.relative(m.path), "score": round(m.score, 6)} for m in matches]
             if spectrogram:
                 title = filename

@@ -142,10 +142,6 @@ def windows_attr(model) -> str:
     return "all" if model.windows is None else str(model.windows)
 
 
-def _windows_of_index(index: Index) -> str:
-    return str(index.attrs.get("windows", "all"))  # an index from before sampling averaged every window
-
-
 def _model_spec(model: str | Path | None) -> str:
     """What workers load the model with: a shipped name, or an absolute path (the same on every node)."""
     if model is None:
@@ -276,14 +272,14 @@ def build_index(paths: str | Path | Iterable[str | Path], out: str | Path, model
     old = Index(out) if out.exists() else None
     spec = str(old.attrs.get("model", "default")) if model is None and old is not None else _model_spec(model)
     if windows is None and old is not None:
-        windows = _windows_of_index(old)
+        windows = old.windows
     setting = "" if windows is None else str(windows)
     genre_model = _worker_model(spec, setting)  # validates the model here, before any worker starts
     if old is not None and old.model_id != genre_model.model_id:
         raise MelgenreError(f"{out}: made with model {old.model_id}, not {genre_model.model_id}; "
                             "use the same --model or another --out")
     windows = windows_attr(genre_model)
-    stale = old is not None and _windows_of_index(old) != windows  # embeddings of other windows: made again
+    stale = old is not None and old.windows != windows  # embeddings of other windows: made again
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     files, folders = _scan(paths)
     gone: list[str] = []
@@ -442,6 +438,12 @@ class Index:
         self._row = {p: i for i, p in enumerate(self.paths)}
         self._ann = None
 
+    @property
+    def windows(self) -> str:
+        """The most windows each track's embedding averages: ``"all"`` or a number (as text); an index
+        from before sampling has no record of it and averaged every window."""
+        return str(self.attrs.get("windows", "all"))
+
     def __len__(self) -> int:
         return len(self.paths)
 
@@ -482,7 +484,7 @@ class Index:
         """The model to embed queries with: ``model``, or the one the index was built with. Raises
         :class:`MelgenreError` when its id is not the index's (embeddings of two models do not compare)."""
         spec = _model_spec(model) if model is not None else str(self.attrs.get("model", "default"))
-        m = _worker_model(spec, _windows_of_index(self))  # queries averaged as the tracks were
+        m = _worker_model(spec, self.windows)  # queries averaged as the tracks were
         check_model(self, m)
         return m
 
