@@ -19,7 +19,7 @@ __all__ = [
 def __getattr__(name: str):
     """Lazy ``melgenre.load_model``: torch is imported on first use, not by ``import melgenre``."""
     if name == "load_model":
-        from melgenre.predict import load_model
+        from melgenre.inference import load_model
 
         return load_model
     raise AttributeError(f"module 'melgenre' has no attribute {name!r}")

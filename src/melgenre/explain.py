@@ -329,7 +329,8 @@ def explain(model, y: np.ndarray, genre: str | None = None, method: str = "gradc
     Explanation
     """
     from melgenre.display import unchunked
-    from melgenre.predict import tempered, window_images
+    from melgenre.inference import tempered
+    from melgenre.windows import window_images
 
     preset = model.preset
     if method not in METHODS:

@@ -358,7 +358,7 @@ def _package(run: Path, out: Path, estimate: dict[str, Any], section: dict[str, 
     """Write the package of the final run with the estimate and ``section`` as the card's ``learn``, and
     calibrate it on ``cv_json``'s out-of-fold predictions; a package a run with the same inputs
     wrote is kept as it is. Returns the calibration's temperature and thresholds (None: uncalibrated)."""
-    from melgenre.predict import package_card, save_package
+    from melgenre.package import package_card, save_package
 
     try:
         card = package_card(out) if out.with_suffix(".safetensors").is_file() else None
@@ -430,7 +430,7 @@ def learn(source: str | Path, out: str | Path, *, genres_from: str = "auto", map
         or grouping file, too few groups for two folds, ...
     """
     from melgenre.config import config_from_dict
-    from melgenre.predict import estimate_from_cv
+    from melgenre.package import estimate_from_cv
     from melgenre.store import MelStore
     from melgenre.train import cross_validate
 

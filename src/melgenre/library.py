@@ -43,10 +43,12 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from melgenre import __version__, features
+from melgenre.audio import expand_paths
 from melgenre.errors import AudioDecodeError, MelgenreError
-from melgenre.predict import GenreModel, Prediction, expand_paths, load_model, package_card, resolve_backend
-from melgenre.windows import file_windows
+from melgenre.inference import GenreModel, Prediction, load_model, resolve_backend
+from melgenre.package import package_card
 from melgenre.utils import atomic_path, imap_bounded, worker_pool
+from melgenre.windows import file_windows
 
 SCHEMA_VERSION = "1"
 

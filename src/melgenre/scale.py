@@ -198,7 +198,7 @@ class _Predictor:
 
     def __init__(self, model: str | None, backend: str | None, hop: float | None = None,
                  windows: int | str | None = None):
-        from melgenre.predict import load_model
+        from melgenre.inference import load_model
 
         self.model = load_model(model, backend=backend, hop=hop, windows=windows)
 
@@ -247,7 +247,7 @@ def predict_ray(paths: Iterable[str | Path], model: str | Path | None = None, ba
     tuple
         ``(path, prediction, None)`` or ``(path, None, reason)``, in the order of the files.
     """
-    from melgenre.predict import expand_paths
+    from melgenre.audio import expand_paths
 
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")

@@ -94,8 +94,8 @@ def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None
         A class folder that is not one of the model's genres, or nothing left to score.
     """
     from melgenre.datasets import discover
+    from melgenre.inference import load_model
     from melgenre.library import predict_library, result_rows
-    from melgenre.predict import load_model
 
     genre_model = load_model(model)
     corpus = discover(root)

@@ -32,8 +32,8 @@ Status codes: 413 too large; 415 empty, corrupt or not audio (the message names 
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import base64
+import dataclasses
 import html
 import io
 import logging
@@ -344,7 +344,7 @@ def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: 
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     if model is None:
-        from melgenre.predict import load_model
+        from melgenre.inference import load_model
 
         model = load_model(model_path)
     if index is not None:

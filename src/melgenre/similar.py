@@ -158,7 +158,7 @@ def _worker_model(spec: str, windows: str = ""):
     for its card's default)."""
     key = f"{spec}\0{windows}"
     if key not in _MODELS:
-        from melgenre.predict import load_model
+        from melgenre.inference import load_model
 
         if multiprocessing.parent_process() is not None:  # a pool worker: one core each
             import torch

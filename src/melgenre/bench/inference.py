@@ -34,13 +34,13 @@ def build_untrained_package(out: str | Path, model: str = "melcnn", preset: str 
     import torch
     from safetensors.torch import save
 
-    from melgenre import features, predict
+    from melgenre import features, package
     from melgenre.models import build
 
     torch.manual_seed(seed)
     module = build(model, num_classes=len(classes), **options).eval()
     weights = save({k: v.detach().contiguous() for k, v in module.state_dict().items()})
-    card = {"format": predict.CARD_FORMAT, "model": module.config, "classes": list(classes),
+    card = {"format": package.CARD_FORMAT, "model": module.config, "classes": list(classes),
             "preset": features.get_preset(preset).to_dict(),
             "model_id": f"{model}-{hashlib.sha256(weights).hexdigest()[:12]}",
             "metrics": {}, "training": {"note": "untrained: built by melgenre.bench for timing"},
@@ -54,7 +54,7 @@ def build_untrained_package(out: str | Path, model: str = "melcnn", preset: str 
 
 def _inference_sources(inputs: Inputs) -> list[tuple[Path, str]]:
     """The packages to time: every shipped model (default first), or an untrained melcnn."""
-    from melgenre.predict import shipped_model_path, shipped_models
+    from melgenre.package import shipped_model_path, shipped_models
 
     packages = [n for n in shipped_models() if shipped_model_path(n).suffix == ".json"]  # an int8 file is
     if packages:                                                                          # timed with its package
@@ -65,7 +65,7 @@ def _inference_sources(inputs: Inputs) -> list[tuple[Path, str]]:
 
 def _int8_sibling(source: Path) -> Path:
     """The shipped int8 ONNX file of a shipped package (``melcnn`` -> ``melcnn-int8.onnx``); it may not exist."""
-    from melgenre.predict import shipped_model_path
+    from melgenre.package import shipped_model_path
 
     return shipped_model_path(f"{Path(source).stem}-int8")
 
@@ -99,7 +99,7 @@ def _time_model(source: Path, backend: str, hop: float | None, files: list[Path]
                 log: Callable[[str], None]) -> dict[str, Any]:
     """One (model, backend, hop) row of :func:`bench_inference`."""
     from melgenre import audio
-    from melgenre.predict import load_model, predict_paths
+    from melgenre.inference import load_model, predict_paths
 
     t0 = time.perf_counter()
     model = load_model(source, backend=backend, hop=hop)
@@ -144,8 +144,8 @@ def _time_model(source: Path, backend: str, hop: float | None, files: list[Path]
 
 def bench_library(settings: BenchSettings, inputs: Inputs, log: Callable[[str], None]) -> dict:
     """files/s of the per-file path (torch, ONNX) and of the library job, over the same files, per shipped model."""
+    from melgenre.inference import load_model, predict_paths
     from melgenre.library import default_workers, predict_library
-    from melgenre.predict import load_model, predict_paths
 
     files = inputs.files(max(settings.library_files, 1))
     workers = settings.workers or default_workers()
@@ -195,8 +195,8 @@ def bench_library(settings: BenchSettings, inputs: Inputs, log: Callable[[str], 
 def bench_trust(settings: BenchSettings, log: Callable[[str], None]) -> dict[str, Any]:
     """The default model's "not music" score: AUROC of its out-of-fold dev clips against the generated
     non-music set (:func:`melgenre.calibrate.evaluate_package`; 6-s clips when quick, else 30 s)."""
-    from melgenre.errors import MelgenreError
     from melgenre.calibrate import evaluate_package
+    from melgenre.errors import MelgenreError
 
     try:
         result = evaluate_package(seconds=6.0 if settings.quick else 30.0)

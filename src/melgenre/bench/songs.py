@@ -137,7 +137,7 @@ def bench_songs(settings: Any, clips: dict[str, list[Path]], tmp: Path, log: Cal
     memory must not grow with the library), label agreement between the two, and the agreement of
     ``n`` windows per song with every window for :data:`AGREEMENT_WINDOWS` (without rechecks).
     """
-    from melgenre.predict import load_model
+    from melgenre.inference import load_model
 
     folder = Path(settings.songs_dir) if settings.songs_dir else tmp / "songs"
     t0 = time.perf_counter()
