@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 from melgenre import calibrate, synth, trust
 from melgenre.cli import app
 from melgenre.config import config_from_dict
+from melgenre.cv import cross_validate
 from melgenre.errors import MelgenreError
 from melgenre.evaluate import wilson_interval
 from melgenre.predict import export_onnx_file, forward_outputs, load_model, save_package, softmax, tempered
 from melgenre.store import prepare
-from melgenre.train import cross_validate
 
 runner = CliRunner()
 

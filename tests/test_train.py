@@ -20,9 +20,10 @@ from typer.testing import CliRunner
 from melgenre import store, synth
 from melgenre.cli import app
 from melgenre.config import config_from_dict
+from melgenre.cv import cross_validate
 from melgenre.errors import ConfigError, MelgenreError
 from melgenre.evaluate import wilson_interval
-from melgenre.train import GenreClassifier, TrainingError, cross_validate, evaluate_run, fit, track_probabilities
+from melgenre.train import GenreClassifier, TrainingError, evaluate_run, fit, track_probabilities
 
 TINY = {
     "name": "tiny", "seed": 0,

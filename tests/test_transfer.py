@@ -154,7 +154,7 @@ def test_freeze_keeps_pretrained_weights_during_training(emb_store, tmp_path):
 
 def test_fusion_of_cross_validations(emb_store, tmp_path):
     """Fusing a CV with itself reproduces its pooled figures; two recipes on the same folds fuse."""
-    from melgenre.train import cross_validate, fuse_cv
+    from melgenre.cv import cross_validate, fuse_cv
 
     head = config_from_dict({**HEAD, "train": {"max_epochs": 2, "patience": 2}})
     a = cross_validate(head, 3, tmp_path, fixed_epochs=True, final_retrain=False, data=emb_store, progress=False)
@@ -176,7 +176,7 @@ def test_fusion_of_cross_validations(emb_store, tmp_path):
     assert f"balanced accuracy {both['pooled']['balanced_accuracy']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" in result.output
     assert a["final_epochs"] is None and not (tmp_path / "head" / "final-last").exists()  # final_retrain=False
     # a paired comparison of the two recipes on the same out-of-fold tracks
-    from melgenre.train import compare_cv
+    from melgenre.cv import compare_cv
 
     compared = compare_cv(tmp_path / "head", tmp_path / "other", fixed_epochs=True)
     assert compared["recipes"] == ["head", "other"] and compared["n"] == a["pooled"]["n"]

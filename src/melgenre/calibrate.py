@@ -140,7 +140,7 @@ class OutOfFold:
 
 
 def fold_dirs(cv_json: str | Path) -> list[Path]:
-    """The fold run directories beside a ``cv*.json`` of :func:`melgenre.train.cross_validate`
+    """The fold run directories beside a ``cv*.json`` of :func:`melgenre.cv.cross_validate`
     (``cv-groups-last.json`` → ``group0-last``, ``group1-last``, ...)."""
     cv_json = Path(cv_json)
     if not cv_json.is_file():

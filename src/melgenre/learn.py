@@ -11,7 +11,7 @@ genre tags, and makes a model package of the shipped default's recipe on *your* 
 2. **Embeddings** of the frozen MSD-musicnn tagger for every 3-s patch of each file (its first
    30 s) and of its augmented variants (:func:`melgenre.store.prepare` with a cache folder: parallel,
    resumable after a kill, and a rerun embeds only new or changed files, whatever the genres).
-3. **Estimate.** Cross-validation of the recipe (:func:`melgenre.train.cross_validate`, fixed
+3. **Estimate.** Cross-validation of the recipe (:func:`melgenre.cv.cross_validate`, fixed
    epochs) with whole artists held out when the files carry artist tags (or a grouping file is
    given); otherwise each track is its own group and the estimate says it is optimistic.
 4. **Package.** The final retrain on every track, packaged with the estimate
@@ -432,7 +432,7 @@ def learn(source: str | Path, out: str | Path, *, genres_from: str = "auto", map
     from melgenre.config import config_from_dict
     from melgenre.package import estimate_from_cv
     from melgenre.store import MelStore
-    from melgenre.train import cross_validate
+    from melgenre.cv import cross_validate
 
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}

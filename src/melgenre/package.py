@@ -259,7 +259,7 @@ _TAG_DATASETS = {"msd": "Million Song Dataset", "mtt": "MagnaTagATune"}
 
 
 def estimate_from_cv(path: str | Path) -> dict[str, Any]:
-    """The card's summary of a cross-validation result (``cv*.json`` of :func:`melgenre.train.cross_validate`):
+    """The card's summary of a cross-validation result (``cv*.json`` of :func:`melgenre.cv.cross_validate`):
     protocol, folds, how epochs were chosen, the pooled out-of-fold track metrics and per-class recall."""
     path = Path(path)
     cv = read_json(path)

@@ -83,7 +83,7 @@ def fuse(
     out: Path = typer.Option(None, "--out", "-o", help="Also write the result as JSON to OUT. Default: print only."),
 ) -> None:
     """Late fusion: average the out-of-fold track probabilities of several cross-validated recipes."""
-    from melgenre.train import fuse_cv
+    from melgenre.cv import fuse_cv
 
     try:
         w = [float(v) for v in weights.split(",")] if weights else None
@@ -118,7 +118,7 @@ def compare(
         title = (f"{result['model_ids'][0]} (A) against {result['model_ids'][1]} (B): the {result['common']} files "
                  "both scored")
     else:
-        from melgenre.train import compare_cv
+        from melgenre.cv import compare_cv
 
         result = compare_cv(a, b, groups=groups, fixed_epochs=fixed_epochs)
         title = f"{result['recipes'][0]} (A) against {result['recipes'][1]} (B): {result['n']} out-of-fold tracks, {result['protocol']}"

@@ -74,7 +74,7 @@ def cv(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars. Default: on."),
 ) -> None:
     """K-fold cross-validation (stratified, or artist-disjoint with --groups), then a final retrain."""
-    from melgenre.train import cross_validate
+    from melgenre.cv import cross_validate
 
     if folds is not None and folds < 2:
         raise typer.BadParameter("--folds must be at least 2")
