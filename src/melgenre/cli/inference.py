@@ -60,7 +60,9 @@ def predict_cmd(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from melgenre.predict import TAG_DATASETS, expand_paths, load_model, load_tagger, predict_paths
+    from melgenre.audio import expand_paths
+    from melgenre.inference import load_model, predict_paths
+    from melgenre.tags import TAG_DATASETS, load_tagger
 
     if fmt not in ("table", "json", "csv"):
         raise typer.BadParameter("--format must be table, json or csv")
@@ -145,7 +147,7 @@ def timeline(
     import json
 
     from melgenre import timeline as tl
-    from melgenre.predict import load_model
+    from melgenre.inference import load_model
 
     if fmt not in ("table", "json"):
         raise typer.BadParameter("--format must be table or json")
@@ -177,7 +179,7 @@ def explain(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from melgenre.explain import METHODS, explain_file, save_saliency_figure
-    from melgenre.predict import load_model
+    from melgenre.inference import load_model
 
     if method not in METHODS:
         raise typer.BadParameter(f"--method must be {' or '.join(METHODS)}")
@@ -200,7 +202,7 @@ def explain(
 
 def _say_flags(flags) -> None:
     """Each distinct prediction flag (``melgenre.inference.FLAGS``), in words, one line each."""
-    from melgenre.predict import FLAGS
+    from melgenre.inference import FLAGS
 
     for flag in dict.fromkeys(flags):
         console.print(f"{flag}: {FLAGS.get(flag, '')}", markup=False, highlight=False)
@@ -245,7 +247,8 @@ def export_cmd(
     """Export a trained model as an ONNX file (float, or int8 with --int8) or a model package.
 
     SOURCE may also name a shipped package (default, melcnn)."""
-    from melgenre.predict import export_onnx_file, save_package
+    from melgenre.export import export_onnx_file
+    from melgenre.package import save_package
 
     if fmt == "onnx":
         if estimate or hop is not None or windows is not None:
@@ -276,7 +279,7 @@ def serve(
 
     from melgenre.serve import create_app
 
-    from melgenre.predict import load_model
+    from melgenre.inference import load_model
 
     application = create_app(load_model(model, hop=hop, windows=windows), max_upload_mb=max_upload_mb, top_k=top_k, index=index,
                              similar_k=similar_k)
