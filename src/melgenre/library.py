@@ -26,7 +26,6 @@ import contextlib
 import csv
 import datetime as _dt
 import functools
-import hashlib
 import io
 import json
 import os
@@ -47,7 +46,7 @@ from melgenre.audio import expand_paths
 from melgenre.errors import AudioDecodeError, MelgenreError
 from melgenre.inference import GenreModel, Prediction, load_model, resolve_backend
 from melgenre.package import package_card
-from melgenre.utils import atomic_path, imap_bounded, worker_pool
+from melgenre.utils import atomic_path, file_sha256, imap_bounded, worker_pool
 from melgenre.windows import file_windows
 
 SCHEMA_VERSION = "1"
@@ -327,7 +326,7 @@ def decode_file(path: str, preset_json: str, most: int | None = None) -> dict[st
     try:
         st = os.stat(path)
         out.update(size=st.st_size, mtime=st.st_mtime)
-        out["sha256"] = _sha256(path)
+        out["sha256"] = file_sha256(path)
         # Decoded from the path, not from the bytes just hashed: libsndfile then reads the file itself,
         # where from bytes every read and seek is a Python callback (a third of the time of 5 windows of a
         # 3-minute MP3, measured). A file rewritten in between has another size or mtime on the next run.
@@ -339,12 +338,6 @@ def decode_file(path: str, preset_json: str, most: int | None = None) -> dict[st
     except Exception as exc:  # noqa: BLE001  (one file's failure is its row's error; the run goes on)
         out["error"] = str(exc) if isinstance(exc, MelgenreError) else f"{type(exc).__name__}: {exc}"
     return out
-
-
-def _sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (read in blocks, never whole into memory)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class _Batcher:
@@ -430,7 +423,7 @@ def _ray_rows(files: list[str], model_source: str | Path | None, backend: str | 
         key = str(path)
         st = stats.get(key)
         try:
-            sha = _sha256(key)
+            sha = file_sha256(key)
         except OSError:
             sha = None
         yield [make_row(key, st.st_size if st else None, st.st_mtime if st else None, sha, model_id, pred, error)]
@@ -593,7 +586,7 @@ def refresh_rows(out: str | Path, paths: Iterable[str]) -> None:
     fresh = []
     for path in paths:
         st = os.stat(path)
-        fresh.append((st.st_size, st.st_mtime, _sha256(path), path))
+        fresh.append((st.st_size, st.st_mtime, file_sha256(path), path))
     _SqliteSink(Path(out)).close()  # read-only: fails on anything but a melgenre results database
     try:
         with contextlib.closing(sqlite3.connect(out)) as db, db:

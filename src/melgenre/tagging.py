@@ -36,7 +36,7 @@ import numpy as np
 
 from melgenre import audio
 from melgenre.errors import MelgenreError
-from melgenre.utils import atomic_path
+from melgenre.utils import atomic_path, file_sha256
 
 #: Default ``--min-confidence``: the predicted genre must be more likely than all others together.
 DEFAULT_MIN_CONFIDENCE = 0.5
@@ -388,14 +388,6 @@ def plan(root: str | Path, db: str | Path, min_confidence: float = DEFAULT_MIN_C
 
 # -- safe rewrite --------------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _samples(path: Path, name: str) -> np.ndarray:
     return audio.decode(path.read_bytes(), name=name)[0]
 
@@ -474,7 +466,7 @@ def _rewrite(path: Path, edit: Callable[[object, type], dict], before_log: Calla
             os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        facts["sha256_after"] = _sha256(tmp)
+        facts["sha256_after"] = file_sha256(tmp)
         now = path.stat()
         if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             raise MelgenreError(f"{path}: changed while it was being tagged; left as it is")
@@ -561,7 +553,7 @@ def undo(log: str | Path, verify: bool = True, keep_mtime: bool = False) -> list
         try:
             if not path.is_file():
                 done.append(Undo(path, "refused", "file is gone"))
-            elif _sha256(path) == last["sha256_after"]:
+            elif file_sha256(path) == last["sha256_after"]:
                 _rewrite(path, _set_fields(first["before"], drop_empty=not first["had_tags"]), None, verify,
                          keep_mtime)
                 done.append(Undo(path, "restored"))

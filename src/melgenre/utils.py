@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import multiprocessing
 import os
 import threading
@@ -63,6 +64,15 @@ def run_checkpoint(run_dir: str | Path) -> Path:
 
 #: Seconds between a worker's checks that the process that started it is still alive.
 PARENT_CHECK_S = 0.5
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1-MB blocks (never whole into memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=1)
