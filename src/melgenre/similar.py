@@ -278,8 +278,8 @@ def build_index(paths: str | Path | Iterable[str | Path], out: str | Path, model
     if old is not None and old.model_id != genre_model.model_id:
         raise MelgenreError(f"{out}: made with model {old.model_id}, not {genre_model.model_id}; "
                             "use the same --model or another --out")
-    windows = windows_attr(genre_model)
-    stale = old is not None and old.windows != windows  # embeddings of other windows: made again
+    recorded = windows_attr(genre_model)
+    stale = old is not None and old.windows != recorded  # embeddings of other windows: made again
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     files, folders = _scan(paths)
     gone: list[str] = []
@@ -313,7 +313,7 @@ def build_index(paths: str | Path | Iterable[str | Path], out: str | Path, model
                            time.perf_counter() - t0, up_to_date=True)
 
     parts = out.with_name(out.name + ".parts")
-    parts_key = f"{genre_model.model_id}\0{PARTS_VERSION}\0{windows}"
+    parts_key = f"{genre_model.model_id}\0{PARTS_VERSION}\0{recorded}"
     store._open_parts_dir(parts, hashlib.sha256(parts_key.encode()).hexdigest())
     jobs = [_EmbedJob(p, str(parts / _part_name(p, size, mtime)), spec, size, mtime, setting)
             for p, size, mtime in todo]
@@ -338,7 +338,7 @@ def build_index(paths: str | Path | Iterable[str | Path], out: str | Path, model
         new_rows.append((job, embedding, info["duration"]))
         if job.path not in removed_set:
             added.append(job.path)
-    _write(out, old, sorted(keep), new_rows, skipped, genre_model.model_id, spec, dim, windows)
+    _write(out, old, sorted(keep), new_rows, skipped, genre_model.model_id, spec, dim, recorded)
     shutil.rmtree(parts, ignore_errors=True)
     return IndexReport(out, genre_model.model_id, dim, len(keep) + len(new_rows), added, updated, removed, skipped,
                        len(keep), len(jobs) - len(pending), len(pending), time.perf_counter() - t0)
