@@ -18,31 +18,35 @@ of the windows' softmax outputs, the same rule as track-level evaluation after t
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from melgenre import audio, timeline
+from melgenre.backends import (  # noqa: F401  (BATCH_SIZE, PREDICT_BATCH, forward_outputs, onnx_session: public here too)
+    BATCH_SIZE,
+    PREDICT_BATCH,
+    Backend,
+    OnnxBackend,
+    TorchBackend,
+    forward_outputs,
+    onnx_session,
+)
 from melgenre.errors import AudioDecodeError, MelgenreError
-from melgenre.export import write_onnx
+from melgenre.extras import require
 from melgenre.features import Preset
-from melgenre.models import channels_last
-from melgenre.models.embedding import captured_embeddings, last_linear
 from melgenre.package import (
     check_card,
     default_model_path,
-    load_torch,
+    onnx_twin,
+    package_card,
     resolve_shipped,
     stored_trust_centres,
 )
@@ -59,17 +63,11 @@ from melgenre.windows import (
     window_images,
 )
 
+if TYPE_CHECKING:
+    from torch import nn
+
 #: Backends :func:`load_model` accepts (``"auto"``: :func:`auto_backend`).
 BACKENDS = ("torch", "onnx", "auto")
-
-#: Images per forward pass, unless the card's ``predict_batch`` or :data:`PREDICT_BATCH` says otherwise.
-BATCH_SIZE = 32
-
-#: Images per forward pass of models whose activations are large: musicnn needs about 40 MB a window
-#: with ONNX Runtime (1.6 GB at 32, 0.66 GB at 8, measured), for the same time per window.
-PREDICT_BATCH = {"musicnn": 8}
-
-_ONNX_PROVIDERS = ["CPUExecutionProvider"]
 
 # -- predictions -------------------------------------------------------------------------------
 
@@ -142,25 +140,6 @@ FLAGS = {
 }
 
 
-def forward_outputs(module: nn.Module, images: np.ndarray, embeddings: bool = False, batch: int = BATCH_SIZE
-                    ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Logits ``(N, C)`` of a torch model on images ``(N, H, W)``, in batches of ``batch``, and
-    with ``embeddings`` the input of its last linear layer ``(N, D)`` from the same forward pass (else None)."""
-    last = last_linear(module)
-    x = np.ascontiguousarray(np.asarray(images, dtype=np.float32)[:, None])
-    logits = []
-    with captured_embeddings(module) if embeddings else contextlib.nullcontext([]) as captured:
-        with torch.inference_mode():
-            for i in range(0, len(x), batch):
-                logits.append(module(torch.from_numpy(x[i:i + batch])).float().numpy())
-    num_classes = last.out_features
-    out = np.concatenate(logits) if logits else np.zeros((0, num_classes), dtype=np.float32)
-    if not embeddings:
-        return out, None
-    emb = torch.cat(captured).float().numpy() if captured else np.zeros((0, last.in_features), dtype=np.float32)
-    return out, emb
-
-
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Softmax of logits ``(N, C)`` row by row (computed in float64), as float32."""
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
@@ -199,7 +178,7 @@ class GenreModel:
     """
 
     def __init__(self, card: dict[str, Any], module: nn.Module | None = None, session: Any = None,
-                 hop: float | None = None, windows: int | str | None = None):
+                 hop: float | None = None, windows: int | str | None = None, backend: Backend | None = None):
         self.card = card
         self.classes: list[str] = list(card["classes"])
         self.preset = Preset.from_dict(card["preset"])
@@ -226,14 +205,26 @@ class GenreModel:
         self.temperature = float((card.get("calibration") or {}).get("temperature", 1.0))
         #: Class centres of the training tracks' embeddings for the "not music" score (melgenre.trust); None: unknown.
         self.trust_centres: np.ndarray | None = None
-        self.backend = "torch" if module is not None else "onnx"
-        self._module = channels_last(module.eval()) if module is not None else None
-        self._session = session
+        #: What runs the network (:mod:`melgenre.backends`); None for a model made from a card alone.
+        #: ``module`` (a torch module) and ``session`` (an ONNX Runtime session) are shorthands for one.
+        self.runner: Backend | None = backend or (TorchBackend(module) if module is not None else
+                                                  OnnxBackend(session, len(self.classes)) if session is not None
+                                                  else None)
+
+    @property
+    def backend(self) -> str:
+        """The backend's name: ``"onnx"`` or ``"torch"`` (``"onnx"`` for a model made from a card alone)."""
+        return self.runner.name if self.runner is not None else "onnx"
+
+    @property
+    def _module(self) -> nn.Module | None:
+        """The torch module with the torch backend (Grad-CAM needs it), else None."""
+        return getattr(self.runner, "module", None)
 
     @property
     def loaded(self) -> bool:
         """Whether the model can predict: False for one made from a card alone (its ids and windows only)."""
-        return self._module is not None or self._session is not None
+        return self.runner is not None
 
     @property
     def calibration_id(self) -> str:
@@ -245,11 +236,6 @@ class GenreModel:
     def __repr__(self) -> str:
         return (f"GenreModel({self.model_id!r}, backend={self.backend!r}, preset={self.preset.name!r}, "
                 f"classes={len(self.classes)}, windows={self.windows or 'all'})")
-
-    @functools.cached_property
-    def _has_embedding(self) -> bool:
-        """The ONNX graph has an ``embedding`` output (files exported before it existed do not)."""
-        return any(o.name == "embedding" for o in self._session.get_outputs())
 
     def clip_images(self, y: np.ndarray) -> tuple[np.ndarray, list[float], bool]:
         """:func:`window_images` of mono samples at ``preset.sr``, with this model's prediction hop
@@ -302,18 +288,8 @@ class GenreModel:
     def window_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The images' softmax probabilities before calibration (what :meth:`prediction` takes) and, from
         the same forward pass, their embeddings (:meth:`embed_images`) when the "not music" score can
-        use them (a stored :attr:`trust_centres`, and with ONNX a graph with an ``embedding`` output),
-        else None."""
-        if self._module is not None:
-            logits, emb = forward_outputs(self._module, images, embeddings=self.trust_centres is not None,
-                                          batch=self.batch_size)
-        else:
-            names = ["logits"] + (["embedding"] if self.trust_centres is not None and self._has_embedding else [])
-            x = np.ascontiguousarray(np.asarray(images, dtype=np.float32)[:, None])
-            b = self.batch_size
-            out = [self._session.run(names, {"mel": x[i:i + b]}) for i in range(0, len(x), b)]
-            logits = np.concatenate([o[0] for o in out]) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
-            emb = np.concatenate([o[1] for o in out]) if out and len(names) == 2 else None
+        use them (a stored :attr:`trust_centres`, and a backend that gives embeddings), else None."""
+        logits, emb = self.runner.run(images, embeddings=self.trust_centres is not None, batch=self.batch_size)
         return softmax(logits), emb
 
     def embed_images(self, images: np.ndarray) -> np.ndarray:
@@ -333,11 +309,11 @@ class GenreModel:
         Raises
         ------
         MelgenreError
-            The model was loaded with the ONNX backend (embeddings need the torch module).
+            An ONNX model exported without an ``embedding`` output (before melgenre 0.9).
         """
-        if self._module is None:
-            raise MelgenreError(f"model {self.model_id}: embeddings need the torch backend, not {self.backend}")
-        return forward_outputs(self._module, images, embeddings=True, batch=self.batch_size)[1]
+        if not self.runner.has_embedding:
+            raise MelgenreError(f"model {self.model_id}: its ONNX graph has no embedding output; export it again")
+        return self.runner.run(images, embeddings=True, batch=self.batch_size)[1]
 
     def _samples(self, source: str | Path | bytes | np.ndarray, sr: int | None, name: str | None) -> tuple[np.ndarray, str]:
         """Mono float32 audio at the preset's rate, and the name to report."""
@@ -438,20 +414,6 @@ class GenreModel:
         return float(self.preset.chunk_seconds or self.preset.duration or 0.0)
 
 
-def onnx_session(model: str | Path | bytes, label: str) -> Any:
-    """An ONNX Runtime CPU session of a file or its bytes; a one-line error naming ``label`` when unreadable."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only
-    try:
-        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                    providers=_ONNX_PROVIDERS)
-    except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own exception types for bad files)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise MelgenreError(f"{label}: not a readable ONNX model ({reason})") from None
-
-
 def _from_onnx(path: Path, hop: float | None = None, windows: int | str | None = None) -> GenreModel:
     if not path.is_file():
         raise MelgenreError(f"{path}: no such file")
@@ -482,13 +444,35 @@ def auto_backend() -> str:
 
 
 def resolve_backend(path: str | Path, backend: str | None) -> str:
-    """The backend :func:`load_model` uses for ``path``: ``backend``, with None -> ``"onnx"`` for an
-    ``.onnx`` file else ``"torch"``, and ``"auto"`` -> ``"onnx"`` for an ``.onnx`` file else
-    :func:`auto_backend` (an unknown name is returned as given, for the caller to reject)."""
-    is_onnx = Path(path).suffix == ".onnx"
+    """The backend :func:`load_model` uses for ``path``: ``backend``, with ``"auto"`` -> ``"onnx"`` for an
+    ``.onnx`` file else :func:`auto_backend`, and None -> ``"onnx"`` for an ``.onnx`` file or a package with
+    an ONNX twin (:func:`melgenre.package.onnx_twin`: the shipped models have one) when ONNX Runtime is
+    installed, else ``"torch"`` (an unknown name is returned as given, for the caller to reject)."""
+    path = Path(path)
     if backend == "auto":
-        return "onnx" if is_onnx else auto_backend()
-    return backend or ("onnx" if is_onnx else "torch")
+        return "onnx" if path.suffix == ".onnx" else auto_backend()
+    if backend is None:
+        lean = path.suffix == ".onnx" or onnx_twin(path) is not None
+        return "onnx" if lean and auto_backend() == "onnx" else "torch"
+    return backend
+
+
+def _from_twin(path: Path, twin: Path, hop: float | None, windows: int | str | None) -> GenreModel:
+    """A package run by its ONNX twin: the card (calibration, trust, windows) from the package's
+    ``.json``, the network from ``twin``, which must hold the same weights (model id)."""
+    card_path = path.with_suffix(".json")
+    card = package_card(card_path)
+    session = onnx_session(twin, str(twin))
+    try:
+        twin_id = json.loads(session.get_modelmeta().custom_metadata_map["melgenre_card"])["model_id"]
+    except (KeyError, TypeError, json.JSONDecodeError):
+        twin_id = None
+    if twin_id != card["model_id"]:
+        raise MelgenreError(f"{twin}: holds model {twin_id}, not the package's {card['model_id']}; export it "
+                            f"again (melgenre export {card_path} --format onnx --out {twin})")
+    model = GenreModel(card, session=session, hop=hop, windows=windows)
+    model.trust_centres = stored_trust_centres(card_path, card)
+    return model
 
 
 def load_model(path: str | Path | None = None, backend: str | None = None, hop: float | None = None,
@@ -504,9 +488,12 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
         ``default``, ``melcnn``) when no such file exists. Default: the installed default
         package (:func:`melgenre.package.default_model_path`).
     backend : {"torch", "onnx", "auto"}, optional
-        ``"onnx"`` runs the model with ONNX Runtime on CPU (a non-ONNX model is exported in
-        memory first); ``"auto"`` is ``"onnx"`` when ONNX Runtime is installed, else ``"torch"``.
-        Default: ``"torch"``, or ``"onnx"`` for an ``.onnx`` file.
+        ``"onnx"`` runs the model with ONNX Runtime on CPU: a package with an ONNX twin
+        (``<stem>.onnx`` beside its card, as the shipped models have) runs that file, without torch;
+        any other model is exported in memory first (which needs the ``train`` extra). ``"torch"``
+        runs the PyTorch module (the ``train`` extra). ``"auto"`` is ``"onnx"`` when ONNX Runtime is
+        installed, else ``"torch"``. Default: :func:`resolve_backend`: ``"onnx"`` for ONNX files and
+        packages with an ONNX twin (the shipped models), else ``"torch"``.
     hop : float, optional
         Seconds between the starts of prediction windows, for chunked presets (default: the
         preset's ``chunk_hop_seconds``). The chunk length (``fast``: 3 s) gives back-to-back
@@ -526,8 +513,8 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
     Raises
     ------
     MelgenreError
-        No default model is installed, or the source is missing or unreadable (the message
-        names the file).
+        No default model is installed, the source is missing or unreadable (the message names
+        the file), or it needs PyTorch and the ``train`` extra is not installed.
     """
     if path is None:
         path = default_model_path()
@@ -543,11 +530,19 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
         if backend != "onnx":
             raise MelgenreError(f"{path}: an ONNX model runs only with the onnx backend")
         return _from_onnx(path, hop, windows)
+    twin = onnx_twin(path)
+    if backend == "onnx" and twin is not None:
+        return _from_twin(path, twin, hop, windows)
+    require("torch", f"{path}: the {backend} backend of a model without an ONNX file")
+    from melgenre.package import load_torch
+
     module, card = load_torch(path)
     centres = stored_trust_centres(path, card)
     if backend == "torch":
         model = GenreModel(card, module=module, hop=hop, windows=windows)
     else:
+        from melgenre.export import write_onnx
+
         with tempfile.TemporaryDirectory(prefix="melgenre-onnx-") as tmp:  # private (0700), removed at once
             onnx_path = Path(tmp) / "model.onnx"
             write_onnx(module, card, onnx_path)

@@ -11,26 +11,35 @@ from __future__ import annotations
 
 import typer
 import typer.core
+from rich.markup import escape
 
 from melgenre import __version__
 from melgenre.cli import bench, data, evaluation, inference, library, training
 from melgenre.cli.common import err_console, say
 from melgenre.cli.models import models_app
 from melgenre.errors import MelgenreError
+from melgenre.extras import missing_extra
 
 
 class _Group(typer.core.TyperGroup):
-    """Root command group: melgenre and OS errors become one line on stderr and exit code 2."""
+    """Root command group: melgenre and OS errors, and a missing extra, become one line on stderr and exit code 2."""
 
     def invoke(self, ctx):  # noqa: D102
         try:
             return super().invoke(ctx)
         except MelgenreError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except ImportError as exc:  # a command of an extra that is not installed (melgenre.extras)
+            line = missing_extra(exc)
+            if line is None:
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as exc:  # read-only or full disk, no permission, a directory where a file belongs
             where = f"{exc.filename}: " if exc.filename else ""
-            err_console.print(f"[bold red]error:[/] {where}{exc.strerror or exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(where + str(exc.strerror or exc))}", highlight=False,
+                              soft_wrap=True)
             raise typer.Exit(2) from None
 
 

@@ -62,11 +62,12 @@ def predict_cmd(
 
     from melgenre.audio import expand_paths
     from melgenre.inference import load_model, predict_paths
-    from melgenre.tags import TAG_DATASETS, load_tagger
 
     if fmt not in ("table", "json", "csv"):
         raise typer.BadParameter("--format must be table, json or csv")
     if tags is not None:
+        from melgenre.tags import TAG_DATASETS, load_tagger  # musicnn's own tagger runs in torch (the train extra)
+
         if tags not in TAG_DATASETS:
             raise typer.BadParameter(f"--tags must be {' or '.join(TAG_DATASETS)}, got {tags!r}")
         clash = [opt for opt, on in (("--model", model is not None), ("--hop", hop is not None),
