@@ -39,7 +39,7 @@ from melgenre.backends import (  # noqa: F401  (BATCH_SIZE, PREDICT_BATCH, forwa
     forward_outputs,
     onnx_session,
 )
-from melgenre.errors import AudioDecodeError, MelgenreError
+from melgenre.errors import MelgenreError
 from melgenre.extras import require
 from melgenre.features import Preset
 from melgenre.package import (
@@ -54,11 +54,7 @@ from melgenre.timeline import Segment
 from melgenre.utils import blas_controller
 from melgenre.windows import (
     Windows,
-    array_windows,
-    close_call,
     default_windows,
-    file_windows,
-    merge,
     parse_windows,
     window_images,
 )
@@ -106,7 +102,8 @@ class JsonResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form: plain lists and floats rounded to 6 decimals."""
-        return {f.name: _json_safe(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: _json_safe(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.metadata.get("json", True)}
 
 
 @dataclass(eq=False)  # an array field makes field-wise == ambiguous: compare by identity
@@ -128,6 +125,9 @@ class Prediction(JsonResult):
     window_seconds: float = 0.0  # length of one window in seconds
     segments: list[Segment] = field(default_factory=list)  # genre timeline, see melgenre.timeline
     windows_total: int = 0  # windows of the whole recording; more than len(window_starts) when sampled
+    #: (W, D) embedding of each scored window, kept when asked (melgenre.pipeline.Predictor(embeddings=True));
+    #: not part of :meth:`to_dict`.
+    window_embeddings: np.ndarray | None = field(default=None, repr=False, metadata={"json": False})
 
 
 #: Warnings a :class:`Prediction` may carry in ``flags``, with their meaning in plain words.
@@ -246,28 +246,11 @@ class GenreModel:
     def windows_of(self, source: str | Path | bytes | np.ndarray, sr: int | None = None,
                    name: str | None = None, exclude: Sequence[int] = (), more: int | None = None
                    ) -> tuple[Windows, str]:
-        """The windows :meth:`predict` scores first of a file, its bytes or samples (at most :attr:`windows`,
-        spread over a longer recording; a file is then read only there), and the name to report; with
-        ``exclude`` (an earlier sample's ``indices``) up to ``more`` other windows instead (None: all)."""
-        most = more if exclude else self.windows
-        with blas_controller().limit(limits=1, user_api="blas"):
-            if isinstance(source, np.ndarray):
-                y, label = self._samples(source, sr, name)
-                return array_windows(y, self.window_preset, most, exclude), label
-            label = name or ("<bytes>" if isinstance(source, bytes) else str(source))
-            return file_windows(source, self.window_preset, most, name=label, exclude=exclude), label
+        """The windows :meth:`predict` scores first of a file, its bytes or samples, and the name to
+        report (:func:`melgenre.pipeline.windows_of`)."""
+        from melgenre.pipeline import windows_of
 
-    def recheck(self, source: str | Path | bytes | np.ndarray, w: Windows, probs: np.ndarray,
-                emb: np.ndarray | None, sr: int | None = None, name: str | None = None
-                ) -> tuple[Windows, np.ndarray, np.ndarray | None]:
-        """A sample's windows and their :meth:`window_outputs`; while the sample is too close to call
-        (:func:`melgenre.windows.close_call` of its calibrated track probabilities), twice as many more
-        windows, spread over those left, are scored and merged in time order (5, 15, 45, ... windows)."""
-        while close_call(tempered(probs.mean(axis=0, keepdims=True), self.temperature)[0], w):
-            rest, _ = self.windows_of(source, sr, name, exclude=w.indices, more=2 * len(w.indices))
-            more, more_emb = self.window_outputs(rest.images)
-            w, (probs, emb) = merge(w, rest, (probs, more), (emb, more_emb))
-        return w, probs, emb
+        return windows_of(self, source, sr, name, exclude, more)
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities of mel images.
@@ -315,25 +298,6 @@ class GenreModel:
             raise MelgenreError(f"model {self.model_id}: its ONNX graph has no embedding output; export it again")
         return self.runner.run(images, embeddings=True, batch=self.batch_size)[1]
 
-    def _samples(self, source: str | Path | bytes | np.ndarray, sr: int | None, name: str | None) -> tuple[np.ndarray, str]:
-        """Mono float32 audio at the preset's rate, and the name to report."""
-        if not isinstance(source, np.ndarray):
-            label = name or ("<bytes>" if isinstance(source, bytes) else str(source))
-            return audio.load(source, sr=self.preset.sr, name=label).samples, label
-        label = name or "<array>"
-        if sr is None:
-            raise MelgenreError(f"{label}: pass sr= (the sample rate) with a numpy array")
-        if source.ndim not in (1, 2) or (source.ndim == 2 and source.shape[1] > source.shape[0]):
-            raise MelgenreError(f"{label}: expected audio of shape (samples,) or (samples, channels), "
-                                f"got {source.shape}")
-        y = np.asarray(source)
-        if np.issubdtype(y.dtype, np.signedinteger):  # PCM integers -> [-1, 1)
-            y = y / np.float32(np.iinfo(y.dtype).max)
-        y = audio.to_mono(y.astype(np.float32, copy=False))
-        if y.size == 0 or not np.all(np.isfinite(y)):
-            raise MelgenreError(f"{label}: the array is empty or holds NaN/infinite samples")
-        return np.ascontiguousarray(audio.resample(y, int(sr), self.preset.sr)), label
-
     def predict(self, source: str | Path | bytes | np.ndarray, sr: int | None = None, top_k: int = 3,
                 name: str | None = None) -> Prediction:
         """Predict the genre of one clip of any length.
@@ -364,13 +328,9 @@ class GenreModel:
         MelgenreError
             An array without ``sr``, of the wrong shape, empty or non-finite.
         """
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
-        w, label = self.windows_of(source, sr, name)
-        probs, emb = self.window_outputs(w.images)
-        w, probs, emb = self.recheck(source, w, probs, emb, sr, name)
-        return self.prediction(label, probs, w.starts, duration=w.duration, padded=w.padded, silent=w.silent,
-                               top_k=top_k, window_embeddings=emb, windows_total=w.total)
+        from melgenre.pipeline import Predictor
+
+        return Predictor(self).predict(source, sr=sr, top_k=top_k, name=name)
 
     def prediction(self, source: str, window_probs: np.ndarray, window_starts: list[float], duration: float,
                    padded: bool, silent: bool, top_k: int = 3,
@@ -379,8 +339,8 @@ class GenreModel:
         :meth:`window_outputs`); the track's probabilities are their mean, then the card's temperature
         (:func:`tempered`), and ``window_probabilities`` are each window's calibrated ones.
 
-        :meth:`predict` and batch paths that run the windows of many files through the model
-        together both end here, so a result never depends on how it was batched. The "unsure" and
+        Every prediction ends here (:class:`melgenre.pipeline.Predictor`, however its windows were
+        batched), so a result never depends on who asked. The "unsure" and
         "not_music" flags follow the card's ``trust`` thresholds (:func:`melgenre.trust.trust_flags`);
         "not_music" needs ``window_embeddings`` (from :meth:`window_outputs`) except for silent clips.
         ``windows_total`` is the number of windows of the whole recording (default: those given).
@@ -573,14 +533,17 @@ def predict_paths(paths: Iterable[str | Path], model: GenreModel,
         ``(path, prediction, None)`` or, when the file fails, ``(path, None, reason)``;
         one file's failure never stops the run.
     """
+    from melgenre.pipeline import Predictor, failure_reason
+
+    files = audio.expand_paths(paths)
+    if isinstance(model, GenreModel):
+        for item, pred in Predictor(model).predict_paths(files, top_k):
+            yield Path(item.key), pred, item.error
+        return
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
-    for path in audio.expand_paths(paths):
+    for path in files:  # another predictor with a predict method: musicnn's own tagger (melgenre.tags)
         try:
             yield path, model.predict(path, top_k=top_k), None
-        except AudioDecodeError as exc:
-            yield path, None, exc.reason
-        except MelgenreError as exc:
-            yield path, None, str(exc)
         except Exception as exc:  # noqa: BLE001  (a batch run reports any per-file failure and goes on)
-            yield path, None, f"{type(exc).__name__}: {exc}"
+            yield path, None, failure_reason(exc)
