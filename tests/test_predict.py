@@ -48,7 +48,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def model(trained) -> predict.GenreModel:
-    return load_model(trained["card"])
+    return load_model(trained["card"], backend="torch")
 
 
 def _check(pred: predict.Prediction, model: predict.GenreModel, top_k: int = 3) -> None:
@@ -177,7 +177,8 @@ def test_backends_package_and_sources_agree(trained, model, tmp_path):
     ref = model.predict(clip)
     from_run = load_model(trained["run"])
     from_ckpt = load_model(trained["run"] / "checkpoints" / "best.ckpt")
-    for other in (from_run, from_ckpt, load_model(trained["card"].with_suffix(".safetensors"))):
+    from_weights = load_model(trained["card"].with_suffix(".safetensors"), backend="torch")
+    for other in (from_run, from_ckpt, from_weights):
         assert other.model_id == model.model_id and other.backend == "torch"
         np.testing.assert_array_equal(other.predict(clip).window_probabilities, ref.window_probabilities)
 

@@ -42,7 +42,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.te
 def tiny_model(tiny_card):
     from melgenre.predict import load_model
 
-    return load_model(tiny_card)
+    return load_model(tiny_card, backend="torch")  # Grad-CAM saliency needs the torch module
 
 
 @pytest.fixture(scope="session")

@@ -156,6 +156,7 @@ class MelgenrePlugin(BeetsPlugin):
         from melgenre import library
         from melgenre.errors import MelgenreError
         from melgenre.tagging import BLOCKING_FLAGS, DEFAULT_MIN_CONFIDENCE, genre_name
+        from melgenre.windows import WindowCount
 
         items = list(items)
         counts: Counter = Counter()
@@ -170,6 +171,7 @@ class MelgenrePlugin(BeetsPlugin):
         min_confidence = DEFAULT_MIN_CONFIDENCE if min_confidence is None else float(min_confidence)
         hop, windows = self.config["hop"].get(), self.config["windows"].get()
         try:
+            windows = None if windows is None else WindowCount.parse(windows)  # the one windows setting type
             report = library.predict_library([_resolved(i) for i in items], database, model=model,
                                              hop=None if hop is None else float(hop), windows=windows,
                                              progress=sys.stderr.isatty())

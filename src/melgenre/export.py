@@ -38,6 +38,7 @@ def write_onnx(module: nn.Module, card: dict[str, Any], path: Path, centres: np.
     h, w = Preset.from_dict(card["preset"]).image_shape()
     export_onnx(WithEmbedding(module), path, input_shape=(1, h, w), opset=17, output_names=("logits", "embedding"))
     proto = onnx.load(str(path))
+    card = dict(card)  # a ModelCard (melgenre.card) reads as the JSON object it stores
     props = {"melgenre_card": json.dumps(card), "classes": json.dumps(card["classes"]),
              "preset": json.dumps(card["preset"])}
     if centres is not None:
@@ -96,7 +97,7 @@ def export_onnx_file(source: str | Path, out: str | Path, int8_calibration: Sequ
     from melgenre.models.export import INT8_METHOD
 
     windows = _calibration_windows(int8_calibration, Preset.from_dict(card["preset"]), calibration_files)
-    card = {**card, "model_id": f"{card['model_id']}-int8",
+    card = {**dict(card), "model_id": f"{card['model_id']}-int8",
             "quantization": {"method": INT8_METHOD, "of": card["model_id"], "calibration_files": len(windows),
                              "calibration_windows": sum(len(w) for w in windows)}}
     with tempfile.TemporaryDirectory(prefix="melgenre-onnx-") as tmp, atomic_path(out) as part:

@@ -39,6 +39,7 @@ from melgenre.backends import (  # noqa: F401  (BATCH_SIZE, PREDICT_BATCH, forwa
     forward_outputs,
     onnx_session,
 )
+from melgenre.card import ModelCard
 from melgenre.errors import MelgenreError
 from melgenre.extras import require
 from melgenre.features import Preset
@@ -53,9 +54,9 @@ from melgenre.package import (
 from melgenre.timeline import Segment
 from melgenre.utils import blas_controller
 from melgenre.windows import (
+    WindowCount,
     Windows,
     default_windows,
-    parse_windows,
     window_images,
 )
 
@@ -160,13 +161,15 @@ def tempered(probs: np.ndarray, temperature: float) -> np.ndarray:
     logp = np.log(np.clip(probs.astype(np.float64), 1e-300, None)) / temperature
     return softmax(logp).astype(probs.dtype, copy=False)
 
-def windows_setting(card: dict[str, Any], preset: Preset, windows: int | str | None = None) -> int | None:
+def windows_setting(card: ModelCard | dict[str, Any], preset: Preset,
+                    windows: WindowCount | int | str | None = None) -> int | None:
     """The most windows a prediction with ``preset`` scores (None: all): ``windows`` (``"all"``: None) when
     given, else the card's ``predict_windows`` (``"all"`` or a number), else
     :func:`melgenre.windows.default_windows` (as many as a 30-s clip has, at least 3)."""
     if windows is None:
-        windows = card.get("predict_windows", default_windows(preset))
-    return parse_windows(windows)
+        windows = ModelCard.from_dict(card).predict_windows or default_windows(preset)
+    return WindowCount.parse(windows).most
+
 
 class GenreModel:
     """A trained classifier with its classes and feature preset, ready to predict.
@@ -177,12 +180,15 @@ class GenreModel:
     (``"torch"`` or ``"onnx"``) and ``windows`` (the most windows one prediction scores; None: all).
     """
 
-    def __init__(self, card: dict[str, Any], module: nn.Module | None = None, session: Any = None,
-                 hop: float | None = None, windows: int | str | None = None, backend: Backend | None = None):
+    def __init__(self, card: ModelCard | dict[str, Any], module: nn.Module | None = None, session: Any = None,
+                 hop: float | None = None, windows: WindowCount | int | str | None = None,
+                 backend: Backend | None = None):
+        card = ModelCard.from_dict(card)
+        #: The model card (:class:`melgenre.card.ModelCard`; for one release it also reads as the dict it was).
         self.card = card
-        self.classes: list[str] = list(card["classes"])
-        self.preset = Preset.from_dict(card["preset"])
-        hop = card.get("predict_hop") if hop is None else hop  # a package may carry its default hop
+        self.classes: list[str] = list(card.classes)
+        self.preset = card.preset
+        hop = card.predict_hop if hop is None else hop  # a package may carry its default hop
         self.hop = hop
         self.window_preset = self.preset
         if hop is not None:  # the step between prediction windows; training chunks are unchanged
@@ -197,12 +203,11 @@ class GenreModel:
         self.windows: int | None = windows_setting(card, self.window_preset, windows)
         #: Images per forward pass (memory grows with it): the card's ``predict_batch``, else
         #: :data:`PREDICT_BATCH` of the architecture, else :data:`BATCH_SIZE`.
-        architecture = (card.get("model") or {}).get("name")
-        self.batch_size = int(card.get("predict_batch") or PREDICT_BATCH.get(architecture, BATCH_SIZE))
-        self.model_id: str = card["model_id"]
+        self.batch_size = int(card.predict_batch or PREDICT_BATCH.get(card.architecture, BATCH_SIZE))
+        self.model_id: str = card.model_id
         #: Temperature of the card's calibration (1 without one): scales the track probabilities and each
         #: window's (:func:`tempered`), never their order.
-        self.temperature = float((card.get("calibration") or {}).get("temperature", 1.0))
+        self.temperature = card.temperature
         #: Class centres of the training tracks' embeddings for the "not music" score (melgenre.trust); None: unknown.
         self.trust_centres: np.ndarray | None = None
         #: What runs the network (:mod:`melgenre.backends`); None for a model made from a card alone.
@@ -210,6 +215,11 @@ class GenreModel:
         self.runner: Backend | None = backend or (TorchBackend(module) if module is not None else
                                                   OnnxBackend(session, len(self.classes)) if session is not None
                                                   else None)
+
+    @property
+    def window_count(self) -> WindowCount:
+        """:attr:`windows` as the one ``windows`` setting type (``str()``: ``"all"`` or the number)."""
+        return WindowCount(self.windows)
 
     @property
     def backend(self) -> str:
@@ -230,7 +240,7 @@ class GenreModel:
     def calibration_id(self) -> str:
         """12 hex digits of the card's ``calibration`` and ``trust`` entries: the same weights (model
         id) recalibrated give other probabilities and flags ("" for an uncalibrated model)."""
-        parts = {k: self.card[k] for k in ("calibration", "trust") if k in self.card}
+        parts = {k: getattr(self.card, k) for k in ("calibration", "trust") if getattr(self.card, k) is not None}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12] if parts else ""
 
     def __repr__(self) -> str:
@@ -349,7 +359,7 @@ class GenreModel:
 
         ranked = ranked_classes(self.classes, window_probs, top_k, self.temperature)
         window_probs = tempered(window_probs, self.temperature)
-        method = (self.card.get("trust") or {}).get("novelty", LEGACY_METHOD)
+        method = (self.card.trust or {}).get("novelty", LEGACY_METHOD)
         score = (novelty(window_embeddings, self.trust_centres, method)
                  if window_embeddings is not None and self.trust_centres is not None and len(window_embeddings) else None)
         return Prediction(
@@ -427,8 +437,8 @@ def _from_twin(path: Path, twin: Path, hop: float | None, windows: int | str | N
         twin_id = json.loads(session.get_modelmeta().custom_metadata_map["melgenre_card"])["model_id"]
     except (KeyError, TypeError, json.JSONDecodeError):
         twin_id = None
-    if twin_id != card["model_id"]:
-        raise MelgenreError(f"{twin}: holds model {twin_id}, not the package's {card['model_id']}; export it "
+    if twin_id != card.model_id:
+        raise MelgenreError(f"{twin}: holds model {twin_id}, not the package's {card.model_id}; export it "
                             f"again (melgenre export {card_path} --format onnx --out {twin})")
     model = GenreModel(card, session=session, hop=hop, windows=windows)
     model.trust_centres = stored_trust_centres(card_path, card)

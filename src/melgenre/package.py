@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from melgenre import __version__
+from melgenre.card import CARD_FORMAT, ModelCard
 from melgenre.errors import MelgenreError
 from melgenre.features import Preset
 from melgenre.trust import load_reference
@@ -34,8 +35,6 @@ if TYPE_CHECKING:  # torch is the train extra's: reading cards and shipped ONNX 
     import torch
     from torch import nn
 
-#: ``format`` field of a model card.
-CARD_FORMAT = "melgenre-model/1"
 
 #: Folder (an importlib resource) holding the default model package ``default.json`` + ``.safetensors``.
 DEFAULT_MODEL_DIR = resources.files("melgenre").joinpath("weights")
@@ -147,19 +146,10 @@ def _from_checkpoint(ckpt: Path) -> tuple[nn.Module, dict[str, Any]]:
     return module, card
 
 
-def check_card(path: Path, card: dict[str, Any]) -> dict[str, Any]:
-    """``card`` when it is a melgenre model card with a valid preset; a one-line error naming ``path`` otherwise."""
-    if card.get("format") != CARD_FORMAT:
-        raise MelgenreError(f"{path}: not a melgenre model card (format {card.get('format')!r}, "
-                            f"expected {CARD_FORMAT!r})")
-    missing = [k for k in ("model", "classes", "preset", "model_id") if k not in card]
-    if missing:
-        raise MelgenreError(f"{path}: model card lacks {', '.join(missing)}")
-    try:
-        Preset.from_dict(card["preset"])
-    except MelgenreError as exc:
-        raise MelgenreError(f"{path}: {exc}") from None
-    return card
+def check_card(path: Path, card: dict[str, Any]) -> ModelCard:
+    """``card`` as a :class:`~melgenre.card.ModelCard` when it is a melgenre model card with a valid preset;
+    a one-line error naming ``path`` otherwise."""
+    return ModelCard.from_dict(card, path)
 
 
 def _from_package(path: Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -183,7 +173,7 @@ def _from_package(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     return _build(weights_path, card["model"], state), card
 
 
-def package_card(source: str | Path | None = None) -> dict[str, Any] | None:
+def package_card(source: str | Path | None = None) -> ModelCard | None:
     """The card of a model package (as :func:`load_model` finds it; None: the default model) without
     loading its weights; None for other sources (run directories, checkpoints, ONNX files).
 
@@ -303,7 +293,8 @@ def estimate_from_cv(path: str | Path) -> dict[str, Any]:
 
 def save_package(source: str | Path, out: str | Path, estimates: Iterable[str | Path] = (),
                  hop: float | None = None, windows: int | str | None = None) -> Path:
-    """Write a model package: ``<out>.safetensors`` (weights) and ``<out>.json`` (the card).
+    """Write a model package: ``<out>.safetensors`` (weights), ``<out>.json`` (the card) and
+    ``<out>.onnx``, its ONNX twin (:func:`onnx_twin`), with which the core install (no torch) predicts.
 
     Parameters
     ----------
@@ -311,8 +302,8 @@ def save_package(source: str | Path, out: str | Path, estimates: Iterable[str | 
         A run directory (its best checkpoint, config, metrics and feature-file preset), a
         ``.ckpt`` inside one, or another package.
     out : path
-        The package stem; any suffix is replaced. Both files are written atomically, the
-        weights first.
+        The package stem; any suffix is replaced. The files are written atomically, the
+        weights first, the twin last.
     estimates : paths
         Cross-validation results (``cv-groups-last.json``, ``cv-last.json``, ...) of the model's
         recipe, summarised into the card's ``metrics.estimates`` (see :func:`estimate_from_cv`),
@@ -333,7 +324,7 @@ def save_package(source: str | Path, out: str | Path, estimates: Iterable[str | 
     module, card = load_torch(resolve_shipped(source))
     out = Path(out)
     weights = weights_bytes(module)
-    card = {**card, "model_id": model_id(card["model"]["name"], weights)}
+    card = {**dict(card), "model_id": model_id(card["model"]["name"], weights)}
     if hop is not None:
         if Preset.from_dict(card["preset"]).chunk_seconds is None or not hop > 0:
             raise MelgenreError(f"hop {hop}: needs a positive number and a model on a chunked preset")
@@ -354,4 +345,8 @@ def save_package(source: str | Path, out: str | Path, estimates: Iterable[str | 
         tmp.write_bytes(weights)
     with atomic_path(out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(card, indent=1) + "\n")
+    from melgenre.export import write_onnx
+
+    with atomic_path(out.with_suffix(".onnx")) as tmp:
+        write_onnx(module, card, tmp)
     return out.with_suffix(".json")

@@ -253,8 +253,9 @@ class Predictor:
         probs = np.concatenate(item.probs)
         emb = np.concatenate(item.embs) if item.embs else None
         try:
-            while self.recheck and close_call(tempered(probs.mean(axis=0, keepdims=True),
-                                                       self.model.temperature)[0], w):
+            # silence is no clearer for more of it: a silent sample is flagged, not rechecked
+            while self.recheck and not w.silent and close_call(tempered(probs.mean(axis=0, keepdims=True),
+                                                                        self.model.temperature)[0], w):
                 rest, _ = windows_of(self.model, item.source, item.sr, item.key, exclude=w.indices,
                                      more=2 * len(w.indices))
                 more, more_emb = self._outputs(rest.images)
@@ -293,8 +294,9 @@ class Predictor:
     def predict_paths(self, paths: Iterable[str | Path], top_k: int = 3, executor: str = "local",
                       workers: int | None = None, in_flight: int | None = None, facts: bool = False
                       ) -> Iterator[tuple[Item, Prediction | None]]:
-        """Predictions of files, in their order: ``(item, prediction)`` or ``(item, None)`` with
-        ``item.error``; one file's failure never stops the run.
+        """Predictions of files: ``(item, prediction)`` or ``(item, None)`` with ``item.error``; one file's
+        failure never stops the run. In the files' order with the local executor, in the order their
+        decoding finishes with the process executor.
 
         Parameters
         ----------

@@ -138,7 +138,7 @@ def _embedder(model) -> Predictor:
 
 def windows_attr(model) -> str:
     """How an index records the most windows a track's embedding averages: ``"all"`` or a number."""
-    return "all" if model.windows is None else str(model.windows)
+    return str(model.window_count)
 
 
 def _model_spec(model: str | Path | None) -> str:

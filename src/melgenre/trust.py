@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -192,7 +193,7 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float(greater / (len(pos) * len(neg)))
 
 
-def trust_flags(card: dict[str, Any], top_prob: float, novelty_score: float | None, silent: bool) -> list[str]:
+def trust_flags(card: Mapping[str, Any], top_prob: float, novelty_score: float | None, silent: bool) -> list[str]:
     """The "unsure" / "not_music" flags of one clip from the card's ``trust`` thresholds."""
     trust = card.get("trust") or {}
     flags = []

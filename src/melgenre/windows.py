@@ -60,23 +60,56 @@ class Windows:
         return len(self.starts) < self.total
 
 
-def parse_windows(value: int | str | None) -> int | None:
-    """``"all"`` -> None (every window), a positive whole number (or its text) -> itself.
+@dataclass(frozen=True)
+class WindowCount:
+    """The most windows one prediction scores: a positive number, or every window (``most`` None).
+
+    The one type of the ``windows`` setting, parsed once where a value comes in (the CLI's
+    ``--windows N|all``, a card's ``predict_windows``, the beets plugin's ``windows``, an index's
+    record) with :meth:`parse`; ``str()`` gives it back as ``"all"`` or ``"5"``.
+    """
+
+    most: int | None = None
+
+    @classmethod
+    def parse(cls, value: WindowCount | int | str | None) -> WindowCount:
+        """``"all"`` or None -> every window; a positive whole number (or its text) -> at most that many.
+
+        Raises
+        ------
+        MelgenreError
+            Anything else.
+        """
+        if isinstance(value, WindowCount):
+            return value
+        if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
+            return cls(None)
+        try:
+            most = int(value)
+        except (TypeError, ValueError):
+            most = 0
+        if isinstance(value, bool) or most < 1 or str(value).strip() not in (str(most), f"{most}.0"):
+            raise MelgenreError(f"windows must be a positive whole number or 'all', got {value!r}")
+        return cls(most)
+
+    def to_json(self) -> int | str:
+        """As a card stores it: the number, or ``"all"``."""
+        return "all" if self.most is None else self.most
+
+    def __str__(self) -> str:
+        return "all" if self.most is None else str(self.most)
+
+
+def parse_windows(value: WindowCount | int | str | None) -> int | None:
+    """``WindowCount.parse(value).most``: ``"all"`` -> None (every window), a positive whole number (or its
+    text) -> itself.
 
     Raises
     ------
     MelgenreError
         Anything else.
     """
-    if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
-        return None
-    try:
-        most = int(value)
-    except (TypeError, ValueError):
-        most = 0
-    if most < 1 or str(value).strip() not in (str(most), f"{most}.0"):
-        raise MelgenreError(f"windows must be a positive whole number or 'all', got {value!r}")
-    return most
+    return WindowCount.parse(value).most
 
 
 def default_windows(preset: Preset) -> int:
@@ -253,5 +286,5 @@ def merge(first: Windows, second: Windows, *rows: tuple[np.ndarray | None, np.nd
     return both, [None if a is None or b is None else np.concatenate([a, b])[order] for a, b in rows]
 
 
-__all__ = ["CLIP_SECONDS", "MIN_WINDOWS", "RECHECK_MARGIN", "Windows", "array_windows", "close_call",
+__all__ = ["CLIP_SECONDS", "MIN_WINDOWS", "RECHECK_MARGIN", "WindowCount", "Windows", "array_windows", "close_call",
            "default_windows", "file_windows", "merge", "parse_windows", "spread", "window_images", "window_offsets"]

@@ -23,6 +23,14 @@ def say(message: str) -> None:
     console.print(message, soft_wrap=True, highlight=False)
 
 
+def windows_option(value: str | None):
+    """``--windows N|all`` parsed at the edge into a :class:`melgenre.windows.WindowCount` (None: not given);
+    a bad value is a one-line :class:`MelgenreError` (exit code 2)."""
+    from melgenre.windows import WindowCount
+
+    return None if value is None else WindowCount.parse(value)
+
+
 def split_names(text: str | None) -> tuple[str, ...]:
     """A comma-separated option as a tuple of names (empty for None)."""
     return tuple(n.strip() for n in text.split(",") if n.strip()) if text else ()

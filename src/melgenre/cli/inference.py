@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from melgenre.cli.common import MODEL_HELP, console, err_console, say
+from melgenre.cli.common import MODEL_HELP, console, err_console, say, windows_option
 from melgenre.errors import MelgenreError
 
 
@@ -47,7 +47,7 @@ def predict_cmd(
     fmt: str = typer.Option("table", "--format", "-f", help="Output on stdout: table, json or csv. Default: table."),
     backend: str = typer.Option("auto", "--backend", help="Inference backend: auto (ONNX Runtime when installed, else torch), onnx or torch. Default: auto."),
     hop: float = typer.Option(None, "--hop", help=_HOP_HELP),
-    windows: str = typer.Option(None, "--windows", metavar="N|all", help=_WINDOWS_HELP),
+    windows: str = typer.Option(None, "--windows", metavar="N|all", callback=windows_option, help=_WINDOWS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr when there is more than one file. Default: on."),
     ray: str = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Predict on Ray actors (the model loaded once per worker): a bare --ray (last, or before another option) starts/attaches a local Ray; --ray ADDRESS or --ray=ADDRESS joins a cluster. Needs Ray installed. Default: off."),
     tags: str = typer.Option(None, "--tags", metavar="[msd|mtt]", help="List musicnn's own 50 tags (Pons & Serra 2019) instead of genres: tags learnt from the Million Song Dataset (msd) or MagnaTagATune (mtt), not the genres of the genre model. Not with --model, --hop, --ray or --backend onnx. Default: off (genres)."),
@@ -241,7 +241,7 @@ def export_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output: model.onnx, or the package path/stem. Required (no default)."),
     estimate: list[Path] = typer.Option(None, "--estimate", help="A cross-validation result of the model's recipe (cv-groups-last.json, cv-last.json, ...) to summarise in the package's card (protocol, pooled metrics, per-genre recall); repeatable; package only. Default: none."),
     hop: float = typer.Option(None, "--hop", help="Default seconds between prediction windows, stored in the package's card (predict --hop overrides it); package only. Default: the preset's hop."),
-    windows: str = typer.Option(None, "--windows", metavar="N|all", help="The most windows a prediction scores per file, stored in the package's card as predict_windows (predict --windows overrides it); package only. Default: the source's, else as many as a 30-s clip has, at least 3."),
+    windows: str = typer.Option(None, "--windows", metavar="N|all", callback=windows_option, help="The most windows a prediction scores per file, stored in the package's card as predict_windows (predict --windows overrides it); package only. Default: the source's, else as many as a 30-s clip has, at least 3."),
     int8: list[Path] = typer.Option(None, "--int8", metavar="CALIBRATION", help="Quantize to int8 (ONNX only; weights in the reduced range [-64, 64], right with or without VNNI; melcnn 1.5x faster on an AVX2-only CPU, more with VNNI; check agreement with the float model), activation ranges from every window of up to --calibration-files of these audio files/folders (real music like the model's); repeatable. Default: off (float32)."),
     calibration_files: int = typer.Option(32, "--calibration-files", min=1, help="The most --int8 files read (evenly spread over the sorted list). Default: 32."),
 ) -> None:
@@ -271,7 +271,7 @@ def serve(
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest accepted upload in MB; larger ones get HTTP 413. Default: 20."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="Genres listed in each response's 'top'. Default: 3."),
     hop: float = typer.Option(None, "--hop", help=_HOP_HELP),
-    windows: str = typer.Option(None, "--windows", metavar="N|all", help=_WINDOWS_HELP),
+    windows: str = typer.Option(None, "--windows", metavar="N|all", callback=windows_option, help=_WINDOWS_HELP),
     index: Path = typer.Option(None, "--index", "-i", help="A library index from `melgenre index` made with this model: the page and POST /predict also list the most similar tracks in it. Default: none."),
     similar_k: int = typer.Option(5, "--similar-k", min=1, help="Similar tracks listed with --index. Default: 5."),
     max_minutes: float = typer.Option(180.0, "--max-minutes", min=0.01, help="Longest accepted recording in minutes, read from the file's header before decoding; longer ones get HTTP 413 (only the windows a prediction scores are decoded, so a small upload of hours of audio costs what a song costs). Default: 180."),

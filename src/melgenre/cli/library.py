@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from melgenre.cli.common import MODEL_HELP, console, err_console, resumable, say
+from melgenre.cli.common import MODEL_HELP, console, err_console, resumable, say, windows_option
 
 
 def index_cmd(
@@ -18,7 +18,7 @@ def index_cmd(
     workers: int = typer.Option(0, "--workers", "-w", min=0, help="Worker processes. Default 0 = one per CPU core; 1 = no pool."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar. Default: on."),
     ray: str = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Embed the files as Ray tasks: a bare --ray (last, or before another option) starts/attaches a local Ray; --ray ADDRESS or --ray=ADDRESS joins a cluster (files and model readable at the same path on every node). Default: off (local worker processes)."),
-    windows: str = typer.Option(None, "--windows", metavar="N|all", help="The most windows a track's embedding averages, spread over a longer track (only those stretches are decoded); all: every window. Another setting than OUT's embeds every track again. Default: what OUT was built with (all for an index from before sampling), else the model's (the default model: 5)."),
+    windows: str = typer.Option(None, "--windows", metavar="N|all", callback=windows_option, help="The most windows a track's embedding averages, spread over a longer track (only those stretches are decoded); all: every window. Another setting than OUT's embeds every track again. Default: what OUT was built with (all for an index from before sampling), else the model's (the default model: 5)."),
 ) -> None:
     """Index a music library for `melgenre similar`: one embedding per track (incremental: a rerun embeds
     new and changed files only and drops files gone from the folders; resumable after a kill; atomic)."""
