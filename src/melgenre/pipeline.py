@@ -79,11 +79,16 @@ def samples(source: str | Path | bytes | np.ndarray, sr: int | None, name: str |
             ) -> tuple[np.ndarray, str]:
     """Mono float32 samples at ``target_sr`` of a whole file, its bytes or an array (at ``sr``), and the
     name to report (for callers that need every sample, such as musicnn's own tagger)."""
+    label = _label(source, name)
     if isinstance(source, np.ndarray):
-        label = name or "<array>"
         return _samples(source, sr, label, target_sr), label
-    label = name or ("<bytes>" if isinstance(source, bytes) else str(source))
     return audio.load(source, sr=target_sr, name=label).samples, label
+
+
+def _label(source: str | Path | bytes | np.ndarray, name: str | None) -> str:
+    """The name a recording is reported by: ``name``, else its path, ``<bytes>`` or ``<array>``."""
+    return name or ("<array>" if isinstance(source, np.ndarray) else "<bytes>" if isinstance(source, bytes)
+                    else str(source))
 
 
 def _samples(source: np.ndarray, sr: int | None, label: str, target_sr: int) -> np.ndarray:
@@ -115,12 +120,10 @@ def windows_of(model: GenreModel, source: str | Path | bytes | np.ndarray, sr: i
     MelgenreError
         An array without ``sr``, of the wrong shape, empty or non-finite.
     """
-    most = more if exclude else model.windows
+    most, label = (more if exclude else model.windows), _label(source, name)
     with blas_controller().limit(limits=1, user_api="blas"):
         if isinstance(source, np.ndarray):
-            label = name or "<array>"
             return array_windows(_samples(source, sr, label, model.preset.sr), model.window_preset, most, exclude), label
-        label = name or ("<bytes>" if isinstance(source, bytes) else str(source))
         return file_windows(source, model.window_preset, most, name=label, exclude=exclude), label
 
 
@@ -182,9 +185,7 @@ class Predictor:
                name: str | None = None) -> Item:
         """The first windows of a file, its bytes or samples as an :class:`Item` (never raises: a failure
         is the item's ``error``)."""
-        label = name or ("<array>" if isinstance(source, np.ndarray) else
-                         "<bytes>" if isinstance(source, bytes) else str(source))
-        item = Item(key=label, source=source, sr=sr)
+        item = Item(key=_label(source, name), source=source, sr=sr)
         try:
             item.windows, item.key = windows_of(self.model, source, sr, name)
         except Exception as exc:  # noqa: BLE001
