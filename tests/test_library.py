@@ -254,6 +254,23 @@ def test_bad_results_files_are_one_line_errors(tiny_card, songs, tmp_path):
     assert (tmp_path / "empty.db").stat().st_size == 0
 
 
+def test_a_foreign_jsonl_is_refused_and_left_as_it_was(tiny_card, songs, tmp_path):
+    """--out other.jsonl of someone else's JSON lines: refused in one line, never appended to or rewritten."""
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"x": 1}\n')
+    with pytest.raises(MelgenreError, match="other.jsonl, line 1: not a melgenre results row"):
+        predict_library([songs], other, model=tiny_card, workers=0, progress=False)
+    r = runner.invoke(app, ["predict", str(songs), "--model", str(tiny_card), "--out", str(other), "--workers", "0",
+                            "--no-progress"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert other.read_text() == '{"x": 1}\n'
+    # a results file with a row whose path is not text (hand-edited): one line, not a TypeError traceback
+    row = library.make_row(str(songs / "a.wav"), 1, 1.0, None, "m", None, "failed")
+    (tmp_path / "r.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "path": None}) + "\n")
+    with pytest.raises(MelgenreError, match="r.jsonl, line 2: not a melgenre results row"):
+        read_results(tmp_path / "r.jsonl")
+
+
 def test_cli_predict_out_prints_a_summary_and_exits_1_on_failures(tiny_card, songs, tmp_path):
     out = tmp_path / "cli.csv"
     r = runner.invoke(app, ["predict", str(songs), "--model", str(tiny_card), "--out", str(out), "--workers", "0",

@@ -212,18 +212,23 @@ class _LineSink:
 
     def _read(self, text: str) -> list[dict[str, Any]]:
         if self.fmt == "jsonl":
-            rows = []
-            for n, line in enumerate(text.splitlines(), start=1):
-                try:
-                    rows.append({k: json.loads(line).get(k) for k in COLUMNS})
-                except (json.JSONDecodeError, AttributeError):
-                    raise MelgenreError(f"{self.path}:{n}: not a JSON object (is this a melgenre results file?)") \
-                        from None
-            return rows
+            return [self._jsonl_row(line, n) for n, line in enumerate(text.splitlines(), start=1)]
         reader = csv.DictReader(io.StringIO(text, newline=""))
         if text and tuple(reader.fieldnames or ())[:len(COLUMNS)] != COLUMNS:
             raise MelgenreError(f"{self.path}: not a melgenre results CSV (its header is not {','.join(COLUMNS)})")
         return [_parsed(_csv_typed(r)) for r in reader]
+
+    def _jsonl_row(self, line: str, n: int) -> dict[str, Any]:
+        """Line ``n`` of a JSON Lines results file as a row; anything else (someone else's JSON lines) is refused,
+        so that ``--out`` never appends to, nor rewrites, a file that is not melgenre's."""
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or not set(COLUMNS) <= row.keys() or not isinstance(row["path"], str):
+            raise MelgenreError(f"{self.path}, line {n}: not a melgenre results row (a JSON object of "
+                                f"{', '.join(COLUMNS)}; path a text): not a results file of melgenre predict --out")
+        return {k: row[k] for k in COLUMNS}
 
     def _line(self, row: dict[str, Any]) -> str:
         if self.fmt == "jsonl":
