@@ -354,11 +354,23 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         tagging.plan(tmp_path / "lib", tmp_path / "other.sqlite")
     (tmp_path / "bad.jsonl").write_text("nonsense\n{}\n")
     r = cli("--undo", tmp_path / "bad.jsonl")
-    assert r.exit_code == 2 and "bad.jsonl: line 1 is not JSON" in r.output
+    assert r.exit_code == 2 and "bad.jsonl: not a melgenre tag log (line 1 is not JSON)" in r.output
     (tmp_path / "partial.jsonl").write_text('{"op": "tag", "path": "/x", "before": {}}\n{}\n')
     r = cli("--undo", tmp_path / "partial.jsonl")
-    assert r.exit_code == 2 and "partial.jsonl: line 1 is not a melgenre tag log entry" in r.output
+    assert r.exit_code == 2 and "partial.jsonl: not a melgenre tag log (line 1 is not a tag entry)" in r.output
     assert cli(tmp_path / "lib").exit_code == 2  # no --from
+
+
+def test_undo_of_a_file_that_is_not_a_tag_log_says_so_in_one_line(tmp_path):
+    clip = make_clip(tmp_path / "lib" / "a.flac")
+    db = write_results(tmp_path / "results.sqlite", [result_row(clip)])  # binary: not UTF-8 text
+    (tmp_path / "garbage.jsonl").write_text("this is not a tag log\n")  # one complete line: not a torn entry
+    (tmp_path / "empty.jsonl").write_text("")
+    for log in (db, tmp_path / "garbage.jsonl", tmp_path / "empty.jsonl"):
+        r = cli("--undo", log)
+        assert r.exit_code == 2, (log, r.output, r.exception)
+        assert len(r.output.strip().splitlines()) == 1 and f"{log.name}: not a melgenre tag log" in r.output, r.output
+    assert tagging.genre_text(mutagen.File(clip)) == ""
 
 
 def test_relative_paths_and_torn_log_line(tmp_path):

@@ -409,21 +409,35 @@ class TagLog:
             os.close(fd)
 
     def read(self) -> list[dict]:
-        """Every entry; a torn last line (a crash while appending) is ignored."""
+        """Every entry; a torn last line (a crash while appending: no newline at its end) is ignored.
+
+        Raises
+        ------
+        MelgenreError
+            The file is missing, not UTF-8 text (a results database), holds a line that is not an entry,
+            or no complete entry at all.
+        """
         if not self.path.is_file():
             raise MelgenreError(f"{self.path}: no such tag log")
-        lines = self.path.read_text(encoding="utf-8").splitlines()
+        try:
+            text = self.path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise MelgenreError(f"{self.path}: not a melgenre tag log (binary, not JSON lines: a results "
+                                f"database?)") from None
+        lines = text.splitlines()
         entries = []
         for n, line in enumerate(lines, 1):
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
-                if n == len(lines):
+                if n == len(lines) and not text.endswith("\n"):
                     break
-                raise MelgenreError(f"{self.path}: line {n} is not JSON (not a melgenre tag log?)") from None
+                raise MelgenreError(f"{self.path}: not a melgenre tag log (line {n} is not JSON)") from None
             if not isinstance(entry, dict) or entry.get("op") != "tag" or not _LOG_KEYS <= entry.keys():
-                raise MelgenreError(f"{self.path}: line {n} is not a melgenre tag log entry")
+                raise MelgenreError(f"{self.path}: not a melgenre tag log (line {n} is not a tag entry)")
             entries.append(entry)
+        if not entries:
+            raise MelgenreError(f"{self.path}: not a melgenre tag log (no complete entry)")
         return entries
 
 
