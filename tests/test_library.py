@@ -4,6 +4,7 @@ and worker processes that exit when their parent dies."""
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -269,6 +270,42 @@ def test_a_foreign_jsonl_is_refused_and_left_as_it_was(tiny_card, songs, tmp_pat
     (tmp_path / "r.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "path": None}) + "\n")
     with pytest.raises(MelgenreError, match="r.jsonl, line 2: not a melgenre results row"):
         read_results(tmp_path / "r.jsonl")
+
+
+_WRITE_EACH = """
+import sys
+from melgenre.errors import MelgenreError
+from melgenre.library import predict_library
+for out in sys.argv[3:]:
+    try:
+        predict_library([sys.argv[1]], out, model=sys.argv[2], workers=0, progress=False)
+        print("written", out)
+    except MelgenreError as exc:
+        print(exc)
+"""
+
+
+def test_a_folder_or_file_that_may_not_be_written_is_named_as_such(tiny_card, tmp_path):
+    """--out where this user may not write: one line that says so (not "not an SQLite database", no traceback).
+    As root, the job runs without the capability to override file permissions (setpriv)."""
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("root ignores file permissions and setpriv (util-linux) is not installed to drop that power")
+    clip = tmp_path / "a.wav"
+    sf.write(clip, synth.synth_clip(0, 3, seconds=3.0, rng=np.random.default_rng(0)), 22_050)
+    locked, ro = tmp_path / "locked.sqlite", tmp_path / "ro"
+    predict_library([clip], locked, model=tiny_card, workers=0, progress=False)
+    ro.mkdir()
+    locked.chmod(0o444)
+    ro.chmod(0o555)
+    outs = [ro / "r.sqlite", ro / "r.jsonl", ro / "r.csv", locked]
+    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    done = subprocess.run([*drop, sys.executable, "-c", _WRITE_EACH, str(clip), str(tiny_card), *map(str, outs)],
+                          env={**os.environ, "PYTHONPATH": SRC}, capture_output=True, text=True, timeout=300)
+    ro.chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"{ro}: folder is not writable (cannot write {out.name} in it)"
+                                        for out in outs[:3]] + [f"{locked}: results file is not writable"]
+    assert sorted(ro.iterdir()) == []
 
 
 def test_cli_predict_out_prints_a_summary_and_exits_1_on_failures(tiny_card, songs, tmp_path):

@@ -270,6 +270,11 @@ def _open(path: Path, model: GenreModel | None = None) -> _SqliteSink | _LineSin
         raise MelgenreError(f"{path}: is a directory; --out takes the results file to write")
     if model is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # every format writes beside the file (SQLite's -wal and -shm files; the line formats' atomic rewrites)
+        if not os.access(path.parent, os.W_OK):
+            raise MelgenreError(f"{path.parent}: folder is not writable (cannot write {path.name} in it)")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise MelgenreError(f"{path}: results file is not writable")
     elif not path.is_file():
         raise MelgenreError(f"{path}: no such results file")
     return _SqliteSink(path, model) if fmt == "sqlite" else _LineSink(path, fmt, create=model is not None)
