@@ -228,3 +228,26 @@ def test_show_figure_has_units_a_legend_and_a_fixed_colour_scale():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["start of a 3-s model window"]
     assert bar.get_ylim() == (0.0, 1.0)  # not 0.9-1.1 around a flat image
     plt.close(fig)
+
+
+def test_a_newline_in_a_file_name_stays_on_its_error_line(tiny_card, tmp_path):
+    """File names are shown with control characters escaped (a newline as \\n): each error stays one line."""
+    import soundfile as sf
+
+    from melgenre import synth
+
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    bad = songs / "bad\nname.wav"
+    bad.write_text("not audio")
+    sf.write(songs / "good.wav", synth.synth_clip(0, 3, seconds=3.0, rng=np.random.default_rng(0)), 22_050)
+    shown = str(bad).replace("\n", "\\n")
+    r = invoke("show", bad, "--out", tmp_path / "x.png")
+    _one_line_error(r, "bad\\nname.wav: not a decodable audio file")
+    for extra in ([], ["--out", tmp_path / "r.sqlite"]):
+        r = invoke("predict", songs, "--model", tiny_card, "--workers", 0, "--no-progress", *extra)
+        assert r.exit_code == 1, r.output
+        errors = [line for line in r.stderr.splitlines() if line.strip()]
+        assert errors == [f"error: {shown}: not a decodable audio file (Format not recognised)"], r.stderr
+    r = invoke("tag", songs, "--from", tmp_path / "r.sqlite")
+    assert r.exit_code == 0 and "bad\\nname.wav" in r.output and "name.wav" not in r.output.replace("bad\\nname.wav", "")

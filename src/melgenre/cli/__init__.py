@@ -14,7 +14,7 @@ import typer.core
 
 from melgenre import __version__
 from melgenre.cli import bench, data, evaluation, inference, library, training
-from melgenre.cli.common import err_console, say
+from melgenre.cli.common import err_console, error_line, say
 from melgenre.cli.models import models_app
 from melgenre.errors import MelgenreError
 
@@ -26,11 +26,11 @@ class _Group(typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except MelgenreError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            error_line(exc)
             raise typer.Exit(2) from None
         except OSError as exc:  # read-only or full disk, no permission, a directory where a file belongs
             where = f"{exc.filename}: " if exc.filename else ""
-            err_console.print(f"[bold red]error:[/] {where}{exc.strerror or exc}", highlight=False, soft_wrap=True)
+            error_line(f"{where}{exc.strerror or exc}")
             raise typer.Exit(2) from None
 
 

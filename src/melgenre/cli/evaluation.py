@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from melgenre.cli.common import MODEL_HELP, console, err_console, say
+from melgenre.cli.common import MODEL_HELP, console, error_line, say
 
 
 def print_metrics(run_dir: Path) -> None:
@@ -200,10 +200,8 @@ def score(
             + ("scored too (--include-training): optimistic" if include_training else "left out"))
     for flag, f in result["flags"].items():
         say(f"flag {flag}: {f['files']} file(s), right on {f['right']}")
-    from rich.markup import escape
-
     for path, reason in result["failed"]:
-        err_console.print(f"[bold red]error:[/] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
+        error_line(f"{path}: {reason}")
     say(f"details: {out / 'report.md'}")
     if result["failed"]:
         raise typer.Exit(1)
