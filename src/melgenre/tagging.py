@@ -23,7 +23,6 @@ Safety:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -31,8 +30,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from melgenre import audio
 from melgenre.errors import MelgenreError
@@ -388,10 +385,6 @@ def plan(root: str | Path, db: str | Path, min_confidence: float = DEFAULT_MIN_C
 
 # -- safe rewrite --------------------------------------------------------------------------------
 
-def _samples(path: Path, name: str) -> np.ndarray:
-    return audio.decode(path.read_bytes(), name=name)[0]
-
-
 class TagLog:
     """An append-only JSON-lines change log: each entry is one ``write`` of a whole line, fsynced."""
 
@@ -458,9 +451,7 @@ def _rewrite(path: Path, edit: Callable[[object, type], dict], before_log: Calla
     cls = type(original)
     facts = {"format": fmt.name, "had_tags": original.tags is not None, "before": genre_fields(original)}
     with atomic_path(path) as tmp:
-        data = path.read_bytes()
-        facts["sha256_before"] = hashlib.sha256(data).hexdigest()
-        tmp.write_bytes(data)
+        facts["sha256_before"] = file_sha256(path, copy_to=tmp)
         os.chmod(tmp, stat.S_IMODE(st.st_mode))
         if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
             try:
@@ -474,7 +465,7 @@ def _rewrite(path: Path, edit: Callable[[object, type], dict], before_log: Calla
         facts["after"] = genre_fields(_open(tmp, cls))
         if facts["after"] != expected:
             raise MelgenreError(f"{path}: the genre read back differs from the one written; file left as it was")
-        if verify and not np.array_equal(_samples(path, str(path)), _samples(tmp, str(path))):
+        if verify and audio.sample_digest(path) != audio.sample_digest(tmp, name=str(path)):
             raise MelgenreError(f"{path}: audio decoded differently after tagging; file left as it was")
         if keep_mtime:
             os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))

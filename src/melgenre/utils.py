@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import multiprocessing
@@ -66,12 +67,15 @@ def run_checkpoint(run_dir: str | Path) -> Path:
 PARENT_CHECK_S = 0.5
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 (hex) of a file's bytes, read in 1-MB blocks (never whole into memory)."""
+def file_sha256(path: str | Path, copy_to: str | Path | None = None) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1-MB blocks (never whole into memory); with ``copy_to``,
+    the bytes are also written there (a copy and its hash in one read)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(path, "rb") as f, open(copy_to, "wb") if copy_to is not None else contextlib.nullcontext() as out:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+            if out is not None:
+                out.write(block)
     return h.hexdigest()
 
 
