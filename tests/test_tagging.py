@@ -353,6 +353,44 @@ def test_verify_compares_the_audio_in_bounded_memory(tmp_path):
     assert peak < decoded / 10, f"{peak / 1e6:.1f} MB"
 
 
+def _acl_reading(uid: int) -> bytes:
+    """A POSIX access ACL (the ``system.posix_acl_access`` value) that also lets user ``uid`` read the file."""
+    import struct
+
+    entries = [(0x01, 6, 0xFFFFFFFF), (0x02, 4, uid), (0x04, 4, 0xFFFFFFFF), (0x10, 4, 0xFFFFFFFF), (0x20, 4, 0xFFFFFFFF)]
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+def test_extended_attributes_and_acls_survive_tagging_and_undo(tmp_path):
+    clip = make_clip(tmp_path / "lib" / "a.flac")
+    clip.chmod(0o644)
+    try:
+        os.setxattr(clip, "user.xdg.tags", b"red,work")  # a file manager's tags (Finder's are xattrs too)
+    except (AttributeError, OSError) as exc:
+        pytest.skip(f"no user extended attributes here ({getattr(exc, 'strerror', None) or exc})")
+    os.setxattr(clip, "user.melgenre.test", b"\x00\x01 binary")
+    try:
+        os.setxattr(clip, "system.posix_acl_access", _acl_reading(65534))
+    except OSError:  # a filesystem without POSIX ACLs: the user.* attributes are still checked
+        pass
+    kept = {name: os.getxattr(clip, name) for name in os.listxattr(clip)}
+    db = write_results(tmp_path / "r.sqlite", [result_row(clip)])
+    (change,) = tagging.apply(tagging.plan(tmp_path / "lib", db), tmp_path / "log.jsonl")
+    assert change.action == "write" and tagging.genre_text(mutagen.File(clip)) == "Rock"
+    assert {name: os.getxattr(clip, name) for name in os.listxattr(clip)} == kept
+    assert [u.action for u in tagging.undo(tmp_path / "log.jsonl")] == ["restored"]
+    assert {name: os.getxattr(clip, name) for name in os.listxattr(clip)} == kept and clip.stat().st_mode & 0o777 == 0o644
+    # a folder whose default ACL new files inherit: the copy does not keep an access ACL the file did not have
+    plain = make_clip(tmp_path / "shared" / "b.flac")
+    try:
+        os.setxattr(plain.parent, "system.posix_acl_default", _acl_reading(65534))
+    except OSError:
+        return
+    db = write_results(tmp_path / "s.sqlite", [result_row(plain)])
+    (change,) = tagging.apply(tagging.plan(tmp_path / "shared", db), tmp_path / "log2.jsonl")
+    assert change.action == "write" and "system.posix_acl_access" not in os.listxattr(plain)
+
+
 def test_mode_mtime_and_hard_links(tmp_path):
     lib = tmp_path / "lib"
     a, b = make_clip(lib / "a.mp3"), make_clip(lib / "b.mp3", seed=1)

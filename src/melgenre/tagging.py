@@ -13,7 +13,8 @@ Safety:
   only once the copy has been saved, read back, and (``verify``) decodes to exactly the same
   samples. A crash at any point leaves either the untouched original or the complete new file
   (and at worst a hidden ``.NAME.PID.tmp`` beside it).
-- The copy keeps the file's permission bits and, where the user may, its owner; hard-linked
+- The copy keeps the file's permission bits, its extended attributes (Linux: a file manager's
+  ``user.*`` tags, the SELinux label, the POSIX ACL) and, where the user may, its owner; hard-linked
   files are skipped (a rename would split the links). The modification time becomes the time
   of tagging unless ``keep_mtime`` is set.
 - Every change is appended to a JSON-lines log (one ``os.write`` per line, fsynced) *before* the
@@ -23,6 +24,7 @@ Safety:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -458,6 +460,7 @@ def _rewrite(path: Path, edit: Callable[[object, type], dict], before_log: Calla
                 os.chown(tmp, st.st_uid, st.st_gid)
             except PermissionError:
                 pass  # a user may not give a file away; the copy is theirs, as any editor's would be
+        _copy_xattrs(path, tmp)
         try:
             expected = edit(_open(tmp, cls), fmt)
         except mutagen.MutagenError as exc:
@@ -483,6 +486,43 @@ def _rewrite(path: Path, edit: Callable[[object, type], dict], before_log: Calla
     finally:
         os.close(dir_fd)
     return facts
+
+
+#: The extended attribute of a POSIX access ACL (Linux); a new file may inherit one from its folder's default ACL.
+_ACL_XATTR = "system.posix_acl_access"
+
+
+def _copy_xattrs(src: Path, dst: Path) -> None:
+    """Give ``dst`` every extended attribute of ``src`` (Linux: a file manager's ``user.*`` tags, an SELinux
+    label, the POSIX ACL), and no access ACL ``src`` lacks, so that the rename keeps them.
+
+    Raises
+    ------
+    MelgenreError
+        An attribute cannot be set on ``dst`` (the rewrite is then abandoned: nothing is lost).
+    """
+    if not hasattr(os, "listxattr"):  # not Linux
+        return
+    try:
+        names = os.listxattr(src)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):  # a filesystem without extended attributes
+            return
+        raise
+    for name in names:
+        value = os.getxattr(src, name)
+        try:
+            if os.getxattr(dst, name) == value:  # e.g. the SELinux label the copy was given already
+                continue
+        except OSError:
+            pass
+        try:
+            os.setxattr(dst, name, value)
+        except OSError as exc:
+            raise MelgenreError(f"{src}: its extended attribute {name} cannot be kept ({exc.strerror}); file left "
+                                f"as it was") from None
+    if _ACL_XATTR not in names and _ACL_XATTR in os.listxattr(dst):  # inherited from the folder's default ACL
+        os.removexattr(dst, _ACL_XATTR)
 
 
 def _set_fields(values: dict, drop_empty: bool) -> Callable[[object, type], dict]:
