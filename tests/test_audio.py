@@ -1,9 +1,17 @@
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
 
 from melgenre import audio
 from melgenre.errors import AudioDecodeError, MelgenreError
+from melgenre.utils import private_tempdir
 
 from conftest import shared_path, tone
 
@@ -162,3 +170,23 @@ def test_expand_paths_finds_audio_and_skips_hidden_files_and_folders(tmp_path):
     found = audio.expand_paths([tmp_path, hidden_root, explicit, tmp_path / "b.wav"])
     assert found == [tmp_path / "a.FLAC", tmp_path / "b.wav", tmp_path / "sub" / "c.mp3", hidden_root / "e.wav",
                      explicit]
+
+
+def test_a_killed_runs_temp_folder_is_removed_by_the_next_run(tmp_path, monkeypatch):
+    """utils.private_tempdir (the ffmpeg decode's copy of an M4A): a kill -9 skips the clean-up, so the
+    next run removes the folders of processes that are gone, never a live one's."""
+    code = ("import os, signal\nfrom melgenre.utils import private_tempdir\n"
+            "with private_tempdir('melgenre-test-') as d:\n"
+            "    (d / 'half.m4a').write_bytes(b'x')\n    print(d, flush=True)\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    killed = Path(done.stdout.strip())
+    assert killed.parent == tmp_path and (killed / "half.m4a").exists()
+    live = tmp_path / f"melgenre-test-{os.getppid()}-x"  # a run still going
+    live.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with private_tempdir("melgenre-test-") as folder:
+        assert folder.is_dir() and folder.name.startswith(f"melgenre-test-{os.getpid()}-")
+        assert not killed.exists() and live.exists()
+    assert not folder.exists()

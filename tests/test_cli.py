@@ -5,8 +5,10 @@ import sys
 
 import numpy as np
 import pytest
+import soundfile as sf
 from typer.testing import CliRunner
 
+from melgenre import synth
 from melgenre.cli import app
 from melgenre.store import MelStore
 
@@ -232,10 +234,6 @@ def test_show_figure_has_units_a_legend_and_a_fixed_colour_scale():
 
 def test_a_newline_in_a_file_name_stays_on_its_error_line(tiny_card, tmp_path):
     """File names are shown with control characters escaped (a newline as \\n): each error stays one line."""
-    import soundfile as sf
-
-    from melgenre import synth
-
     songs = tmp_path / "songs"
     songs.mkdir()
     bad = songs / "bad\nname.wav"

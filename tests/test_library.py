@@ -231,7 +231,11 @@ def test_line_formats_resume_and_tolerate_a_torn_last_line(tiny_card, songs, tmp
     changed = songs / "class00" / "class00.00000.wav"
     y, sr = sf.read(changed, dtype="float32")
     sf.write(changed, y[: sr * 3], sr)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    litter = out.with_name(f".{out.name}.{int(dead.stdout)}.tmp")  # the rewrite of a run killed meanwhile
+    litter.write_text(out.read_text()[:100])
     again = predict_library([songs], out, model=tiny_card, workers=0, progress=False)
+    assert not litter.exists()
     assert again.predicted == 2  # the changed file and the broken one
     text = out.read_text()
     assert text.endswith("\n") and len(text.splitlines()) == 12 + (suffix == ".csv")  # one row per file

@@ -318,6 +318,47 @@ tagging.apply(tagging.plan({str(tmp_path / "lib")!r}, {str(db)!r}), {str(tmp_pat
     assert change.action == "write" and tagging.genre_text(mutagen.File(clip)) == "Rock"
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has just exited."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_temp_copies_of_a_killed_run_are_reported_then_removed(tmp_path):
+    lib = tmp_path / "lib"
+    clip = make_clip(lib / "a.flac")
+    db = write_results(tmp_path / "r.sqlite", [result_row(clip)])
+    stale = lib / f".a.flac.{_dead_pid()}.tmp"  # a kill -9 mid-write: the copy stays, hidden
+    stale.write_bytes(clip.read_bytes())
+    live = lib / f".a.flac.{os.getppid()}.tmp"  # a run still going (a live process)
+    foreign = lib / f".notes.txt.{_dead_pid()}.tmp"  # not a copy of an audio file: not ours
+    for p in (live, foreign):
+        p.write_bytes(b"x")
+    assert tagging.leftovers(lib) == [stale]
+    r = cli(lib, "--from", db)  # a dry run says so and removes nothing
+    assert r.exit_code == 0 and f"left over {stale}: the temp copy of a killed melgenre tag run" in r.output, r.output
+    assert stale.exists()
+    r = cli(lib, "--from", db, "--write", "--log", tmp_path / "log.jsonl")
+    assert r.exit_code == 0 and f"removed {stale}" in r.output, r.output
+    assert not stale.exists() and live.exists() and foreign.exists()
+    assert tagging.genre_text(mutagen.File(clip)) == "Rock"
+
+
+def test_genre_now_is_shown_for_skipped_files(tmp_path):
+    lib = tmp_path / "lib"
+    changed, missing = make_clip(lib / "changed.flac"), make_clip(lib / "missing.ogg", seed=1)
+    for clip, genre in ((changed, "Punk"), (missing, "Ska")):
+        f = mutagen.File(clip)
+        f["genre"] = genre
+        f.save()
+    db = write_results(tmp_path / "r.sqlite", [result_row(changed)])
+    os.utime(changed, ns=(0, changed.stat().st_mtime_ns + 10**9))  # touched since the prediction
+    assert {c.path.name: (c.old, c.action) for c in tagging.plan(lib, db, replace=True)} == {
+        "changed.flac": ("Punk", "skip"), "missing.ogg": ("Ska", "skip")}
+    r = cli(lib, "--from", db, "--replace")
+    assert r.exit_code == 0 and "Punk" in r.output and "Ska" in r.output, r.output
+
+
 def test_verify_keeps_the_original_when_the_audio_would_differ(tmp_path, monkeypatch):
     clip = make_clip(tmp_path / "lib" / "a.wav")
     db = write_results(tmp_path / "r.sqlite", [result_row(clip)])

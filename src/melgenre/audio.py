@@ -24,6 +24,7 @@ import soundfile as sf
 import soxr
 
 from melgenre.errors import AudioDecodeError
+from melgenre.utils import private_tempdir
 
 #: File suffixes melgenre looks for when it scans folders (lower case).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".au", ".snd", ".aif", ".aiff", ".m4a")
@@ -129,14 +130,14 @@ def _decode_ffmpeg(data: bytes, label: str) -> tuple[np.ndarray, int]:
     writes 32-bit float Sun ``.au`` to stdout, a header libsndfile reads without a known length.
     """
     exe = _ffmpeg(label)
-    with tempfile.NamedTemporaryFile(suffix=Path(label).suffix) as src:
-        src.write(data)
-        src.flush()
-        done = subprocess.run([exe, "-nostdin", "-v", "error", "-i", src.name, "-map", "0:a:0", "-f", "au",
+    with private_tempdir("melgenre-ffmpeg-") as folder:  # a killed run's copy is removed by the next one
+        src = folder / f"input{Path(label).suffix}"
+        src.write_bytes(data)
+        done = subprocess.run([exe, "-nostdin", "-v", "error", "-i", str(src), "-map", "0:a:0", "-f", "au",
                                "-c:a", "pcm_f32be", "-"], capture_output=True, timeout=600)
     if done.returncode != 0 or not done.stdout:
         reason = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no audio stream"]
-        raise AudioDecodeError(label, f"not a decodable audio file (ffmpeg: {reason[0].replace(src.name + ': ', '')})")
+        raise AudioDecodeError(label, f"not a decodable audio file (ffmpeg: {reason[0].replace(f'{src}: ', '')})")
     return _read_sndfile(done.stdout, label)
 
 

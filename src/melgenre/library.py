@@ -26,6 +26,7 @@ import contextlib
 import csv
 import datetime as _dt
 import functools
+import glob
 import io
 import json
 import os
@@ -46,7 +47,7 @@ from melgenre.audio import expand_paths
 from melgenre.errors import AudioDecodeError, MelgenreError
 from melgenre.inference import GenreModel, Prediction, load_model, resolve_backend
 from melgenre.package import package_card
-from melgenre.utils import atomic_path, file_sha256, imap_bounded, worker_pool
+from melgenre.utils import atomic_path, file_sha256, imap_bounded, stale_temp_target, worker_pool
 from melgenre.windows import file_windows
 
 SCHEMA_VERSION = "1"
@@ -275,6 +276,9 @@ def _open(path: Path, model: GenreModel | None = None) -> _SqliteSink | _LineSin
             raise MelgenreError(f"{path.parent}: folder is not writable (cannot write {path.name} in it)")
         if path.exists() and not os.access(path, os.W_OK):
             raise MelgenreError(f"{path}: results file is not writable")
+        for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # a killed run's rewrite
+            if stale_temp_target(tmp) == path:
+                tmp.unlink(missing_ok=True)
     elif not path.is_file():
         raise MelgenreError(f"{path}: no such results file")
     return _SqliteSink(path, model) if fmt == "sqlite" else _LineSink(path, fmt, create=model is not None)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from melgenre import audio
 from melgenre.errors import MelgenreError
-from melgenre.utils import atomic_path, file_sha256
+from melgenre.utils import atomic_path, file_sha256, stale_temp_target
 
 #: Default ``--min-confidence``: the predicted genre must be more likely than all others together.
 DEFAULT_MIN_CONFIDENCE = 0.5
@@ -326,9 +326,32 @@ def taggable_files(root: str | Path) -> list[Path]:
                    and f.suffix.lower() in audio.AUDIO_EXTENSIONS})
 
 
+def leftovers(root: str | Path, remove: bool = False) -> list[Path]:
+    """The temp copies beside audio files under ``root`` that a killed ``--write`` or ``--undo`` left
+    (``.NAME.PID.tmp`` of a process that is gone: their rename never happened, so the file beside
+    is as it was), sorted; with ``remove``, they are deleted."""
+    found = sorted(p for p in Path(root).rglob(".*.tmp")
+                   if (target := stale_temp_target(p)) is not None and target.suffix.lower() in audio.AUDIO_EXTENSIONS
+                   and p.is_file())
+    for p in found if remove else ():
+        p.unlink(missing_ok=True)
+    return found
+
+
+def _genre_now(path: Path) -> str:
+    """The file's genre as :func:`genre_text` gives it, "" when it has none or its tags cannot be read."""
+    try:
+        audio_file = _open(path)
+        return genre_text(audio_file) if audio_file is not None and _format(audio_file) is not None else ""
+    except (MelgenreError, OSError):
+        return ""
+
+
 def _decide(path: Path, root: Path, result: Result | None, min_confidence: float, replace: bool) -> Change:
     """The planned change of one file (reads its tags, writes nothing)."""
-    skip = lambda reason, old="", new="": Change(path, old, new, "skip", reason, result)  # noqa: E731
+    def skip(reason: str, old: str | None = None, new: str = "") -> Change:
+        return Change(path, _genre_now(path) if old is None else old, new, "skip", reason, result)
+
     if not path.is_relative_to(root):
         return skip("a link to a file outside the folder")
     if result is None:
@@ -347,9 +370,9 @@ def _decide(path: Path, root: Path, result: Result | None, min_confidence: float
     try:
         audio_file = _open(path)
     except (MelgenreError, OSError) as exc:
-        return skip(_reason(exc), new=new)
+        return skip(_reason(exc), "", new)
     if audio_file is None or _format(audio_file) is None:
-        return skip(f"no supported tag format for {path.suffix or 'this file'}", new=new)
+        return skip(f"no supported tag format for {path.suffix or 'this file'}", "", new)
     old = genre_text(audio_file)
     if old.lower() == new.lower():
         return skip("already tagged", old, new)

@@ -125,6 +125,9 @@ def tag_cmd(
         name = c.path.relative_to(folder.resolve()) if c.path.is_relative_to(folder.resolve()) else c.path
         out.add_row(shown(name), shown(c.old), shown(c.new), action)
     console.print(out)
+    for p in tagging.leftovers(folder, remove=write):
+        say(f"{'removed' if write else 'left over'} {shown(p)}: the temp copy of a killed melgenre tag run"
+            + ("" if write else " (--write removes it)"))
     written, failed = (sum(c.action == a for c in changes) for a in ("write", "failed"))
     if write:
         say(f"{written} written, {len(changes) - written - failed} skipped, {failed} failed"
