@@ -249,3 +249,21 @@ def test_a_newline_in_a_file_name_stays_on_its_error_line(tiny_card, tmp_path):
         assert errors == [f"error: {shown}: not a decodable audio file (Format not recognised)"], r.stderr
     r = invoke("tag", songs, "--from", tmp_path / "r.sqlite")
     assert r.exit_code == 0 and "bad\\nname.wav" in r.output and "name.wav" not in r.output.replace("bad\\nname.wav", "")
+
+
+def test_predict_prints_one_line_per_bad_mp3_and_no_decoder_chatter(tiny_card, tmp_path, capfd):
+    """libmpg123's notes ("Illegal Audio-MPEG-Header", "Trying to resync", "Xing stream size") go to file
+    descriptor 2, below Python: capfd sees them; melgenre keeps them off, so its own line stands alone."""
+    from test_audio import damaged_mp3
+
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    damaged_mp3(songs / "resync.mp3")  # decodes, with notes
+    (songs / "junk.mp3").write_bytes(b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(2000))  # fails
+    for extra in ([], ["--out", tmp_path / "r.sqlite"]):
+        r = invoke("predict", songs, "--model", tiny_card, "--workers", 0, "--no-progress", *extra)
+        assert r.exit_code == 1, r.output
+        errors = [line for line in r.stderr.splitlines() if line.strip()]
+        assert len(errors) == 1 and errors[0].startswith(f"error: {songs / 'junk.mp3'}: not a decodable audio file")
+        assert ("2 predicted this run (1 failed)" if extra else "resync.mp3") in r.stdout
+        assert capfd.readouterr().err == ""
