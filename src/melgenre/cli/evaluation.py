@@ -167,7 +167,7 @@ def table(
 
 
 def score(
-    data_dir: Path = typer.Argument(..., metavar="DIR", help="Labelled audio: <class>/<file> folders (or GTZAN's genres/); every class must be one of the model's genres."),
+    data_dir: Path = typer.Argument(..., metavar="DIR", help="Labelled audio: <class>/<file> folders (or GTZAN's genres/); every class must be one of the model's genres, in any letter case or spelling melgenre learn merges (rock/ or ROCK/ for Rock, hip hop/ for Hip-Hop)."),
     model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     out: Path = typer.Option(Path("score"), "--out", "-o", help="Folder for predictions.sqlite (resumable), scores.json, report.md and plots. Default: score/."),
     include_training: bool = typer.Option(False, "--include-training", help="Also score files named like tracks the model trained on (its card lists them), which flatters the figures. Default: leave them out."),
