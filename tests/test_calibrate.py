@@ -271,7 +271,7 @@ def test_predictions_use_the_calibrated_probabilities(calibrated):
     assert from_file.novelty == pytest.approx(p_torch.novelty, rel=1e-4)
     # a graph without the embedding output (exported before it existed): no score, no crash
     old = load_model(onnx_file)
-    old.__dict__["_has_embedding"] = False
+    old.runner.__dict__["has_embedding"] = False
     assert old.predict(clip, sr=SR).novelty is None
 
 

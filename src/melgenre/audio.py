@@ -370,6 +370,47 @@ def open_stretches(source: str | Path | bytes, sr: int, name: str | None = None)
     return Stretches(handle, sr, label)
 
 
+def head(source: str | Path | bytes, sr: int, seconds: float, name: str | None = None) -> np.ndarray:
+    """The first ``seconds`` of a file as mono float32 at ``sr`` (shorter when the file is), reading only
+    that stretch where the format seeks (:func:`open_stretches`); other files are decoded whole first.
+
+    Raises
+    ------
+    AudioDecodeError
+        The file cannot be decoded.
+    """
+    stretches = open_stretches(source, sr, name=name)
+    if stretches is None:
+        return load(source, sr=sr, name=name).samples[: round(seconds * sr)]
+    with stretches:
+        return stretches.read(0, min(stretches.n_samples, round(seconds * sr)))
+
+
+def duration_of(source: str | Path, name: str | None = None) -> float:
+    """Length in seconds of an audio file from its header, without decoding it (libsndfile, or mutagen
+    for the formats ffmpeg decodes).
+
+    Raises
+    ------
+    AudioDecodeError
+        Neither can read the header.
+    """
+    label = name or str(source)
+    stretches = open_stretches(source, 8_000, name=label)
+    if stretches is not None:
+        with stretches:
+            return stretches.n_samples / 8_000
+    import mutagen
+
+    try:
+        info = mutagen.File(source)
+    except Exception:  # noqa: BLE001  (mutagen raises many types for foreign files)
+        info = None
+    if info is None or not getattr(info.info, "length", None):
+        raise AudioDecodeError(label, "not a decodable audio file (no readable header)")
+    return float(info.info.length)
+
+
 def fix_length(y: np.ndarray, n: int) -> np.ndarray:
     """Trim ``y`` to ``n`` samples or zero-pad it at the end."""
     if len(y) >= n:

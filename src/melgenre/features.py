@@ -40,9 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.fft
 import yaml
-from PIL import Image
 
 from melgenre import audio
 from melgenre.errors import ConfigError
@@ -341,7 +339,7 @@ def melspectrogram(y: np.ndarray, preset: Preset) -> np.ndarray:
     frames = np.lib.stride_tricks.sliding_window_view(padded, p.win_length)[::p.hop_length]
     out = np.zeros((p.n_mels, n_frames), dtype=np.float32)
     for start in range(0, n_frames, STFT_BLOCK):
-        spec = scipy.fft.rfft(frames[start:start + STFT_BLOCK] * window, n=n_small, axis=-1)
+        spec = np.fft.rfft(frames[start:start + STFT_BLOCK] * window, n=n_small, axis=-1)
         power = spec.real ** 2 + spec.imag ** 2
         for r0, r1, c0, c1, block in blocks:
             out[r0:r1, start:start + STFT_BLOCK] = block @ power[:, c0:c1].T
@@ -364,6 +362,8 @@ def resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     if img.shape == (h, w):
         return img
+    from PIL import Image  # only presets with an image_size resize (v1, v2); the musicnn and fast ones never do
+
     out = Image.fromarray(np.ascontiguousarray(img, dtype=np.float32), mode="F").resize(
         (w, h), resample=Image.Resampling.BILINEAR)
     return np.asarray(out, dtype=np.float32)

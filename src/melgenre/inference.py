@@ -18,31 +18,35 @@ of the windows' softmax outputs, the same rule as track-level evaluation after t
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from melgenre import audio, timeline
-from melgenre.errors import AudioDecodeError, MelgenreError
-from melgenre.export import write_onnx
+from melgenre.backends import (  # noqa: F401  (BATCH_SIZE, PREDICT_BATCH, forward_outputs, onnx_session: public here too)
+    BATCH_SIZE,
+    PREDICT_BATCH,
+    Backend,
+    OnnxBackend,
+    TorchBackend,
+    forward_outputs,
+    onnx_session,
+)
+from melgenre.errors import MelgenreError
+from melgenre.extras import require
 from melgenre.features import Preset
-from melgenre.models import channels_last
-from melgenre.models.embedding import captured_embeddings, last_linear
 from melgenre.package import (
     check_card,
     default_model_path,
-    load_torch,
+    onnx_twin,
+    package_card,
     resolve_shipped,
     stored_trust_centres,
 )
@@ -50,26 +54,16 @@ from melgenre.timeline import Segment
 from melgenre.utils import blas_controller
 from melgenre.windows import (
     Windows,
-    array_windows,
-    close_call,
     default_windows,
-    file_windows,
-    merge,
     parse_windows,
     window_images,
 )
 
+if TYPE_CHECKING:
+    from torch import nn
+
 #: Backends :func:`load_model` accepts (``"auto"``: :func:`auto_backend`).
 BACKENDS = ("torch", "onnx", "auto")
-
-#: Images per forward pass, unless the card's ``predict_batch`` or :data:`PREDICT_BATCH` says otherwise.
-BATCH_SIZE = 32
-
-#: Images per forward pass of models whose activations are large: musicnn needs about 40 MB a window
-#: with ONNX Runtime (1.6 GB at 32, 0.66 GB at 8, measured), for the same time per window.
-PREDICT_BATCH = {"musicnn": 8}
-
-_ONNX_PROVIDERS = ["CPUExecutionProvider"]
 
 # -- predictions -------------------------------------------------------------------------------
 
@@ -108,7 +102,8 @@ class JsonResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form: plain lists and floats rounded to 6 decimals."""
-        return {f.name: _json_safe(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: _json_safe(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.metadata.get("json", True)}
 
 
 @dataclass(eq=False)  # an array field makes field-wise == ambiguous: compare by identity
@@ -130,6 +125,9 @@ class Prediction(JsonResult):
     window_seconds: float = 0.0  # length of one window in seconds
     segments: list[Segment] = field(default_factory=list)  # genre timeline, see melgenre.timeline
     windows_total: int = 0  # windows of the whole recording; more than len(window_starts) when sampled
+    #: (W, D) embedding of each scored window, kept when asked (melgenre.pipeline.Predictor(embeddings=True));
+    #: not part of :meth:`to_dict`.
+    window_embeddings: np.ndarray | None = field(default=None, repr=False, metadata={"json": False})
 
 
 #: Warnings a :class:`Prediction` may carry in ``flags``, with their meaning in plain words.
@@ -140,25 +138,6 @@ FLAGS = {
     "not_music": "this does not sound like the music the model was trained on (speech, noise, tones or silence?), "
                  "so the genre means little",
 }
-
-
-def forward_outputs(module: nn.Module, images: np.ndarray, embeddings: bool = False, batch: int = BATCH_SIZE
-                    ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Logits ``(N, C)`` of a torch model on images ``(N, H, W)``, in batches of ``batch``, and
-    with ``embeddings`` the input of its last linear layer ``(N, D)`` from the same forward pass (else None)."""
-    last = last_linear(module)
-    x = np.ascontiguousarray(np.asarray(images, dtype=np.float32)[:, None])
-    logits = []
-    with captured_embeddings(module) if embeddings else contextlib.nullcontext([]) as captured:
-        with torch.inference_mode():
-            for i in range(0, len(x), batch):
-                logits.append(module(torch.from_numpy(x[i:i + batch])).float().numpy())
-    num_classes = last.out_features
-    out = np.concatenate(logits) if logits else np.zeros((0, num_classes), dtype=np.float32)
-    if not embeddings:
-        return out, None
-    emb = torch.cat(captured).float().numpy() if captured else np.zeros((0, last.in_features), dtype=np.float32)
-    return out, emb
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -199,7 +178,7 @@ class GenreModel:
     """
 
     def __init__(self, card: dict[str, Any], module: nn.Module | None = None, session: Any = None,
-                 hop: float | None = None, windows: int | str | None = None):
+                 hop: float | None = None, windows: int | str | None = None, backend: Backend | None = None):
         self.card = card
         self.classes: list[str] = list(card["classes"])
         self.preset = Preset.from_dict(card["preset"])
@@ -226,14 +205,26 @@ class GenreModel:
         self.temperature = float((card.get("calibration") or {}).get("temperature", 1.0))
         #: Class centres of the training tracks' embeddings for the "not music" score (melgenre.trust); None: unknown.
         self.trust_centres: np.ndarray | None = None
-        self.backend = "torch" if module is not None else "onnx"
-        self._module = channels_last(module.eval()) if module is not None else None
-        self._session = session
+        #: What runs the network (:mod:`melgenre.backends`); None for a model made from a card alone.
+        #: ``module`` (a torch module) and ``session`` (an ONNX Runtime session) are shorthands for one.
+        self.runner: Backend | None = backend or (TorchBackend(module) if module is not None else
+                                                  OnnxBackend(session, len(self.classes)) if session is not None
+                                                  else None)
+
+    @property
+    def backend(self) -> str:
+        """The backend's name: ``"onnx"`` or ``"torch"`` (``"onnx"`` for a model made from a card alone)."""
+        return self.runner.name if self.runner is not None else "onnx"
+
+    @property
+    def _module(self) -> nn.Module | None:
+        """The torch module with the torch backend (Grad-CAM needs it), else None."""
+        return getattr(self.runner, "module", None)
 
     @property
     def loaded(self) -> bool:
         """Whether the model can predict: False for one made from a card alone (its ids and windows only)."""
-        return self._module is not None or self._session is not None
+        return self.runner is not None
 
     @property
     def calibration_id(self) -> str:
@@ -246,11 +237,6 @@ class GenreModel:
         return (f"GenreModel({self.model_id!r}, backend={self.backend!r}, preset={self.preset.name!r}, "
                 f"classes={len(self.classes)}, windows={self.windows or 'all'})")
 
-    @functools.cached_property
-    def _has_embedding(self) -> bool:
-        """The ONNX graph has an ``embedding`` output (files exported before it existed do not)."""
-        return any(o.name == "embedding" for o in self._session.get_outputs())
-
     def clip_images(self, y: np.ndarray) -> tuple[np.ndarray, list[float], bool]:
         """:func:`window_images` of mono samples at ``preset.sr``, with this model's prediction hop
         (every window, however long the clip)."""
@@ -260,28 +246,11 @@ class GenreModel:
     def windows_of(self, source: str | Path | bytes | np.ndarray, sr: int | None = None,
                    name: str | None = None, exclude: Sequence[int] = (), more: int | None = None
                    ) -> tuple[Windows, str]:
-        """The windows :meth:`predict` scores first of a file, its bytes or samples (at most :attr:`windows`,
-        spread over a longer recording; a file is then read only there), and the name to report; with
-        ``exclude`` (an earlier sample's ``indices``) up to ``more`` other windows instead (None: all)."""
-        most = more if exclude else self.windows
-        with blas_controller().limit(limits=1, user_api="blas"):
-            if isinstance(source, np.ndarray):
-                y, label = self._samples(source, sr, name)
-                return array_windows(y, self.window_preset, most, exclude), label
-            label = name or ("<bytes>" if isinstance(source, bytes) else str(source))
-            return file_windows(source, self.window_preset, most, name=label, exclude=exclude), label
+        """The windows :meth:`predict` scores first of a file, its bytes or samples, and the name to
+        report (:func:`melgenre.pipeline.windows_of`)."""
+        from melgenre.pipeline import windows_of
 
-    def recheck(self, source: str | Path | bytes | np.ndarray, w: Windows, probs: np.ndarray,
-                emb: np.ndarray | None, sr: int | None = None, name: str | None = None
-                ) -> tuple[Windows, np.ndarray, np.ndarray | None]:
-        """A sample's windows and their :meth:`window_outputs`; while the sample is too close to call
-        (:func:`melgenre.windows.close_call` of its calibrated track probabilities), twice as many more
-        windows, spread over those left, are scored and merged in time order (5, 15, 45, ... windows)."""
-        while close_call(tempered(probs.mean(axis=0, keepdims=True), self.temperature)[0], w):
-            rest, _ = self.windows_of(source, sr, name, exclude=w.indices, more=2 * len(w.indices))
-            more, more_emb = self.window_outputs(rest.images)
-            w, (probs, emb) = merge(w, rest, (probs, more), (emb, more_emb))
-        return w, probs, emb
+        return windows_of(self, source, sr, name, exclude, more)
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities of mel images.
@@ -302,18 +271,8 @@ class GenreModel:
     def window_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The images' softmax probabilities before calibration (what :meth:`prediction` takes) and, from
         the same forward pass, their embeddings (:meth:`embed_images`) when the "not music" score can
-        use them (a stored :attr:`trust_centres`, and with ONNX a graph with an ``embedding`` output),
-        else None."""
-        if self._module is not None:
-            logits, emb = forward_outputs(self._module, images, embeddings=self.trust_centres is not None,
-                                          batch=self.batch_size)
-        else:
-            names = ["logits"] + (["embedding"] if self.trust_centres is not None and self._has_embedding else [])
-            x = np.ascontiguousarray(np.asarray(images, dtype=np.float32)[:, None])
-            b = self.batch_size
-            out = [self._session.run(names, {"mel": x[i:i + b]}) for i in range(0, len(x), b)]
-            logits = np.concatenate([o[0] for o in out]) if out else np.zeros((0, len(self.classes)), dtype=np.float32)
-            emb = np.concatenate([o[1] for o in out]) if out and len(names) == 2 else None
+        use them (a stored :attr:`trust_centres`, and a backend that gives embeddings), else None."""
+        logits, emb = self.runner.run(images, embeddings=self.trust_centres is not None, batch=self.batch_size)
         return softmax(logits), emb
 
     def embed_images(self, images: np.ndarray) -> np.ndarray:
@@ -333,30 +292,11 @@ class GenreModel:
         Raises
         ------
         MelgenreError
-            The model was loaded with the ONNX backend (embeddings need the torch module).
+            An ONNX model exported without an ``embedding`` output (before melgenre 0.9).
         """
-        if self._module is None:
-            raise MelgenreError(f"model {self.model_id}: embeddings need the torch backend, not {self.backend}")
-        return forward_outputs(self._module, images, embeddings=True, batch=self.batch_size)[1]
-
-    def _samples(self, source: str | Path | bytes | np.ndarray, sr: int | None, name: str | None) -> tuple[np.ndarray, str]:
-        """Mono float32 audio at the preset's rate, and the name to report."""
-        if not isinstance(source, np.ndarray):
-            label = name or ("<bytes>" if isinstance(source, bytes) else str(source))
-            return audio.load(source, sr=self.preset.sr, name=label).samples, label
-        label = name or "<array>"
-        if sr is None:
-            raise MelgenreError(f"{label}: pass sr= (the sample rate) with a numpy array")
-        if source.ndim not in (1, 2) or (source.ndim == 2 and source.shape[1] > source.shape[0]):
-            raise MelgenreError(f"{label}: expected audio of shape (samples,) or (samples, channels), "
-                                f"got {source.shape}")
-        y = np.asarray(source)
-        if np.issubdtype(y.dtype, np.signedinteger):  # PCM integers -> [-1, 1)
-            y = y / np.float32(np.iinfo(y.dtype).max)
-        y = audio.to_mono(y.astype(np.float32, copy=False))
-        if y.size == 0 or not np.all(np.isfinite(y)):
-            raise MelgenreError(f"{label}: the array is empty or holds NaN/infinite samples")
-        return np.ascontiguousarray(audio.resample(y, int(sr), self.preset.sr)), label
+        if not self.runner.has_embedding:
+            raise MelgenreError(f"model {self.model_id}: its ONNX graph has no embedding output; export it again")
+        return self.runner.run(images, embeddings=True, batch=self.batch_size)[1]
 
     def predict(self, source: str | Path | bytes | np.ndarray, sr: int | None = None, top_k: int = 3,
                 name: str | None = None) -> Prediction:
@@ -388,13 +328,9 @@ class GenreModel:
         MelgenreError
             An array without ``sr``, of the wrong shape, empty or non-finite.
         """
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
-        w, label = self.windows_of(source, sr, name)
-        probs, emb = self.window_outputs(w.images)
-        w, probs, emb = self.recheck(source, w, probs, emb, sr, name)
-        return self.prediction(label, probs, w.starts, duration=w.duration, padded=w.padded, silent=w.silent,
-                               top_k=top_k, window_embeddings=emb, windows_total=w.total)
+        from melgenre.pipeline import Predictor
+
+        return Predictor(self).predict(source, sr=sr, top_k=top_k, name=name)
 
     def prediction(self, source: str, window_probs: np.ndarray, window_starts: list[float], duration: float,
                    padded: bool, silent: bool, top_k: int = 3,
@@ -403,8 +339,8 @@ class GenreModel:
         :meth:`window_outputs`); the track's probabilities are their mean, then the card's temperature
         (:func:`tempered`), and ``window_probabilities`` are each window's calibrated ones.
 
-        :meth:`predict` and batch paths that run the windows of many files through the model
-        together both end here, so a result never depends on how it was batched. The "unsure" and
+        Every prediction ends here (:class:`melgenre.pipeline.Predictor`, however its windows were
+        batched), so a result never depends on who asked. The "unsure" and
         "not_music" flags follow the card's ``trust`` thresholds (:func:`melgenre.trust.trust_flags`);
         "not_music" needs ``window_embeddings`` (from :meth:`window_outputs`) except for silent clips.
         ``windows_total`` is the number of windows of the whole recording (default: those given).
@@ -438,20 +374,6 @@ class GenreModel:
         return float(self.preset.chunk_seconds or self.preset.duration or 0.0)
 
 
-def onnx_session(model: str | Path | bytes, label: str) -> Any:
-    """An ONNX Runtime CPU session of a file or its bytes; a one-line error naming ``label`` when unreadable."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only
-    try:
-        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                    providers=_ONNX_PROVIDERS)
-    except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own exception types for bad files)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise MelgenreError(f"{label}: not a readable ONNX model ({reason})") from None
-
-
 def _from_onnx(path: Path, hop: float | None = None, windows: int | str | None = None) -> GenreModel:
     if not path.is_file():
         raise MelgenreError(f"{path}: no such file")
@@ -482,13 +404,35 @@ def auto_backend() -> str:
 
 
 def resolve_backend(path: str | Path, backend: str | None) -> str:
-    """The backend :func:`load_model` uses for ``path``: ``backend``, with None -> ``"onnx"`` for an
-    ``.onnx`` file else ``"torch"``, and ``"auto"`` -> ``"onnx"`` for an ``.onnx`` file else
-    :func:`auto_backend` (an unknown name is returned as given, for the caller to reject)."""
-    is_onnx = Path(path).suffix == ".onnx"
+    """The backend :func:`load_model` uses for ``path``: ``backend``, with ``"auto"`` -> ``"onnx"`` for an
+    ``.onnx`` file else :func:`auto_backend`, and None -> ``"onnx"`` for an ``.onnx`` file or a package with
+    an ONNX twin (:func:`melgenre.package.onnx_twin`: the shipped models have one) when ONNX Runtime is
+    installed, else ``"torch"`` (an unknown name is returned as given, for the caller to reject)."""
+    path = Path(path)
     if backend == "auto":
-        return "onnx" if is_onnx else auto_backend()
-    return backend or ("onnx" if is_onnx else "torch")
+        return "onnx" if path.suffix == ".onnx" else auto_backend()
+    if backend is None:
+        lean = path.suffix == ".onnx" or onnx_twin(path) is not None
+        return "onnx" if lean and auto_backend() == "onnx" else "torch"
+    return backend
+
+
+def _from_twin(path: Path, twin: Path, hop: float | None, windows: int | str | None) -> GenreModel:
+    """A package run by its ONNX twin: the card (calibration, trust, windows) from the package's
+    ``.json``, the network from ``twin``, which must hold the same weights (model id)."""
+    card_path = path.with_suffix(".json")
+    card = package_card(card_path)
+    session = onnx_session(twin, str(twin))
+    try:
+        twin_id = json.loads(session.get_modelmeta().custom_metadata_map["melgenre_card"])["model_id"]
+    except (KeyError, TypeError, json.JSONDecodeError):
+        twin_id = None
+    if twin_id != card["model_id"]:
+        raise MelgenreError(f"{twin}: holds model {twin_id}, not the package's {card['model_id']}; export it "
+                            f"again (melgenre export {card_path} --format onnx --out {twin})")
+    model = GenreModel(card, session=session, hop=hop, windows=windows)
+    model.trust_centres = stored_trust_centres(card_path, card)
+    return model
 
 
 def load_model(path: str | Path | None = None, backend: str | None = None, hop: float | None = None,
@@ -504,9 +448,12 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
         ``default``, ``melcnn``) when no such file exists. Default: the installed default
         package (:func:`melgenre.package.default_model_path`).
     backend : {"torch", "onnx", "auto"}, optional
-        ``"onnx"`` runs the model with ONNX Runtime on CPU (a non-ONNX model is exported in
-        memory first); ``"auto"`` is ``"onnx"`` when ONNX Runtime is installed, else ``"torch"``.
-        Default: ``"torch"``, or ``"onnx"`` for an ``.onnx`` file.
+        ``"onnx"`` runs the model with ONNX Runtime on CPU: a package with an ONNX twin
+        (``<stem>.onnx`` beside its card, as the shipped models have) runs that file, without torch;
+        any other model is exported in memory first (which needs the ``train`` extra). ``"torch"``
+        runs the PyTorch module (the ``train`` extra). ``"auto"`` is ``"onnx"`` when ONNX Runtime is
+        installed, else ``"torch"``. Default: :func:`resolve_backend`: ``"onnx"`` for ONNX files and
+        packages with an ONNX twin (the shipped models), else ``"torch"``.
     hop : float, optional
         Seconds between the starts of prediction windows, for chunked presets (default: the
         preset's ``chunk_hop_seconds``). The chunk length (``fast``: 3 s) gives back-to-back
@@ -526,8 +473,8 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
     Raises
     ------
     MelgenreError
-        No default model is installed, or the source is missing or unreadable (the message
-        names the file).
+        No default model is installed, the source is missing or unreadable (the message names
+        the file), or it needs PyTorch and the ``train`` extra is not installed.
     """
     if path is None:
         path = default_model_path()
@@ -543,11 +490,19 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
         if backend != "onnx":
             raise MelgenreError(f"{path}: an ONNX model runs only with the onnx backend")
         return _from_onnx(path, hop, windows)
+    twin = onnx_twin(path)
+    if backend == "onnx" and twin is not None:
+        return _from_twin(path, twin, hop, windows)
+    require("torch", f"{path}: the {backend} backend of a model without an ONNX file")
+    from melgenre.package import load_torch
+
     module, card = load_torch(path)
     centres = stored_trust_centres(path, card)
     if backend == "torch":
         model = GenreModel(card, module=module, hop=hop, windows=windows)
     else:
+        from melgenre.export import write_onnx
+
         with tempfile.TemporaryDirectory(prefix="melgenre-onnx-") as tmp:  # private (0700), removed at once
             onnx_path = Path(tmp) / "model.onnx"
             write_onnx(module, card, onnx_path)
@@ -578,14 +533,17 @@ def predict_paths(paths: Iterable[str | Path], model: GenreModel,
         ``(path, prediction, None)`` or, when the file fails, ``(path, None, reason)``;
         one file's failure never stops the run.
     """
+    from melgenre.pipeline import Predictor, failure_reason
+
+    files = audio.expand_paths(paths)
+    if isinstance(model, GenreModel):
+        for item, pred in Predictor(model).predict_paths(files, top_k):
+            yield Path(item.key), pred, item.error
+        return
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
-    for path in audio.expand_paths(paths):
+    for path in files:  # another predictor with a predict method: musicnn's own tagger (melgenre.tags)
         try:
             yield path, model.predict(path, top_k=top_k), None
-        except AudioDecodeError as exc:
-            yield path, None, exc.reason
-        except MelgenreError as exc:
-            yield path, None, str(exc)
         except Exception as exc:  # noqa: BLE001  (a batch run reports any per-file failure and goes on)
-            yield path, None, f"{type(exc).__name__}: {exc}"
+            yield path, None, failure_reason(exc)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
-import functools
 import glob
 import io
 import json
@@ -34,21 +33,19 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
-from melgenre import __version__, features
+from melgenre import __version__
 from melgenre.audio import expand_paths
-from melgenre.errors import AudioDecodeError, MelgenreError
+from melgenre.errors import MelgenreError
 from melgenre.inference import GenreModel, Prediction, load_model, resolve_backend
 from melgenre.package import package_card
-from melgenre.utils import atomic_path, file_sha256, imap_bounded, stale_temp_target, worker_pool
-from melgenre.windows import file_windows
+from melgenre.utils import atomic_path, file_sha256, stale_temp_target
+from melgenre.pipeline import Predictor, decode_path
 
 SCHEMA_VERSION = "1"
 
@@ -322,108 +319,28 @@ def read_results(path: str | Path) -> Any:
 
 # -- workers -------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=4)
-def _preset(preset_json: str) -> features.Preset:
-    return features.get_preset(json.loads(preset_json))
-
-
 def decode_file(path: str, preset_json: str, most: int | None = None) -> dict[str, Any]:
-    """Stat, read, hash and decode one file into the mel images of its prediction windows (runs in a worker).
-
-    ``preset_json`` is the model's ``window_preset`` as JSON and ``most`` its :attr:`GenreModel.windows`.
-    The result holds ``path``, ``size``, ``mtime``, ``sha256`` and either ``error`` (the one-line
-    reason) or ``windows`` (:class:`melgenre.windows.Windows`), exactly as :meth:`GenreModel.predict`
-    computes them (a long file is read only where its windows are).
-    """
-    preset = _preset(preset_json)
-    out: dict[str, Any] = {"path": path, "size": None, "mtime": None, "sha256": None, "error": None}
-    try:
-        st = os.stat(path)
-        out.update(size=st.st_size, mtime=st.st_mtime)
-        out["sha256"] = file_sha256(path)
-        # Decoded from the path, not from the bytes just hashed: libsndfile then reads the file itself,
-        # where from bytes every read and seek is a Python callback (a third of the time of 5 windows of a
-        # 3-minute MP3, measured). A file rewritten in between has another size or mtime on the next run.
-        out["windows"] = file_windows(path, preset, most, name=path)
-    except AudioDecodeError as exc:
-        out["error"] = exc.reason
-    except OSError as exc:
-        out["error"] = f"cannot read file ({exc.strerror or exc})"
-    except Exception as exc:  # noqa: BLE001  (one file's failure is its row's error; the run goes on)
-        out["error"] = str(exc) if isinstance(exc, MelgenreError) else f"{type(exc).__name__}: {exc}"
-    return out
+    """Deprecated, kept for one release: :func:`melgenre.pipeline.decode_path` with ``facts``, as a dict
+    (``path``, ``size``, ``mtime``, ``sha256``, ``error``, ``windows``)."""
+    item = decode_path(path, preset_json, most, facts=True)
+    return {"path": item.key, "size": item.info.get("size"), "mtime": item.info.get("mtime"),
+            "sha256": item.info.get("sha256"), "error": item.error, "windows": item.windows}
 
 
-class _Batcher:
-    """Windows of decoded files, run through the model in full batches across files.
-
-    :meth:`add` takes a decoded file; :meth:`ready` runs every full batch buffered (all windows
-    when ``final``) and returns the files whose windows are all done, as rows.
-    """
-
-    def __init__(self, model: GenreModel, batch: int):
-        self.model, self.batch = model, batch
-        self.rechecked = 0  # files whose sample was too close to call (more windows scored)
-        self.files: list[dict[str, Any]] = []  # waiting files, in order, each with "probs" so far
-        self.images: list[np.ndarray] = []  # their windows not yet run, in order
-        self.queued = 0
-
-    def add(self, decoded: dict[str, Any]) -> None:
-        images = decoded["windows"].images
-        decoded.update(n=len(images), probs=[], embs=[])
-        self.files.append(decoded)
-        self.images.append(images)
-        self.queued += len(images)
-
-    def ready(self, final: bool = False) -> list[dict[str, Any]]:
-        n = self.queued if final else self.queued - self.queued % self.batch
-        if n:
-            windows = np.concatenate(self.images)
-            (probs, emb), rest = self.model.window_outputs(windows[:n]), windows[n:]
-            self.images, self.queued = ([rest] if len(rest) else []), len(rest)
-            i = 0
-            for f in self.files:
-                need = f["n"] - sum(map(len, f["probs"]))
-                if need and i < n:
-                    f["probs"].append(probs[i:i + need])
-                    if emb is not None:  # for the "not music" score (melgenre.trust)
-                        f["embs"].append(emb[i:i + need])
-                    i += len(f["probs"][-1])
-        done = [f for f in self.files if sum(map(len, f["probs"])) == f["n"]]
-        self.files = self.files[len(done):]
-        return [self._row(f) for f in done]
-
-    def _row(self, f: dict[str, Any]) -> dict[str, Any]:
-        w, probs, emb = f["windows"], np.concatenate(f["probs"]), np.concatenate(f["embs"]) if f["embs"] else None
-        scored = len(w.indices)
-        try:  # a sample too close to call: more of the file's windows, read here (a few songs in a hundred)
-            w, probs, emb = self.model.recheck(f["path"], w, probs, emb)
-        except AudioDecodeError as exc:
-            return make_row(f["path"], f["size"], f["mtime"], f["sha256"], self.model.model_id, None, exc.reason)
-        self.rechecked += len(w.indices) > scored
-        pred = self.model.prediction(f["path"], probs, w.starts, duration=w.duration, padded=w.padded,
-                                     silent=w.silent, window_embeddings=emb, windows_total=w.total)
-        return make_row(f["path"], f["size"], f["mtime"], f["sha256"], self.model.model_id, pred, None)
-
-
-def _decoded_rows(decoded: Iterable[dict[str, Any]], model: GenreModel, batch: int,
-                  report: LibraryReport) -> Iterator[list[dict]]:
-    """Rows of decoded files (failures at once, predictions when their batch has run), a few at a time;
-    ``report.rechecked`` counts the files whose sample was too close to call."""
-    batcher = _Batcher(model, batch)
-    for d in decoded:
-        if d["error"] is not None:
-            yield [make_row(d["path"], d["size"], d["mtime"], d["sha256"], model.model_id, None, d["error"])]
-            continue
-        batcher.add(d)
-        rows = batcher.ready()
-        report.rechecked = batcher.rechecked
-        if rows:
-            yield rows
-    rows = batcher.ready(final=True)
-    report.rechecked = batcher.rechecked
-    if rows:
-        yield rows
+def _rows(model: GenreModel, files: list[str], workers: int | None, in_flight: int | None, batch: int | None,
+          report: LibraryReport) -> Iterator[list[dict]]:
+    """Rows of the files through the model's :class:`~melgenre.pipeline.Predictor` (decoded here, or by
+    ``workers`` processes), one list as each file is done; ``report.rechecked`` counts the files whose
+    sample was too close to call."""
+    predictor = Predictor(model, batch=batch)
+    workers = default_workers() if workers is None else workers
+    with threadpool_limits(1, user_api="blas"):  # see Predictor.predict_paths: idle BLAS threads slow the network
+        for item, pred in predictor.predict_paths(files, executor="process" if workers > 0 else "local",
+                                                  workers=workers, in_flight=in_flight, facts=True):
+            report.rechecked = predictor.rechecked
+            info = item.info
+            yield [make_row(item.key, info.get("size"), info.get("mtime"), info.get("sha256"), model.model_id, pred,
+                            item.error)]
 
 
 def _ray_rows(files: list[str], model_source: str | Path | None, backend: str | None, hop: float | None,
@@ -562,8 +479,7 @@ def predict_library(paths: Iterable[str | Path], out: str | Path, model: str | P
             if ray is not None:
                 batches = _ray_rows(todo, model, backend, hop, genre_model.windows, ray, genre_model.model_id, stats)
             else:
-                batches = _decoded_rows(_decoded(todo, genre_model, workers, in_flight), genre_model,
-                                        batch or genre_model.batch_size, report)
+                batches = _rows(genre_model, todo, workers, in_flight, batch, report)
             with _bar(progress) as bar:
                 task = bar.add_task("predict", total=len(files), completed=report.skipped, rate="")
                 started = time.perf_counter()
@@ -622,27 +538,6 @@ def default_workers() -> int:
     worker, 17 against 15 with melcnn, the same with the default model."""
     cores = os.cpu_count() or 1
     return 0 if cores <= 2 else cores - 1
-
-
-def _decoded(files: list[str], model: GenreModel, workers: int | None,
-             in_flight: int | None) -> Iterator[dict[str, Any]]:
-    """:func:`decode_file` of every file, in this process (``workers=0``) or in worker processes."""
-    preset_json = json.dumps(model.window_preset.to_dict())
-    workers = default_workers() if workers is None else workers
-    if workers <= 0:
-        # One BLAS thread, as in the workers: OpenBLAS's idle threads spin between the mel products and
-        # slow ONNX Runtime's threads down (measured: melcnn-int8 14 -> 27 files/s on 2 cores)
-        with threadpool_limits(1, user_api="blas"):
-            for f in files:
-                yield decode_file(f, preset_json, model.windows)
-        return
-    with worker_pool(workers, ["melgenre.library"]) as pool:
-        try:
-            yield from imap_bounded(pool, functools.partial(decode_file, preset_json=preset_json, most=model.windows),
-                                    files, in_flight or 2 * workers + 2)
-        except BrokenProcessPool:
-            raise MelgenreError("a decoding worker process died (out of memory, or killed); the rows written so "
-                                "far are kept: rerun the same command to go on") from None
 
 
 __all__ = ["COLUMNS", "FORMATS", "SCHEMA", "SCHEMA_VERSION", "LibraryReport", "decode_file", "default_workers",

@@ -2,7 +2,8 @@
 
 A model gives class probabilities per row; a row is a whole track (presets v1, v2) or one
 chunk of a track (preset fast). Metrics are computed at chunk level (rows as they are) and at
-track level (chunk probabilities averaged per track), with the torchmetrics functional API;
+track level (chunk probabilities averaged per track), in NumPy (the same numbers as torchmetrics'
+functional API and scikit-learn, tested; prediction and `melgenre score` never import torch);
 their uncertainty as bootstrap intervals (per track, per group of tracks, or paired between two
 classifiers) and Wilson intervals of single proportions.
 
@@ -16,18 +17,11 @@ with its (possibly zero) score. The report's "mAP" (Cheng & Kuo) is ``macro_prec
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import torch
-from torchmetrics.functional.classification import (
-    multiclass_accuracy,
-    multiclass_confusion_matrix,
-    multiclass_f1_score,
-    multiclass_precision,
-    multiclass_recall,
-)
 
 from melgenre.errors import MelgenreError
 
@@ -127,19 +121,19 @@ def compute_metrics(probs: np.ndarray, y: np.ndarray, classes: Sequence[str]) ->
         raise MelgenreError(f"probabilities have {probs.shape[1]} columns but there are {n_classes} classes")
     if y.size and (y.min() < 0 or y.max() >= n_classes):
         raise MelgenreError(f"labels must lie in [0, {n_classes}), got {y.min()}..{y.max()}")
-    pred = torch.from_numpy(np.argmax(probs, axis=1)).long()
-    target = torch.from_numpy(y.astype(np.int64))
-    per_class = {
-        name: fn(pred, target, num_classes=n_classes, average="none").double().numpy()
-        for name, fn in (("precision", multiclass_precision), ("recall", multiclass_recall),
-                         ("f1", multiclass_f1_score))
-    }
-    confusion = multiclass_confusion_matrix(pred, target, num_classes=n_classes).numpy()
-    support = confusion.sum(axis=1)
-    present = (support > 0) | (confusion.sum(axis=0) > 0)
+    pred = np.argmax(probs, axis=1)
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(confusion, (y.astype(np.int64), pred), 1)
+    hits, support, predicted = np.diag(confusion).astype(np.float64), confusion.sum(axis=1), confusion.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # an undefined score counts 0 (zero_division=0)
+        precision = np.where(predicted > 0, hits / predicted, 0.0)
+        recall = np.where(support > 0, hits / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    per_class = {"precision": precision, "recall": recall, "f1": f1}
+    present = (support > 0) | (predicted > 0)
     return {
         "n": len(y),
-        "accuracy": float(multiclass_accuracy(pred, target, num_classes=n_classes, average="micro")),
+        "accuracy": float(hits.sum() / len(y)),
         **{f"macro_{name}": float(scores[present].mean()) for name, scores in per_class.items()},
         "balanced_accuracy": float(per_class["recall"][support > 0].mean()),
         "per_class": [
@@ -408,11 +402,9 @@ def paired_bootstrap(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n_cl
 def wilson_interval(successes: int, n: int, level: float = INTERVAL_LEVEL) -> list[float]:
     """Wilson score interval of a proportion (e.g. one genre's recall: ``successes`` right of ``n``);
     sound for the small counts of a single genre, where the bootstrap collapses to a point at 0 or 1."""
-    from scipy.stats import norm
-
     if n <= 0:
         raise MelgenreError(f"an interval of a proportion needs at least one trial, got {n}")
-    z = float(norm.ppf(0.5 + level / 2))
+    z = statistics.NormalDist().inv_cdf(0.5 + level / 2)
     p = successes / n
     centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return [max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))]

@@ -18,20 +18,21 @@ import json
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import yaml
-from torch import nn
 
 from melgenre import __version__
 from melgenre.errors import MelgenreError
 from melgenre.features import Preset
-from melgenre.models import build_from_config
 from melgenre.trust import load_reference
 from melgenre.utils import atomic_path, run_checkpoint
 from melgenre.windows import parse_windows
+
+if TYPE_CHECKING:  # torch is the train extra's: reading cards and shipped ONNX models never imports it
+    import torch
+    from torch import nn
 
 #: ``format`` field of a model card.
 CARD_FORMAT = "melgenre-model/1"
@@ -66,6 +67,8 @@ def model_id(name: str, weights: bytes) -> str:
 
 
 def _build(path: Path, model_config: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
+    from melgenre.models import build_from_config
+
     try:
         module = build_from_config(model_config)
         module.load_state_dict(state, strict=True)
@@ -119,6 +122,10 @@ def _run_card(run_dir: Path, hparams: dict[str, Any]) -> dict[str, Any]:
 
 def _from_checkpoint(ckpt: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Model and card of a training checkpoint inside a run directory."""
+    import torch
+
+    from melgenre.models import build_from_config
+
     if not ckpt.is_file():
         raise MelgenreError(f"{ckpt}: no such checkpoint")
     try:  # weights_only: a checkpoint cannot run code while loading
@@ -218,10 +225,22 @@ def default_model_path() -> Path:
 
 
 def shipped_model_path(name: str) -> Path:
-    """A model shipped in ``melgenre/weights`` by name: a package's card (``default``, ``melcnn``) or
-    an ONNX file (``melcnn-int8``)."""
-    onnx = DEFAULT_MODEL_DIR.joinpath(f"{name}.onnx")
-    return Path(str(onnx if onnx.is_file() else DEFAULT_MODEL_DIR.joinpath(f"{name}.json")))
+    """A model shipped in ``melgenre/weights`` by name: a package's card (``default``, ``melcnn``; each
+    with its :func:`onnx_twin`) or an ONNX file alone (``melcnn-int8``)."""
+    card = DEFAULT_MODEL_DIR.joinpath(f"{name}.json")
+    return Path(str(card if card.is_file() else DEFAULT_MODEL_DIR.joinpath(f"{name}.onnx")))
+
+
+def onnx_twin(path: str | Path) -> Path | None:
+    """The ONNX file of a package: ``<stem>.onnx`` beside its ``<stem>.json`` card (None when there is
+    none, or ``path`` is no package). ONNX Runtime runs the package from it without torch
+    (:func:`melgenre.inference.load_model`); it must hold the package's weights (the same model id).
+    The shipped packages have one (``tools/export_shipped.py``)."""
+    path = Path(path)
+    if path.suffix not in (".json", ".safetensors"):
+        return None
+    twin = path.with_suffix(".onnx")
+    return twin if twin.is_file() and path.with_suffix(".json").is_file() else None
 
 
 def resolve_shipped(source: str | Path) -> Path:
@@ -232,8 +251,8 @@ def resolve_shipped(source: str | Path) -> Path:
 
 def shipped_models() -> list[str]:
     """Names of the models shipped with melgenre (``default`` first): packages and ONNX files."""
-    names = sorted(p.name.rsplit(".", 1)[0] for p in DEFAULT_MODEL_DIR.iterdir()
-                   if p.name.endswith((".json", ".onnx")))
+    names = sorted({p.name.rsplit(".", 1)[0] for p in DEFAULT_MODEL_DIR.iterdir()
+                    if p.name.endswith((".json", ".onnx"))})
     return sorted(names, key=lambda n: n != "default")
 
 

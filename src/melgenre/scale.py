@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from melgenre.errors import AudioDecodeError, MelgenreError
+from melgenre.errors import MelgenreError
 
 log = logging.getLogger(__name__)
 
@@ -194,24 +194,20 @@ def prepare_ray(data, preset, out: str | Path, address: str | None = None, overw
 # -- predict -------------------------------------------------------------------------------------
 
 class _Predictor:
-    """Ray actor body: one model per worker process, predicting one file per call."""
+    """Ray actor body: one model and its :class:`melgenre.pipeline.Predictor` per worker process, one file per call."""
 
     def __init__(self, model: str | None, backend: str | None, hop: float | None = None,
                  windows: int | str | None = None):
         from melgenre.inference import load_model
+        from melgenre.pipeline import Predictor
 
-        self.model = load_model(model, backend=backend, hop=hop, windows=windows)
+        self.predictor = Predictor(load_model(model, backend=backend, hop=hop, windows=windows))
 
     def predict(self, path: str, name: str, top_k: int) -> tuple[Any, str | None]:
         """``(prediction, None)`` or ``(None, reason)``, exactly as :func:`melgenre.inference.predict_paths`."""
-        try:
-            return self.model.predict(path, top_k=top_k, name=name), None
-        except AudioDecodeError as exc:
-            return None, exc.reason
-        except MelgenreError as exc:
-            return None, str(exc)
-        except Exception as exc:  # noqa: BLE001  (a batch run reports any per-file failure and goes on)
-            return None, f"{type(exc).__name__}: {exc}"
+        item = self.predictor.decode(path, name=name)
+        [(item, pred)] = list(self.predictor.run([item], top_k))
+        return pred, item.error
 
 
 def predict_ray(paths: Iterable[str | Path], model: str | Path | None = None, backend: str | None = None,

@@ -13,7 +13,6 @@ import numpy as np
 
 from melgenre.errors import MelgenreError
 from melgenre.metrics import add_intervals, compute_metrics, group_bootstrap_intervals, paired_bootstrap
-from melgenre.plots import save_all_plots
 from melgenre.report import with_interval, write_report
 from melgenre.utils import atomic_path
 
@@ -87,7 +86,8 @@ def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None
           ``recall_interval`` per scored class;
         - ``flags``: per flag, how many scored files carry it and how many of those are right;
         - ``files``: each scored file's ``path``, true ``genre``, predicted ``label`` and
-          ``flags`` (what :func:`compare_scores` pairs).
+          ``flags`` (what :func:`compare_scores` pairs);
+        - ``plots``: the plot files written, or (a str) why none were (matplotlib is not installed).
 
     Raises
     ------
@@ -144,9 +144,9 @@ def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None
               "excluded": 0 if include_training else seen, "failed": failed, "track": track, "flags": flags,
               "files": [{"path": r["path"], "genre": classes[truth[r["path"]]], "label": r["label"], "flags": r["flags"]}
                         for r in done]}
+    result["plots"] = _plots(out_dir, track, classes)
     with atomic_path(out_dir / "scores.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1))
-    save_all_plots(out_dir, {"corpus": {"track": track}}, classes)
     notes = [f"Model {genre_model.model_id} on {len(done)} files of {root} (class folders as the truth): balanced "
              f"accuracy (mean recall over the genres present) "
              f"{with_interval(track['balanced_accuracy'], track['intervals']['balanced_accuracy'])}."]
@@ -161,10 +161,27 @@ def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None
                         else "left out."))
     if failed:
         notes.append(f"Not scored: {len(failed)} file(s) that could not be predicted (see scores.json).")
+    if isinstance(result["plots"], str):
+        notes.append(f"No plots: {result['plots']}.")
     notes += [f"Flag `{flag}`: {f['files']} file(s), right on {f['right']}." for flag, f in flags.items()]
     write_report(out_dir, f"{genre_model.model_id} on {Path(root).name}", {"model": str(model or "default"),
                  "root": str(root)}, {"corpus": {"track": track}}, extra_lines=notes)
     return result
+
+
+def _plots(out_dir: Path, track: dict[str, Any], classes: list[str]) -> list[str] | str:
+    """The confusion and per-class plots of a scored corpus (their file names), or why there are none:
+    matplotlib is the ``train`` extra's, and the core install scores without it."""
+    try:
+        from melgenre.plots import save_all_plots
+    except ImportError as exc:
+        from melgenre.extras import missing_extra
+
+        line = missing_extra(exc)
+        if line is None:
+            raise
+        return line
+    return [p.name for p in save_all_plots(out_dir, {"corpus": {"track": track}}, classes)]
 
 
 def compare_scores(dir_a: str | Path, dir_b: str | Path) -> dict[str, Any]:

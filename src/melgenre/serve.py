@@ -104,6 +104,10 @@ class _TooLarge(Exception):
     pass
 
 
+#: Longest recording ``POST /predict`` accepts by default, in minutes (a 3-hour mix; see create_app).
+MAX_MINUTES = 180.0
+
+
 def display_name(filename: str | bytes | None) -> str:
     """A client-supplied file name made safe for messages: base name only, printable, <= 120 chars.
 
@@ -313,7 +317,8 @@ def saliency_png(y, model, genre: str, title: str = "") -> tuple[bytes, str, str
 
 
 def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: float = 20,
-               top_k: int = 3, index: Any = None, similar_k: int = 5) -> FastAPI:
+               top_k: int = 3, index: Any = None, similar_k: int = 5,
+               max_minutes: float = MAX_MINUTES) -> FastAPI:
     """Build the service around one model.
 
     Parameters
@@ -332,6 +337,10 @@ def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: 
         ``similar_k`` most similar tracks in ``similar``.
     similar_k : int
         Length of the ``similar`` list.
+    max_minutes : float
+        Longest accepted recording, read from the file's header before anything is decoded; longer
+        ones get 413. Only the windows a prediction scores (and, for the images, the first 30 s) are
+        decoded, so a small upload of a long recording (a decompression bomb) costs what a song costs.
 
     Raises
     ------
@@ -341,6 +350,8 @@ def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: 
     """
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
+    if max_minutes <= 0:
+        raise ValueError(f"max_minutes must be positive, got {max_minutes}")
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     if model is None:
@@ -401,25 +412,38 @@ def create_app(model=None, model_path: str | Path | None = None, max_upload_mb: 
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
+    from melgenre.pipeline import Predictor, track_embedding
+
+    # the upload's embedding comes from the prediction's own forward pass when the index holds this
+    # model's embeddings of the same windows (else `embedder` embeds it again)
+    same_embedder = index is not None and embedder is model
+    predictor = Predictor(model, embeddings=same_embedder)
+
     def infer(path: str, filename: str, spectrogram: bool, saliency: bool) -> dict[str, Any]:
         with compute:
-            clip = audio.load(path, sr=model.preset.sr, name=filename)
-            pred = model.predict(clip.samples, sr=clip.sr, top_k=top_k, name=filename)
+            seconds = audio.duration_of(path, name=filename)
+            if seconds > max_minutes * 60:
+                raise HTTPException(413, f"{filename}: {seconds / 60:.0f} minutes of audio is longer than the "
+                                         f"{max_minutes:g}-minute limit")
+            pred = predictor.predict(path, top_k=top_k, name=filename)  # decodes only the windows it scores
             body = prediction_json(pred, filename)
             if index is not None:
-                from melgenre.similar import embed_samples
+                from melgenre.similar import embed_file
 
-                # the windows go through the model once more for their embeddings (only with an index)
-                matches = index.query(embed_samples(embedder, clip.samples, filename), k=similar_k)
+                first_sample = len(pred.window_starts) == min(pred.windows_total, model.windows or pred.windows_total)
+                vector = (track_embedding(pred, filename) if same_embedder and first_sample
+                          else embed_file(embedder, path, name=filename)[0])
+                matches = index.query(vector, k=similar_k)
                 body["similar"] = [{"path": index.relative(m.path), "score": round(m.score, 6)} for m in matches]
+            if spectrogram or saliency:
+                window = model.preset.duration or 30.0
+                y = audio.head(path, model.preset.sr, window, name=filename)  # the first window alone
+                title = filename + (f" (first {window:g} s)" if pred.duration > window + 0.05 else "")
             if spectrogram:
-                title = filename
-                if model.preset.duration and clip.duration > model.preset.duration + 0.05:
-                    title += f" (first {model.preset.duration:g} s)"
-                png = spectrogram_png(clip.samples, model.preset, title=title)
+                png = spectrogram_png(y, model.preset, title=title)
                 body["spectrogram"] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
             if saliency:
-                png, method, evidence = saliency_png(clip.samples, model, pred.label, title=filename)
+                png, method, evidence = saliency_png(y, model, pred.label, title=filename)
                 body["saliency"] = {"genre": pred.label, "method": method, "evidence": evidence,
                                     "image": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
         return body

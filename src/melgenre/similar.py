@@ -56,6 +56,7 @@ import numpy as np
 
 from melgenre import __version__, audio, store
 from melgenre.errors import AudioDecodeError, MelgenreError
+from melgenre.pipeline import Predictor, track_embedding
 from melgenre.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -114,27 +115,25 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
-def _track_embedding(model, images: np.ndarray, name: str) -> np.ndarray:
-    mean = model.embed_images(images).mean(axis=0)
-    if not np.any(mean) or not np.all(np.isfinite(mean)):
-        raise MelgenreError(f"{name}: no usable embedding (all zero or not finite)")
-    return _normalise(mean)
-
-
 def embed_samples(model, y: np.ndarray, name: str = "<array>") -> np.ndarray:
     """The track embedding ``(D,)`` of mono samples at ``model.preset.sr``: the L2-normalised mean
     of the penultimate features of the windows :meth:`~melgenre.inference.GenreModel.predict` scores
-    first (at most ``model.windows``, spread over a longer recording). Raises :class:`MelgenreError`
-    when it is all zeros."""
-    return _track_embedding(model, model.windows_of(y, sr=model.preset.sr, name=name)[0].images, name)
+    first (at most ``model.windows``, spread over a longer recording), from the prediction pipeline
+    (:func:`melgenre.pipeline.track_embedding`). Raises :class:`MelgenreError` when it is all zeros."""
+    return track_embedding(_embedder(model).predict(y, sr=model.preset.sr, name=name), name)
 
 
 def embed_file(model, path: str | Path, name: str | None = None) -> tuple[np.ndarray, float]:
     """``(embedding (D,), duration in seconds)`` of an audio file (see :func:`embed_samples`); a long
     file is read only where its windows are."""
     label = name or str(path)
-    w, _ = model.windows_of(path, name=label)
-    return _track_embedding(model, w.images, label), w.duration
+    pred = _embedder(model).predict(path, name=label)
+    return track_embedding(pred, label), pred.duration
+
+
+def _embedder(model) -> Predictor:
+    """The model's pipeline for embeddings: its first sample of windows only (what an index records)."""
+    return Predictor(model, recheck=False, embeddings=True)
 
 
 def windows_attr(model) -> str:

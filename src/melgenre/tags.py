@@ -16,7 +16,7 @@ import torch
 
 from melgenre import audio, features
 from melgenre.errors import MelgenreError
-from melgenre.inference import BATCH_SIZE, GenreModel, JsonResult, ranked_classes
+from melgenre.inference import BATCH_SIZE, JsonResult, ranked_classes
 from melgenre.package import model_id
 from melgenre.utils import blas_controller
 
@@ -55,7 +55,6 @@ class MusicnnTagger:
     """
 
     backend = "torch"
-    _samples = GenreModel._samples  # only reads self.preset: path / bytes / array -> mono at preset.sr
 
     def __init__(self, dataset: str = "msd"):
         from melgenre.models import build
@@ -92,7 +91,9 @@ class MusicnnTagger:
         """The tags of one clip of any length; see :func:`predict_tags`."""
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
-        y, label = self._samples(source, sr, name)
+        from melgenre.pipeline import samples
+
+        y, label = samples(source, sr, name, self.preset.sr)
         patches, starts, padded = self.clip_patches(y)
         window_taggram = self.taggram(patches)
         return TagPrediction(

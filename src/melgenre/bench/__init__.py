@@ -139,6 +139,11 @@ def run_bench(out: str | Path = "bench", settings: BenchSettings | None = None,
                 results[section] = bench_library(settings, inputs, log)
             elif section == "songs":
                 results[section] = bench_songs(settings, inputs.by_class(), inputs.tmp, log)
+            elif section == "install":
+                from melgenre.bench.install import bench_install
+
+                clip = next(iter(inputs.by_class().values()))[0]
+                results[section] = bench_install(settings, clip, inputs.tmp, log, wheel=settings.wheel)
             else:
                 results[section] = bench_memory(settings, inputs, log)
             results.setdefault("section_seconds", {})[section] = round(time.perf_counter() - t0, 1)

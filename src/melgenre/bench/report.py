@@ -117,4 +117,17 @@ def results_markdown(results: dict[str, Any]) -> str:
                          f"{target} {'met' if r['meets_target'] else 'not met'} |")
     if results.get("songs"):
         lines += songs_markdown(results["songs"])
+    if results.get("install"):
+        r = results["install"]
+        lines += ["", "## 9. The core install (`pip install melgenre`, a fresh venv)", "",
+                  "| figure | value | goal |", "|---|---|---|",
+                  f"| wheel | {r['wheel']} ({r['wheel_mb']:.1f} MB) | |",
+                  f"| install time | {r['install_s']:.1f} s | |",
+                  f"| site-packages | **{r['site_packages_mb']:.0f} MB** (torch absent: {r['torch_absent']}) | "
+                  f"≤ {r['target_size_mb']:.0f} MB |",
+                  f"| largest | {', '.join(f'{k} {v:.0f} MB' for k, v in r['largest_mb'].items())} | |",
+                  f"| cold `melgenre predict one.mp3` | **{r['cold_predict_median_s']:.2f} s** (median; runs "
+                  f"{', '.join(f'{t:.2f}' for t in r['cold_predict_s'])}) | ≤ {r['target_cold_predict_s']:.1f} s |",
+                  f"| `import melgenre` | {r['import_melgenre_s']:.3f} s (bare interpreter {r['python_startup_s']:.3f} s) | |",
+                  f"| `import beetsplug.melgenre` | {r['import_beets_plugin_s']:.3f} s | |"]
     return "\n".join(lines) + "\n"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("preprocessing", "features", "training", "inference", "memory", "trust", "library", "songs")
+SECTIONS = ("preprocessing", "features", "training", "inference", "memory", "trust", "library", "songs", "install")
 
 #: The issues' targets: prepare vs the naive loop, and one 30-s file's end-to-end latency per model.
 TARGET_SPEEDUP = 5.0
@@ -46,6 +46,7 @@ class BenchSettings:
     song_clips: int = 6  # clips joined into one song (30-s clips: 3-minute songs)
     songs_dir: Path | None = None  # keep the songs here and reuse them (default: made anew in a temp folder)
     songs_model: str | None = None  # the songs section's model (default: the default model)
+    wheel: Path | None = None  # the install section's wheel (default: built from the source tree)
     sections: tuple[str, ...] = SECTIONS
     note: str = ""  # free text stored with the results, e.g. "under load: a training job ran"
 

@@ -17,16 +17,23 @@ from melgenre.cli import bench, data, evaluation, inference, library, training
 from melgenre.cli.common import err_console, error_line, say
 from melgenre.cli.models import models_app
 from melgenre.errors import MelgenreError
+from melgenre.extras import missing_extra
 
 
 class _Group(typer.core.TyperGroup):
-    """Root command group: melgenre and OS errors become one line on stderr and exit code 2."""
+    """Root command group: melgenre and OS errors, and a missing extra, become one line on stderr and exit code 2."""
 
     def invoke(self, ctx):  # noqa: D102
         try:
             return super().invoke(ctx)
         except MelgenreError as exc:
             error_line(exc)
+            raise typer.Exit(2) from None
+        except ImportError as exc:  # a command of an extra that is not installed (melgenre.extras)
+            line = missing_extra(exc)
+            if line is None:
+                raise
+            error_line(line)
             raise typer.Exit(2) from None
         except OSError as exc:  # read-only or full disk, no permission, a directory where a file belongs
             where = f"{exc.filename}: " if exc.filename else ""

@@ -16,10 +16,11 @@ def bench(
     data: Path = typer.Option(None, "--data", "-d", help="Corpus folder to take the audio files from. Default: synthetic 30-s clips."),
     n_files: int = typer.Option(None, "--files", "-n", min=1, help="Files of the preprocessing benchmark. Default: 200 (quick: 8)."),
     models: str = typer.Option(None, "--models", help="Comma-separated registered models to train. Default: all."),
-    sections: str = typer.Option(None, "--sections", help="Comma-separated: preprocessing,features,training,inference,memory,trust,library,songs. Default: all."),
+    sections: str = typer.Option(None, "--sections", help="Comma-separated: preprocessing,features,training,inference,memory,trust,library,songs,install. Default: all."),
     workers: int = typer.Option(0, "--workers", "-w", min=0, help="prepare's worker processes. Default 0 = one per CPU core."),
     songs: int = typer.Option(None, "--songs", min=1, help="Full-length MP3 songs of the songs section, each made of 6 clips of one genre of --data (or synthetic clips). Default: 40 (quick: 4)."),
     songs_dir: Path = typer.Option(None, "--songs-dir", help="Keep the songs section's MP3s in this folder and reuse them in later runs (encoding takes seconds a song). Default: a temp folder."),
+    wheel: Path = typer.Option(None, "--wheel", help="The install section's melgenre wheel, installed alone into a fresh venv. Default: built from this source tree (python -m build)."),
     note: str = typer.Option("", "--note", help="Free text stored with the results (e.g. 'under load'). Default: none."),
 ) -> None:
     """Benchmark preprocessing, mel features, training, inference and memory on this machine."""
@@ -34,7 +35,7 @@ def bench(
     overrides = {k: v for k, v in (("presets", split(presets)), ("data", data), ("n_files", n_files),
                                    ("models", split(models)), ("sections", split(sections)),
                                    ("workers", workers or None), ("note", note), ("songs", songs),
-                                   ("songs_dir", songs_dir)) if v is not None}
+                                   ("songs_dir", songs_dir), ("wheel", wheel)) if v is not None}
     if "sections" in overrides and set(overrides["sections"]) - set(SECTIONS):
         raise typer.BadParameter(f"--sections: choose from {', '.join(SECTIONS)}")
     if data is not None and not data.is_dir():

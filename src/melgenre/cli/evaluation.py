@@ -50,7 +50,7 @@ def evaluate(
 
 def say_group_intervals(metrics: dict) -> None:
     """Print the intervals that resample whole groups (``group_intervals``: cv or score with a grouping file), if any."""
-    from melgenre.evaluate import with_interval
+    from melgenre.report import with_interval
 
     if "group_intervals" in metrics:
         gi = metrics["group_intervals"]
@@ -61,7 +61,7 @@ def say_group_intervals(metrics: dict) -> None:
 
 def pooled_summary(pooled: dict) -> str:
     """One line of pooled CV metrics with their bootstrap intervals (``melgenre.metrics.pooled_metrics``)."""
-    from melgenre.evaluate import with_interval
+    from melgenre.report import with_interval
 
     ci = pooled["intervals"]
     text = (f"accuracy {with_interval(pooled['accuracy'], ci['accuracy'])}, balanced accuracy "
@@ -110,7 +110,7 @@ def compare(
 ) -> None:
     """Is A better than B? Paired bootstrap of two recipes' out-of-fold predictions (cv folders) or of two models' predictions of the same labelled files (score folders), with 95 % intervals."""
     if (a / "scores.json").is_file() or (b / "scores.json").is_file():
-        from melgenre.evaluate import compare_scores
+        from melgenre.scoring import compare_scores
 
         if groups or fixed_epochs:
             raise typer.BadParameter("--groups and --fixed-epochs are for cross-validation folders, not score folders")
@@ -177,7 +177,8 @@ def score(
     groups: Path = typer.Option(None, "--groups", help="A .csv/.tsv file with columns track and group (or artist), e.g. each file's artist: also give intervals that resample whole artists, whose songs tend to be right or wrong together. Default: none."),
 ) -> None:
     """How right is a model on your labelled music? Accuracy, balanced accuracy with 95 % intervals, per-genre recall; files that fail are reported (exit code 1)."""
-    from melgenre.evaluate import score_corpus, with_interval
+    from melgenre.report import with_interval
+    from melgenre.scoring import score_corpus
 
     result = score_corpus(data_dir, out, model=model, backend=backend, include_training=include_training,
                           workers=workers, progress=progress, groups=groups)
@@ -202,6 +203,8 @@ def score(
         say(f"flag {flag}: {f['files']} file(s), right on {f['right']}")
     for path, reason in result["failed"]:
         error_line(f"{path}: {reason}")
+    if isinstance(result["plots"], str):
+        say(f"no plots: {result['plots']}")
     say(f"details: {out / 'report.md'}")
     if result["failed"]:
         raise typer.Exit(1)

@@ -62,11 +62,12 @@ def predict_cmd(
 
     from melgenre.audio import expand_paths
     from melgenre.inference import load_model, predict_paths
-    from melgenre.tags import TAG_DATASETS, load_tagger
 
     if fmt not in ("table", "json", "csv"):
         raise typer.BadParameter("--format must be table, json or csv")
     if tags is not None:
+        from melgenre.tags import TAG_DATASETS, load_tagger  # musicnn's own tagger runs in torch (the train extra)
+
         if tags not in TAG_DATASETS:
             raise typer.BadParameter(f"--tags must be {' or '.join(TAG_DATASETS)}, got {tags!r}")
         clash = [opt for opt, on in (("--model", model is not None), ("--hop", hop is not None),
@@ -272,6 +273,7 @@ def serve(
     windows: str = typer.Option(None, "--windows", metavar="N|all", help=_WINDOWS_HELP),
     index: Path = typer.Option(None, "--index", "-i", help="A library index from `melgenre index` made with this model: the page and POST /predict also list the most similar tracks in it. Default: none."),
     similar_k: int = typer.Option(5, "--similar-k", min=1, help="Similar tracks listed with --index. Default: 5."),
+    max_minutes: float = typer.Option(180.0, "--max-minutes", min=0.01, help="Longest accepted recording in minutes, read from the file's header before decoding; longer ones get HTTP 413 (only the windows a prediction scores are decoded, so a small upload of hours of audio costs what a song costs). Default: 180."),
 ) -> None:
     """Serve the model over HTTP: a web page at /, POST /predict, /health, /model, docs at /docs."""
     import uvicorn
@@ -280,8 +282,8 @@ def serve(
 
     from melgenre.inference import load_model
 
-    application = create_app(load_model(model, hop=hop, windows=windows), max_upload_mb=max_upload_mb, top_k=top_k, index=index,
-                             similar_k=similar_k)
+    application = create_app(load_model(model, hop=hop, windows=windows), max_upload_mb=max_upload_mb, top_k=top_k,
+                             index=index, similar_k=similar_k, max_minutes=max_minutes)
     shown = f"[{host}]" if ":" in host else host
     say(f"serving model {application.state.model.model_id} at http://{shown}:{port}/ "
         f"(API docs at /docs; uploads up to {max_upload_mb:g} MB"
