@@ -333,8 +333,9 @@ def leftovers(root: str | Path, remove: bool = False) -> list[Path]:
     found = sorted(p for p in Path(root).rglob(".*.tmp")
                    if (target := stale_temp_target(p)) is not None and target.suffix.lower() in audio.AUDIO_EXTENSIONS
                    and p.is_file())
-    for p in found if remove else ():
-        p.unlink(missing_ok=True)
+    if remove:
+        for p in found:
+            p.unlink(missing_ok=True)
     return found
 
 
