@@ -72,7 +72,8 @@ class _BorrowedStderr:
                     return None
                 if cls.capture is None:
                     cls.capture = tempfile.TemporaryFile()
-                sys.stderr.flush()
+                if sys.stderr is not None:  # what Python has buffered goes out before fd 2 is borrowed
+                    sys.stderr.flush()
                 os.dup2(cls.capture.fileno(), 2)
             cls.users += 1
             return os.lseek(cls.capture.fileno(), 0, os.SEEK_CUR)
