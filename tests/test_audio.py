@@ -1,9 +1,18 @@
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
 
 from melgenre import audio
 from melgenre.errors import AudioDecodeError, MelgenreError
+from melgenre.utils import private_tempdir
 
 from conftest import shared_path, tone
 
@@ -162,3 +171,73 @@ def test_expand_paths_finds_audio_and_skips_hidden_files_and_folders(tmp_path):
     found = audio.expand_paths([tmp_path, hidden_root, explicit, tmp_path / "b.wav"])
     assert found == [tmp_path / "a.FLAC", tmp_path / "b.wav", tmp_path / "sub" / "c.mp3", hidden_root / "e.wav",
                      explicit]
+
+
+def test_a_killed_runs_temp_folder_is_removed_by_the_next_run(tmp_path, monkeypatch):
+    """utils.private_tempdir (the ffmpeg decode's copy of an M4A): a kill -9 skips the clean-up, so the
+    next run removes the folders of processes that are gone, never a live one's."""
+    code = ("import os, signal\nfrom melgenre.utils import private_tempdir\n"
+            "with private_tempdir('melgenre-test-') as d:\n"
+            "    (d / 'half.m4a').write_bytes(b'x')\n    print(d, flush=True)\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    killed = Path(done.stdout.strip())
+    assert killed.parent == tmp_path and (killed / "half.m4a").exists()
+    live = tmp_path / f"melgenre-test-{os.getppid()}-x"  # a run still going
+    live.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with private_tempdir("melgenre-test-") as folder:
+        assert folder.is_dir() and folder.name.startswith(f"melgenre-test-{os.getpid()}-")
+        assert not killed.exists() and live.exists()
+    assert not folder.exists()
+
+
+def damaged_mp3(path: Path) -> Path:
+    """A real MP3 with 400 zero bytes in its middle: libmpg123 (libsndfile's MP3 decoder) prints
+    "Illegal Audio-MPEG-Header ... Trying to resync" and that the Xing header's stream size is off."""
+    sf.write(path, tone(4.0, 22_050), 22_050, format="MP3", subtype="MPEG_LAYER_III")
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2] + bytes(400) + data[len(data) // 2:])
+    return path
+
+
+def test_decoder_chatter_stays_off_stderr(tmp_path, capfd):
+    """libmpg123 writes straight to file descriptor 2 (capfd sees it; no sys.stderr redirection would):
+    decoding, seeking and failing say nothing there; a failure's reason carries what the decoder said."""
+    bad = damaged_mp3(tmp_path / "resync.mp3")
+    assert audio.load(bad).samples.size > 0
+    with audio.open_stretches(bad, 22_050) as stretches:
+        assert stretches.read(22_050, 44_100).shape == (22_050,)
+    assert len(audio.sample_digest(bad)) == 64
+    print("python's own stderr", file=sys.stderr)  # still shown
+    assert capfd.readouterr().err == "python's own stderr\n"
+    junk = tmp_path / "junk.mp3"  # an ID3 header and then nothing decodable
+    junk.write_bytes(b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(2000))
+    assert audio.open_stretches(junk, 22_050) is None
+    with pytest.raises(AudioDecodeError, match="junk.mp3: not a decodable audio file .*Illegal Audio-MPEG-Header"):
+        audio.sample_digest(junk)
+    assert capfd.readouterr().err == ""
+
+
+def test_decoding_in_threads_shares_one_borrowed_stderr(tmp_path, capfd):
+    """Threads decoding at once (serve) borrow fd 2 together: it is given back once the last one ends, and
+    what other code prints meanwhile comes out (a little later: perhaps out of order), not lost."""
+    bad = damaged_mp3(tmp_path / "resync.mp3")
+    before = os.fstat(2)
+    lines = [f"line {i}" for i in range(50)]
+
+    def decode():
+        for _ in range(10):
+            audio.load(bad)
+
+    threads = [threading.Thread(target=decode) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for line in lines:
+        os.write(2, f"{line}\n".encode())
+    for t in threads:
+        t.join()
+    now = os.fstat(2)
+    assert (now.st_dev, now.st_ino) == (before.st_dev, before.st_ino)
+    assert sorted(capfd.readouterr().err.splitlines()) == sorted(lines)

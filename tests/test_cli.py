@@ -5,8 +5,10 @@ import sys
 
 import numpy as np
 import pytest
+import soundfile as sf
 from typer.testing import CliRunner
 
+from melgenre import synth
 from melgenre.cli import app
 from melgenre.store import MelStore
 
@@ -228,3 +230,40 @@ def test_show_figure_has_units_a_legend_and_a_fixed_colour_scale():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["start of a 3-s model window"]
     assert bar.get_ylim() == (0.0, 1.0)  # not 0.9-1.1 around a flat image
     plt.close(fig)
+
+
+def test_a_newline_in_a_file_name_stays_on_its_error_line(tiny_card, tmp_path):
+    """File names are shown with control characters escaped (a newline as \\n): each error stays one line."""
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    bad = songs / "bad\nname.wav"
+    bad.write_text("not audio")
+    sf.write(songs / "good.wav", synth.synth_clip(0, 3, seconds=3.0, rng=np.random.default_rng(0)), 22_050)
+    shown = str(bad).replace("\n", "\\n")
+    r = invoke("show", bad, "--out", tmp_path / "x.png")
+    _one_line_error(r, "bad\\nname.wav: not a decodable audio file")
+    for extra in ([], ["--out", tmp_path / "r.sqlite"]):
+        r = invoke("predict", songs, "--model", tiny_card, "--workers", 0, "--no-progress", *extra)
+        assert r.exit_code == 1, r.output
+        errors = [line for line in r.stderr.splitlines() if line.strip()]
+        assert errors == [f"error: {shown}: not a decodable audio file (Format not recognised)"], r.stderr
+    r = invoke("tag", songs, "--from", tmp_path / "r.sqlite")
+    assert r.exit_code == 0 and "bad\\nname.wav" in r.output and "name.wav" not in r.output.replace("bad\\nname.wav", "")
+
+
+def test_predict_prints_one_line_per_bad_mp3_and_no_decoder_chatter(tiny_card, tmp_path, capfd):
+    """libmpg123's notes ("Illegal Audio-MPEG-Header", "Trying to resync", "Xing stream size") go to file
+    descriptor 2, below Python: capfd sees them; melgenre keeps them off, so its own line stands alone."""
+    from test_audio import damaged_mp3
+
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    damaged_mp3(songs / "resync.mp3")  # decodes, with notes
+    (songs / "junk.mp3").write_bytes(b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(2000))  # fails
+    for extra in ([], ["--out", tmp_path / "r.sqlite"]):
+        r = invoke("predict", songs, "--model", tiny_card, "--workers", 0, "--no-progress", *extra)
+        assert r.exit_code == 1, r.output
+        errors = [line for line in r.stderr.splitlines() if line.strip()]
+        assert len(errors) == 1 and errors[0].startswith(f"error: {songs / 'junk.mp3'}: not a decodable audio file")
+        assert ("2 predicted this run (1 failed)" if extra else "resync.mp3") in r.stdout
+        assert capfd.readouterr().err == ""

@@ -19,7 +19,7 @@ from melgenre import learn as learn_module
 from melgenre import synth, tagging
 from melgenre.cli import app
 from melgenre.errors import ConfigError, DatasetError
-from melgenre.learn import Labelled, genre_key, learn, prior_genres, read_mapping, taxonomy
+from melgenre.learn import Labelled, genre_key, learn, model_genre, prior_genres, read_mapping, taxonomy
 from melgenre.predict import load_model
 
 runner = CliRunner()
@@ -74,6 +74,9 @@ def test_genre_spellings_merge_and_map():
     assert {genre_key(s) for s in ("Hip-Hop", "hip hop", "HipHop", "HIP_HOP")} == {"hiphop"}
     assert genre_key("Drum & Bass") == genre_key("drum and bass") == genre_key("Drum'n'Bass") == "drumnbass"
     assert genre_key("R&B") == genre_key("rnb") and genre_key("Band") == "band"
+    assert model_genre("ROCK", ["Jazz", "Rock"]) == "Rock" and model_genre("hip hop", ["Hip-Hop"]) == "Hip-Hop"
+    assert model_genre("Polka", ["Jazz", "Rock"]) is None and model_genre("rock", ["Rock", "ROCK"]) is None
+    assert model_genre("ROCK", ["Rock", "ROCK"]) == "ROCK"  # its own spelling first
     files = [Labelled(Path(f"{i}.mp3"), g) for i, g in enumerate(["Hip-Hop", "hip hop", "Hip-Hop", "Rap", "Rock",
                                                                    "rock", "Rock", "Folk", "Noise", None])]
     tax = taxonomy(files, {"rap": "Hip-Hop", "noise": ""}, min_per_genre=3)
@@ -165,6 +168,24 @@ def test_learnt_model_fills_the_gaps_of_the_library(learnt, library, tmp_path):
             assert now == genres, path  # a genre by hand is kept, even "hip hop" and Folk
         else:
             assert now == [["Rock", "Hip-Hop", "Jazz"][int(path.stem[-1])]], path  # new<label>.flac
+
+
+def test_score_a_learnt_model_on_class_folders_spelt_otherwise(learnt, tmp_path):
+    """The round trip: genres learnt from tags (Hip-Hop, Jazz, Rock) are the class folders ROCK/, hip hop/
+    and jazz/ of a test set: letter case and the spellings learn merges do not count."""
+    rng, sr = np.random.default_rng(3), 22_050
+    for label, folder in enumerate(("ROCK", "hip hop", "jazz")):  # the library fixture's labels 0, 1, 2
+        (tmp_path / "test" / folder).mkdir(parents=True)
+        for i in range(2):
+            sf.write(tmp_path / "test" / folder / f"t{i}.flac", synth.synth_clip(label, 4, 6.5, sr, rng), sr)
+    out = tmp_path / "score"
+    r = runner.invoke(app, ["score", str(tmp_path / "test"), "--model", str(learnt.package), "--out", str(out),
+                            "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    result = json.loads((out / "scores.json").read_text())
+    assert result["n"] == 6 and {(Path(f["path"]).parent.name, f["genre"]) for f in result["files"]} == {
+        ("ROCK", "Rock"), ("hip hop", "Hip-Hop"), ("jazz", "Jazz")}
+    assert [c["class"] for c in result["track"]["per_class"]] == learnt.classes
 
 
 def test_learn_cli_rerun_reuses_the_embeddings_and_calibrates(learnt, library, tmp_path, monkeypatch):

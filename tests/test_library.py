@@ -4,6 +4,7 @@ and worker processes that exit when their parent dies."""
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -230,7 +231,11 @@ def test_line_formats_resume_and_tolerate_a_torn_last_line(tiny_card, songs, tmp
     changed = songs / "class00" / "class00.00000.wav"
     y, sr = sf.read(changed, dtype="float32")
     sf.write(changed, y[: sr * 3], sr)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    litter = out.with_name(f".{out.name}.{int(dead.stdout)}.tmp")  # the rewrite of a run killed meanwhile
+    litter.write_text(out.read_text()[:100])
     again = predict_library([songs], out, model=tiny_card, workers=0, progress=False)
+    assert not litter.exists()
     assert again.predicted == 2  # the changed file and the broken one
     text = out.read_text()
     assert text.endswith("\n") and len(text.splitlines()) == 12 + (suffix == ".csv")  # one row per file
@@ -252,6 +257,59 @@ def test_bad_results_files_are_one_line_errors(tiny_card, songs, tmp_path):
     with pytest.raises(MelgenreError, match="empty.db: not a melgenre results database"):
         read_results(tmp_path / "empty.db")
     assert (tmp_path / "empty.db").stat().st_size == 0
+
+
+def test_a_foreign_jsonl_is_refused_and_left_as_it_was(tiny_card, songs, tmp_path):
+    """--out other.jsonl of someone else's JSON lines: refused in one line, never appended to or rewritten."""
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"x": 1}\n')
+    with pytest.raises(MelgenreError, match="other.jsonl, line 1: not a melgenre results row"):
+        predict_library([songs], other, model=tiny_card, workers=0, progress=False)
+    r = runner.invoke(app, ["predict", str(songs), "--model", str(tiny_card), "--out", str(other), "--workers", "0",
+                            "--no-progress"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert other.read_text() == '{"x": 1}\n'
+    # a results file with a row whose path is not text (hand-edited): one line, not a TypeError traceback
+    row = library.make_row(str(songs / "a.wav"), 1, 1.0, None, "m", None, "failed")
+    (tmp_path / "r.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "path": None}) + "\n")
+    with pytest.raises(MelgenreError, match="r.jsonl, line 2: not a melgenre results row"):
+        read_results(tmp_path / "r.jsonl")
+
+
+_WRITE_EACH = """
+import sys
+from melgenre.errors import MelgenreError
+from melgenre.library import predict_library
+for out in sys.argv[3:]:
+    try:
+        predict_library([sys.argv[1]], out, model=sys.argv[2], workers=0, progress=False)
+        print("written", out)
+    except MelgenreError as exc:
+        print(exc)
+"""
+
+
+def test_a_folder_or_file_that_may_not_be_written_is_named_as_such(tiny_card, tmp_path):
+    """--out where this user may not write: one line that says so (not "not an SQLite database", no traceback).
+    As root, the job runs without the capability to override file permissions (setpriv)."""
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("root ignores file permissions and setpriv (util-linux) is not installed to drop that power")
+    clip = tmp_path / "a.wav"
+    sf.write(clip, synth.synth_clip(0, 3, seconds=3.0, rng=np.random.default_rng(0)), 22_050)
+    locked, ro = tmp_path / "locked.sqlite", tmp_path / "ro"
+    predict_library([clip], locked, model=tiny_card, workers=0, progress=False)
+    ro.mkdir()
+    locked.chmod(0o444)
+    ro.chmod(0o555)
+    outs = [ro / "r.sqlite", ro / "r.jsonl", ro / "r.csv", locked]
+    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    done = subprocess.run([*drop, sys.executable, "-c", _WRITE_EACH, str(clip), str(tiny_card), *map(str, outs)],
+                          env={**os.environ, "PYTHONPATH": SRC}, capture_output=True, text=True, timeout=300)
+    ro.chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"{ro}: folder is not writable (cannot write {out.name} in it)"
+                                        for out in outs[:3]] + [f"{locked}: results file is not writable"]
+    assert sorted(ro.iterdir()) == []
 
 
 def test_cli_predict_out_prints_a_summary_and_exits_1_on_failures(tiny_card, songs, tmp_path):

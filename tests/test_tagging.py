@@ -318,15 +318,118 @@ tagging.apply(tagging.plan({str(tmp_path / "lib")!r}, {str(db)!r}), {str(tmp_pat
     assert change.action == "write" and tagging.genre_text(mutagen.File(clip)) == "Rock"
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has just exited."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_temp_copies_of_a_killed_run_are_reported_then_removed(tmp_path):
+    lib = tmp_path / "lib"
+    clip = make_clip(lib / "a.flac")
+    db = write_results(tmp_path / "r.sqlite", [result_row(clip)])
+    stale = lib / f".a.flac.{_dead_pid()}.tmp"  # a kill -9 mid-write: the copy stays, hidden
+    stale.write_bytes(clip.read_bytes())
+    live = lib / f".a.flac.{os.getppid()}.tmp"  # a run still going (a live process)
+    foreign = lib / f".notes.txt.{_dead_pid()}.tmp"  # not a copy of an audio file: not ours
+    for p in (live, foreign):
+        p.write_bytes(b"x")
+    assert tagging.leftovers(lib) == [stale]
+    r = cli(lib, "--from", db)  # a dry run says so and removes nothing
+    assert r.exit_code == 0 and f"left over {stale}: the temp copy of a killed melgenre tag run" in r.output, r.output
+    assert stale.exists()
+    r = cli(lib, "--from", db, "--write", "--log", tmp_path / "log.jsonl")
+    assert r.exit_code == 0 and f"removed {stale}" in r.output, r.output
+    assert not stale.exists() and live.exists() and foreign.exists()
+    assert tagging.genre_text(mutagen.File(clip)) == "Rock"
+
+
+def test_genre_now_is_shown_for_skipped_files(tmp_path):
+    lib = tmp_path / "lib"
+    changed, missing = make_clip(lib / "changed.flac"), make_clip(lib / "missing.ogg", seed=1)
+    for clip, genre in ((changed, "Punk"), (missing, "Ska")):
+        f = mutagen.File(clip)
+        f["genre"] = genre
+        f.save()
+    db = write_results(tmp_path / "r.sqlite", [result_row(changed)])
+    os.utime(changed, ns=(0, changed.stat().st_mtime_ns + 10**9))  # touched since the prediction
+    assert {c.path.name: (c.old, c.action) for c in tagging.plan(lib, db, replace=True)} == {
+        "changed.flac": ("Punk", "skip"), "missing.ogg": ("Ska", "skip")}
+    r = cli(lib, "--from", db, "--replace")
+    assert r.exit_code == 0 and "Punk" in r.output and "Ska" in r.output, r.output
+
+
 def test_verify_keeps_the_original_when_the_audio_would_differ(tmp_path, monkeypatch):
     clip = make_clip(tmp_path / "lib" / "a.wav")
     db = write_results(tmp_path / "r.sqlite", [result_row(clip)])
     original = clip.read_bytes()
-    calls = iter([np.zeros(3), np.ones(3)])
-    monkeypatch.setattr(tagging, "_samples", lambda path, name: next(calls))
+    calls = iter(["digest of the original", "another digest of the copy"])
+    monkeypatch.setattr(audio, "sample_digest", lambda path, name=None: next(calls))
     (change,) = tagging.apply(tagging.plan(tmp_path / "lib", db), tmp_path / "log.jsonl")
     assert (change.action, change.reason) == ("failed", "audio decoded differently after tagging; file left as it was")
     assert clip.read_bytes() == original
+
+
+def test_verify_compares_the_audio_in_bounded_memory(tmp_path):
+    """The copy and the check that the audio decodes the same read the files block by block: the peak of
+    Python's allocations stays far below one decoded copy of the file (a 3-hour mix is 10 GB decoded)."""
+    import tracemalloc
+
+    sr, seconds = 22_050, 240
+    clip = tmp_path / "lib" / "long.flac"
+    clip.parent.mkdir()
+    t = np.arange(sr * seconds) / sr
+    sf.write(clip, np.stack([0.3 * np.sin(2 * np.pi * 220 * t), 0.3 * np.sin(2 * np.pi * 330 * t)], 1), sr,
+             subtype="PCM_16")
+    decoded = sr * seconds * 2 * 4  # float32 stereo: 42 MB
+    db = write_results(tmp_path / "r.sqlite", [result_row(clip)])
+    changes = tagging.plan(tmp_path / "lib", db)
+    tracemalloc.start()
+    try:
+        (change,) = tagging.apply(changes, tmp_path / "log.jsonl")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert change.action == "write" and tagging.genre_text(mutagen.File(clip)) == "Rock"
+    assert peak < decoded / 10, f"{peak / 1e6:.1f} MB"
+
+
+def _acl_reading(uid: int) -> bytes:
+    """A POSIX access ACL (the ``system.posix_acl_access`` value) that also lets user ``uid`` read the file."""
+    import struct
+
+    entries = [(0x01, 6, 0xFFFFFFFF), (0x02, 4, uid), (0x04, 4, 0xFFFFFFFF), (0x10, 4, 0xFFFFFFFF), (0x20, 4, 0xFFFFFFFF)]
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+def test_extended_attributes_and_acls_survive_tagging_and_undo(tmp_path):
+    clip = make_clip(tmp_path / "lib" / "a.flac")
+    clip.chmod(0o644)
+    try:
+        os.setxattr(clip, "user.xdg.tags", b"red,work")  # a file manager's tags (Finder's are xattrs too)
+    except (AttributeError, OSError) as exc:
+        pytest.skip(f"no user extended attributes here ({getattr(exc, 'strerror', None) or exc})")
+    os.setxattr(clip, "user.melgenre.test", b"\x00\x01 binary")
+    try:
+        os.setxattr(clip, "system.posix_acl_access", _acl_reading(65534))
+    except OSError:  # a filesystem without POSIX ACLs: the user.* attributes are still checked
+        pass
+    kept = {name: os.getxattr(clip, name) for name in os.listxattr(clip)}
+    db = write_results(tmp_path / "r.sqlite", [result_row(clip)])
+    (change,) = tagging.apply(tagging.plan(tmp_path / "lib", db), tmp_path / "log.jsonl")
+    assert change.action == "write" and tagging.genre_text(mutagen.File(clip)) == "Rock"
+    assert {name: os.getxattr(clip, name) for name in os.listxattr(clip)} == kept
+    assert [u.action for u in tagging.undo(tmp_path / "log.jsonl")] == ["restored"]
+    assert {name: os.getxattr(clip, name) for name in os.listxattr(clip)} == kept and clip.stat().st_mode & 0o777 == 0o644
+    # a folder whose default ACL new files inherit: the copy does not keep an access ACL the file did not have
+    plain = make_clip(tmp_path / "shared" / "b.flac")
+    try:
+        os.setxattr(plain.parent, "system.posix_acl_default", _acl_reading(65534))
+    except OSError:
+        return
+    db = write_results(tmp_path / "s.sqlite", [result_row(plain)])
+    (change,) = tagging.apply(tagging.plan(tmp_path / "shared", db), tmp_path / "log2.jsonl")
+    assert change.action == "write" and "system.posix_acl_access" not in os.listxattr(plain)
 
 
 def test_mode_mtime_and_hard_links(tmp_path):
@@ -354,11 +457,23 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         tagging.plan(tmp_path / "lib", tmp_path / "other.sqlite")
     (tmp_path / "bad.jsonl").write_text("nonsense\n{}\n")
     r = cli("--undo", tmp_path / "bad.jsonl")
-    assert r.exit_code == 2 and "bad.jsonl: line 1 is not JSON" in r.output
+    assert r.exit_code == 2 and "bad.jsonl: not a melgenre tag log (line 1 is not JSON)" in r.output
     (tmp_path / "partial.jsonl").write_text('{"op": "tag", "path": "/x", "before": {}}\n{}\n')
     r = cli("--undo", tmp_path / "partial.jsonl")
-    assert r.exit_code == 2 and "partial.jsonl: line 1 is not a melgenre tag log entry" in r.output
+    assert r.exit_code == 2 and "partial.jsonl: not a melgenre tag log (line 1 is not a tag entry)" in r.output
     assert cli(tmp_path / "lib").exit_code == 2  # no --from
+
+
+def test_undo_of_a_file_that_is_not_a_tag_log_says_so_in_one_line(tmp_path):
+    clip = make_clip(tmp_path / "lib" / "a.flac")
+    db = write_results(tmp_path / "results.sqlite", [result_row(clip)])  # binary: not UTF-8 text
+    (tmp_path / "garbage.jsonl").write_text("this is not a tag log\n")  # one complete line: not a torn entry
+    (tmp_path / "empty.jsonl").write_text("")
+    for log in (db, tmp_path / "garbage.jsonl", tmp_path / "empty.jsonl"):
+        r = cli("--undo", log)
+        assert r.exit_code == 2, (log, r.output, r.exception)
+        assert len(r.output.strip().splitlines()) == 1 and f"{log.name}: not a melgenre tag log" in r.output, r.output
+    assert tagging.genre_text(mutagen.File(clip)) == ""
 
 
 def test_relative_paths_and_torn_log_line(tmp_path):

@@ -9,20 +9,29 @@ is installed. Resampling uses soxr's high-quality mode. Every failure is an
 
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
 import math
+import os
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
 import soxr
 
 from melgenre.errors import AudioDecodeError
+from melgenre.utils import private_tempdir
 
 #: File suffixes melgenre looks for when it scans folders (lower case).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".au", ".snd", ".aif", ".aiff", ".m4a")
@@ -32,6 +41,88 @@ FFMPEG_EXTENSIONS = (".m4a", ".mp4", ".m4b")
 
 #: Peak amplitude under which a clip counts as silent (about -80 dBFS).
 SILENCE_PEAK = 1e-4
+
+log = logging.getLogger(__name__)
+
+
+#: A line that libmpg123, libsndfile's MP3 decoder, prints on file descriptor 2 ("Note: Trying to resync...",
+#: "[src/libmpg123/layer3.c:...] error: part2_3_length ... too large"), and the prefix that is not its message.
+_DECODER_LINE = re.compile(rb"(?:Note|Warning|Error): |\[[^\]\n]*libmpg123[^\]\n]*\] ")
+_DECODER_PREFIX = re.compile(r"(?:Note|Warning|Error): |\[[^\]]*\] (?:error|warning|note): ")
+
+
+class _BorrowedStderr:
+    """File descriptor 2 pointed at an unnamed temp file while C decoders run; shared by nested and
+    concurrent uses (threads), given back when the last one ends."""
+
+    lock = threading.Lock()
+    users = 0
+    saved: int | None = None
+    capture: Any = None
+
+    @classmethod
+    def borrow(cls) -> int | None:
+        """Point fd 2 at the capture file (if not already); the offset this use's output starts at, or
+        None when there is no fd 2 to borrow."""
+        with cls.lock:
+            if cls.users == 0:
+                try:
+                    cls.saved = os.dup(2)
+                except OSError:
+                    return None
+                if cls.capture is None:
+                    cls.capture = tempfile.TemporaryFile()
+                if sys.stderr is not None:  # what Python has buffered goes out before fd 2 is borrowed
+                    sys.stderr.flush()
+                os.dup2(cls.capture.fileno(), 2)
+            cls.users += 1
+            return os.lseek(cls.capture.fileno(), 0, os.SEEK_CUR)
+
+    @classmethod
+    def give_back(cls, start: int) -> bytes:
+        """What fd 2 got since ``start``; the last user restores fd 2 and passes on to it every line
+        there that is not the decoder's (another thread's output is late, never lost)."""
+        with cls.lock:
+            fd = cls.capture.fileno()
+            end = os.lseek(fd, 0, os.SEEK_CUR)
+            mine = os.pread(fd, end - start, start)
+            cls.users -= 1
+            if cls.users == 0:
+                os.dup2(cls.saved, 2)
+                os.close(cls.saved)
+                others = b"".join(line for line in os.pread(fd, end, 0).splitlines(keepends=True)
+                                  if not _DECODER_LINE.match(line))
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+                if others:
+                    os.write(2, others)
+            return mine
+
+
+@contextmanager
+def decoder_notes(name: str) -> Iterator[list[str]]:
+    """Keep what the C decoders print while the block runs off stderr: the yielded list gets their
+    lines (each logged at debug level, prefixed with ``name``) when the block ends.
+
+    libmpg123 prints "Illegal Audio-MPEG-Header ... Trying to resync", "Xing stream size off" and, on
+    a seek, "part2_3_length too large" straight to file descriptor 2, which no redirection of
+    ``sys.stderr`` catches: fd 2 is pointed at a temp file meanwhile (see :class:`_BorrowedStderr`).
+    """
+    notes: list[str] = []
+    start = _BorrowedStderr.borrow()
+    try:
+        yield notes
+    finally:
+        if start is not None:
+            for line in _BorrowedStderr.give_back(start).decode(errors="replace").splitlines():
+                if _DECODER_LINE.match(line.encode()):
+                    notes.append(_DECODER_PREFIX.sub("", line, count=1).strip().rstrip("."))
+                    log.debug("%s: decoder: %s", name, notes[-1])
+
+
+def _said(notes: list[str]) -> str:
+    """The first three things the decoder said, to end a failure's reason with ("" when it said nothing)."""
+    return f"; the decoder said: {' / '.join(list(dict.fromkeys(notes))[:3])}" if notes else ""
 
 
 @dataclass(frozen=True)
@@ -101,11 +192,25 @@ def decode(source: str | Path | bytes, name: str | None = None) -> tuple[np.ndar
 def _read_sndfile(data: bytes, label: str) -> tuple[np.ndarray, int]:
     """Decode a whole file held in memory with libsndfile into ``(samples (T, C) float32, rate)``."""
     try:
-        samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with decoder_notes(label) as notes:
+            samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        reason = str(exc).split(": ", 1)[-1].rstrip(".") if str(exc) else type(exc).__name__
-        raise AudioDecodeError(label, f"not a decodable audio file ({reason})") from None
+        raise AudioDecodeError(label, f"not a decodable audio file ({_sndfile_reason(exc)}{_said(notes)})") from None
     return samples, int(sr)
+
+
+def _sndfile_reason(exc: Exception) -> str:
+    """libsndfile's reason for a failure, without the file name it starts with."""
+    return str(exc).split(": ", 1)[-1].rstrip(".") if str(exc) else type(exc).__name__
+
+
+def _ffmpeg(label: str) -> str:
+    """The ``ffmpeg`` program, or the error that it is needed and not installed."""
+    exe = shutil.which("ffmpeg")
+    if exe is None:
+        raise AudioDecodeError(label, "decoding this format needs the ffmpeg program, which is not installed "
+                                      "(e.g. apt-get install ffmpeg)")
+    return exe
 
 
 def _decode_ffmpeg(data: bytes, label: str) -> tuple[np.ndarray, int]:
@@ -114,19 +219,54 @@ def _decode_ffmpeg(data: bytes, label: str) -> tuple[np.ndarray, int]:
     ffmpeg reads a temp copy (an MP4 whose index sits at the end cannot be read from a pipe) and
     writes 32-bit float Sun ``.au`` to stdout, a header libsndfile reads without a known length.
     """
-    exe = shutil.which("ffmpeg")
-    if exe is None:
-        raise AudioDecodeError(label, "decoding this format needs the ffmpeg program, which is not installed "
-                                      "(e.g. apt-get install ffmpeg)")
-    with tempfile.NamedTemporaryFile(suffix=Path(label).suffix) as src:
-        src.write(data)
-        src.flush()
-        done = subprocess.run([exe, "-nostdin", "-v", "error", "-i", src.name, "-map", "0:a:0", "-f", "au",
+    exe = _ffmpeg(label)
+    with private_tempdir("melgenre-ffmpeg-") as folder:  # a killed run's copy is removed by the next one
+        src = folder / f"input{Path(label).suffix}"
+        src.write_bytes(data)
+        done = subprocess.run([exe, "-nostdin", "-v", "error", "-i", str(src), "-map", "0:a:0", "-f", "au",
                                "-c:a", "pcm_f32be", "-"], capture_output=True, timeout=600)
     if done.returncode != 0 or not done.stdout:
         reason = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no audio stream"]
-        raise AudioDecodeError(label, f"not a decodable audio file (ffmpeg: {reason[0].replace(src.name + ': ', '')})")
+        raise AudioDecodeError(label, f"not a decodable audio file (ffmpeg: {reason[0].replace(f'{src}: ', '')})")
     return _read_sndfile(done.stdout, label)
+
+
+def sample_digest(path: str | Path, name: str | None = None) -> str:
+    """SHA-256 (hex) of a file's decoded samples, with its sample rate and channels, decoded block by block.
+
+    Two files digest alike exactly when they decode to the same samples, and memory stays bounded
+    whatever the length (a 3-hour mix decodes to about 10 GB): ``melgenre tag`` checks so that
+    rewriting the tags left the audio alone. M4A goes through ``ffmpeg``, as in :func:`decode`.
+
+    Raises
+    ------
+    AudioDecodeError
+        The file cannot be decoded (as :func:`decode` says), or ffmpeg is needed and not installed.
+    """
+    label = name or str(path)
+    h = hashlib.sha256()
+    if Path(label).suffix.lower() in FFMPEG_EXTENSIONS:
+        exe = _ffmpeg(label)
+        with tempfile.TemporaryFile() as err:  # a file, not a pipe: ffmpeg never blocks on what it says
+            proc = subprocess.Popen([exe, "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0",
+                                     "-map_metadata", "-1", "-fflags", "+bitexact", "-f", "au", "-c:a", "pcm_f32be",
+                                     "-"], stdout=subprocess.PIPE, stderr=err)
+            with proc.stdout:
+                for block in iter(lambda: proc.stdout.read(1 << 20), b""):
+                    h.update(block)
+            if proc.wait() != 0:
+                err.seek(0)
+                reason = err.read().decode(errors="replace").strip().splitlines()[-1:] or ["no audio stream"]
+                raise AudioDecodeError(label, f"not a decodable audio file (ffmpeg: {reason[0].replace(f'{path}: ', '')})")
+        return h.hexdigest()
+    try:
+        with decoder_notes(label) as notes, sf.SoundFile(str(path)) as f:
+            h.update(f"{f.samplerate} {f.channels}\n".encode())
+            for block in f.blocks(1 << 16, dtype="float32", always_2d=True):
+                h.update(block.tobytes())
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise AudioDecodeError(label, f"not a decodable audio file ({_sndfile_reason(exc)}{_said(notes)})") from None
+    return h.hexdigest()
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
@@ -187,11 +327,12 @@ class Stretches:
         first = max(0, start // step_out - context)
         last = -(-stop // step_out) + context
         try:
-            self._file.seek(first * step_in)
-            samples = self._file.read((last - first) * step_in, dtype="float32", always_2d=True)
+            with decoder_notes(self.name) as notes:
+                self._file.seek(first * step_in)
+                samples = self._file.read((last - first) * step_in, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
             raise AudioDecodeError(self.name, f"cannot decode {start / self.sr:.1f}-{stop / self.sr:.1f} s "
-                                              f"({str(exc) or type(exc).__name__})") from None
+                                              f"({str(exc) or type(exc).__name__}{_said(notes)})") from None
         if not np.all(np.isfinite(samples)):
             raise AudioDecodeError(self.name, "audio contains NaN or infinite samples")
         y = resample(to_mono(samples), self.source_sr, self.sr)
@@ -220,7 +361,8 @@ def open_stretches(source: str | Path | bytes, sr: int, name: str | None = None)
     if Path(label).suffix.lower() in FFMPEG_EXTENSIONS:
         return None
     try:
-        handle = sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else str(source))
+        with decoder_notes(label):  # what it says of a file it rejects, load says again in its error
+            handle = sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else str(source))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError):
         return None
     if not handle.seekable() or handle.frames <= 0:

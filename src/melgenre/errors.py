@@ -9,6 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def printable(text: object) -> str:
+    """``str(text)`` on one line: control characters (a newline or an escape sequence in a file name) and
+    undecodable bytes are written as Python escapes (``\\n``, ``\\x1b``, ``\\udcff``), so a message naming a file
+    stays one line, whatever the name."""
+    s = str(text)
+    return s if s.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
 class MelgenreError(Exception):
     """Base class of every error melgenre raises on purpose."""
 

@@ -21,7 +21,6 @@ import base64
 import dataclasses
 import hashlib
 import json
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -513,8 +512,11 @@ def load_model(path: str | Path | None = None, backend: str | None = None, hop: 
     else:
         from melgenre.export import write_onnx
 
-        with tempfile.TemporaryDirectory(prefix="melgenre-onnx-") as tmp:  # private (0700), removed at once
-            onnx_path = Path(tmp) / "model.onnx"
+        from melgenre.utils import private_tempdir
+
+        # private (0700), removed at once; one a killed run left (its PID is in the name) goes on the next
+        with private_tempdir("melgenre-onnx-") as tmp:
+            onnx_path = tmp / "model.onnx"
             write_onnx(module, card, onnx_path)
             model = GenreModel(card, session=onnx_session(onnx_path.read_bytes(), str(path)), hop=hop,
                                windows=windows)

@@ -78,6 +78,16 @@ def genre_key(name: str) -> str:
     return "".join("n" if w in _CONJUNCTION else w for w in words)
 
 
+def model_genre(name: str, classes: Sequence[str]) -> str | None:
+    """The genre of ``classes`` (a model's) that ``name`` (a class folder, a tag) spells: ``name`` itself,
+    else the one genre of the same :func:`genre_key` (``"rock"``, ``"ROCK"`` -> ``"Rock"``; ``"hip hop"`` ->
+    ``"Hip-Hop"``); None when no genre, or more than one, is spelt so."""
+    if name in classes:
+        return name
+    same = [c for c in classes if genre_key(c) == genre_key(name)]
+    return same[0] if len(same) == 1 else None
+
+
 def artist_key(name: str) -> str:
     """Whom an artist tag names, for grouping: letter case, spacing and a featured artist do not count."""
     return re.split(r"\s+(?:feat\.?|ft\.?|featuring)\s+", " ".join(name.casefold().split()))[0]

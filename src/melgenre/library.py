@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
+import glob
 import io
 import json
 import os
@@ -43,7 +44,7 @@ from melgenre.audio import expand_paths
 from melgenre.errors import MelgenreError
 from melgenre.inference import GenreModel, Prediction, load_model, resolve_backend
 from melgenre.package import package_card
-from melgenre.utils import atomic_path, file_sha256
+from melgenre.utils import atomic_path, file_sha256, stale_temp_target
 from melgenre.pipeline import Predictor, decode_path
 
 SCHEMA_VERSION = "1"
@@ -209,18 +210,23 @@ class _LineSink:
 
     def _read(self, text: str) -> list[dict[str, Any]]:
         if self.fmt == "jsonl":
-            rows = []
-            for n, line in enumerate(text.splitlines(), start=1):
-                try:
-                    rows.append({k: json.loads(line).get(k) for k in COLUMNS})
-                except (json.JSONDecodeError, AttributeError):
-                    raise MelgenreError(f"{self.path}:{n}: not a JSON object (is this a melgenre results file?)") \
-                        from None
-            return rows
+            return [self._jsonl_row(line, n) for n, line in enumerate(text.splitlines(), start=1)]
         reader = csv.DictReader(io.StringIO(text, newline=""))
         if text and tuple(reader.fieldnames or ())[:len(COLUMNS)] != COLUMNS:
             raise MelgenreError(f"{self.path}: not a melgenre results CSV (its header is not {','.join(COLUMNS)})")
         return [_parsed(_csv_typed(r)) for r in reader]
+
+    def _jsonl_row(self, line: str, n: int) -> dict[str, Any]:
+        """Line ``n`` of a JSON Lines results file as a row; anything else (someone else's JSON lines) is refused,
+        so that ``--out`` never appends to, nor rewrites, a file that is not melgenre's."""
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or not set(COLUMNS) <= row.keys() or not isinstance(row["path"], str):
+            raise MelgenreError(f"{self.path}, line {n}: not a melgenre results row (a JSON object of "
+                                f"{', '.join(COLUMNS)}; path a text): not a results file of melgenre predict --out")
+        return {k: row[k] for k in COLUMNS}
 
     def _line(self, row: dict[str, Any]) -> str:
         if self.fmt == "jsonl":
@@ -262,6 +268,14 @@ def _open(path: Path, model: GenreModel | None = None) -> _SqliteSink | _LineSin
         raise MelgenreError(f"{path}: is a directory; --out takes the results file to write")
     if model is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # every format writes beside the file (SQLite's -wal and -shm files; the line formats' atomic rewrites)
+        if not os.access(path.parent, os.W_OK):
+            raise MelgenreError(f"{path.parent}: folder is not writable (cannot write {path.name} in it)")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise MelgenreError(f"{path}: results file is not writable")
+        for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # a killed run's rewrite
+            if stale_temp_target(tmp) == path:
+                tmp.unlink(missing_ok=True)
     elif not path.is_file():
         raise MelgenreError(f"{path}: no such results file")
     return _SqliteSink(path, model) if fmt == "sqlite" else _LineSink(path, fmt, create=model is not None)

@@ -60,7 +60,8 @@ def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None
     Parameters
     ----------
     root : path
-        ``<class>/<file>`` folders (or GTZAN's ``genres/``), every class one of the model's.
+        ``<class>/<file>`` folders (or GTZAN's ``genres/``), every class one of the model's genres, in any letter
+        case or spelling :func:`melgenre.learn.genre_key` merges (``rock/``, ``hip hop/`` for ``Rock``, ``Hip-Hop``).
     out_dir : path
         Folder for the outputs (created).
     model : path, optional
@@ -95,17 +96,20 @@ def score_corpus(root: str | Path, out_dir: str | Path, model: str | Path | None
     """
     from melgenre.datasets import discover
     from melgenre.inference import load_model
+    from melgenre.learn import model_genre
     from melgenre.library import predict_library, result_rows
 
     genre_model = load_model(model)
     corpus = discover(root)
-    unknown = [c for c in corpus.classes if c not in genre_model.classes]
+    # a folder is the model's genre of the same spelling (melgenre learn's genres are tags' spellings: "Rock")
+    genre_of = {c: model_genre(c, genre_model.classes) for c in corpus.classes}
+    unknown = [c for c, genre in genre_of.items() if genre is None]
     if unknown:
         raise MelgenreError(f"{root}: class folder(s) {', '.join(unknown)} are not genres of model "
                             f"{genre_model.model_id} ({', '.join(genre_model.classes)})")
     known = training_tracks(genre_model.card or {})
     seen = sum(Path(t.track_id).name in known for t in corpus.tracks)  # files named like training tracks
-    truth = {str(t.path.resolve()): genre_model.classes.index(corpus.classes[t.label]) for t in corpus.tracks
+    truth = {str(t.path.resolve()): genre_model.classes.index(genre_of[corpus.classes[t.label]]) for t in corpus.tracks
              if include_training or Path(t.track_id).name not in known}
     if not truth:
         raise MelgenreError(f"{root}: every file is one the model trained on; nothing to score "

@@ -13,7 +13,8 @@ Safety:
   only once the copy has been saved, read back, and (``verify``) decodes to exactly the same
   samples. A crash at any point leaves either the untouched original or the complete new file
   (and at worst a hidden ``.NAME.PID.tmp`` beside it).
-- The copy keeps the file's permission bits and, where the user may, its owner; hard-linked
+- The copy keeps the file's permission bits, its extended attributes (Linux: a file manager's
+  ``user.*`` tags, the SELinux label, the POSIX ACL) and, where the user may, its owner; hard-linked
   files are skipped (a rename would split the links). The modification time becomes the time
   of tagging unless ``keep_mtime`` is set.
 - Every change is appended to a JSON-lines log (one ``os.write`` per line, fsynced) *before* the
@@ -23,7 +24,7 @@ Safety:
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import json
 import os
 import stat
@@ -32,11 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from melgenre import audio
 from melgenre.errors import MelgenreError
-from melgenre.utils import atomic_path, file_sha256
+from melgenre.utils import atomic_path, file_sha256, stale_temp_target
 
 #: Default ``--min-confidence``: the predicted genre must be more likely than all others together.
 DEFAULT_MIN_CONFIDENCE = 0.5
@@ -327,9 +326,33 @@ def taggable_files(root: str | Path) -> list[Path]:
                    and f.suffix.lower() in audio.AUDIO_EXTENSIONS})
 
 
+def leftovers(root: str | Path, remove: bool = False) -> list[Path]:
+    """The temp copies beside audio files under ``root`` that a killed ``--write`` or ``--undo`` left
+    (``.NAME.PID.tmp`` of a process that is gone: their rename never happened, so the file beside
+    is as it was), sorted; with ``remove``, they are deleted."""
+    found = sorted(p for p in Path(root).rglob(".*.tmp")
+                   if (target := stale_temp_target(p)) is not None and target.suffix.lower() in audio.AUDIO_EXTENSIONS
+                   and p.is_file())
+    if remove:
+        for p in found:
+            p.unlink(missing_ok=True)
+    return found
+
+
+def _genre_now(path: Path) -> str:
+    """The file's genre as :func:`genre_text` gives it, "" when it has none or its tags cannot be read."""
+    try:
+        audio_file = _open(path)
+        return genre_text(audio_file) if audio_file is not None and _format(audio_file) is not None else ""
+    except (MelgenreError, OSError):
+        return ""
+
+
 def _decide(path: Path, root: Path, result: Result | None, min_confidence: float, replace: bool) -> Change:
     """The planned change of one file (reads its tags, writes nothing)."""
-    skip = lambda reason, old="", new="": Change(path, old, new, "skip", reason, result)  # noqa: E731
+    def skip(reason: str, old: str | None = None, new: str = "") -> Change:
+        return Change(path, _genre_now(path) if old is None else old, new, "skip", reason, result)
+
     if not path.is_relative_to(root):
         return skip("a link to a file outside the folder")
     if result is None:
@@ -348,9 +371,9 @@ def _decide(path: Path, root: Path, result: Result | None, min_confidence: float
     try:
         audio_file = _open(path)
     except (MelgenreError, OSError) as exc:
-        return skip(_reason(exc), new=new)
+        return skip(_reason(exc), "", new)
     if audio_file is None or _format(audio_file) is None:
-        return skip(f"no supported tag format for {path.suffix or 'this file'}", new=new)
+        return skip(f"no supported tag format for {path.suffix or 'this file'}", "", new)
     old = genre_text(audio_file)
     if old.lower() == new.lower():
         return skip("already tagged", old, new)
@@ -388,10 +411,6 @@ def plan(root: str | Path, db: str | Path, min_confidence: float = DEFAULT_MIN_C
 
 # -- safe rewrite --------------------------------------------------------------------------------
 
-def _samples(path: Path, name: str) -> np.ndarray:
-    return audio.decode(path.read_bytes(), name=name)[0]
-
-
 class TagLog:
     """An append-only JSON-lines change log: each entry is one ``write`` of a whole line, fsynced."""
 
@@ -409,21 +428,35 @@ class TagLog:
             os.close(fd)
 
     def read(self) -> list[dict]:
-        """Every entry; a torn last line (a crash while appending) is ignored."""
+        """Every entry; a torn last line (a crash while appending: no newline at its end) is ignored.
+
+        Raises
+        ------
+        MelgenreError
+            The file is missing, not UTF-8 text (a results database), holds a line that is not an entry,
+            or no complete entry at all.
+        """
         if not self.path.is_file():
             raise MelgenreError(f"{self.path}: no such tag log")
-        lines = self.path.read_text(encoding="utf-8").splitlines()
+        try:
+            text = self.path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise MelgenreError(f"{self.path}: not a melgenre tag log (binary, not JSON lines: a results "
+                                f"database?)") from None
+        lines = text.splitlines()
         entries = []
         for n, line in enumerate(lines, 1):
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
-                if n == len(lines):
+                if n == len(lines) and not text.endswith("\n"):
                     break
-                raise MelgenreError(f"{self.path}: line {n} is not JSON (not a melgenre tag log?)") from None
+                raise MelgenreError(f"{self.path}: not a melgenre tag log (line {n} is not JSON)") from None
             if not isinstance(entry, dict) or entry.get("op") != "tag" or not _LOG_KEYS <= entry.keys():
-                raise MelgenreError(f"{self.path}: line {n} is not a melgenre tag log entry")
+                raise MelgenreError(f"{self.path}: not a melgenre tag log (line {n} is not a tag entry)")
             entries.append(entry)
+        if not entries:
+            raise MelgenreError(f"{self.path}: not a melgenre tag log (no complete entry)")
         return entries
 
 
@@ -444,15 +477,14 @@ def _rewrite(path: Path, edit: Callable[[object, type], dict], before_log: Calla
     cls = type(original)
     facts = {"format": fmt.name, "had_tags": original.tags is not None, "before": genre_fields(original)}
     with atomic_path(path) as tmp:
-        data = path.read_bytes()
-        facts["sha256_before"] = hashlib.sha256(data).hexdigest()
-        tmp.write_bytes(data)
+        facts["sha256_before"] = file_sha256(path, copy_to=tmp)
         os.chmod(tmp, stat.S_IMODE(st.st_mode))
         if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
             try:
                 os.chown(tmp, st.st_uid, st.st_gid)
             except PermissionError:
                 pass  # a user may not give a file away; the copy is theirs, as any editor's would be
+        _copy_xattrs(path, tmp)
         try:
             expected = edit(_open(tmp, cls), fmt)
         except mutagen.MutagenError as exc:
@@ -460,7 +492,7 @@ def _rewrite(path: Path, edit: Callable[[object, type], dict], before_log: Calla
         facts["after"] = genre_fields(_open(tmp, cls))
         if facts["after"] != expected:
             raise MelgenreError(f"{path}: the genre read back differs from the one written; file left as it was")
-        if verify and not np.array_equal(_samples(path, str(path)), _samples(tmp, str(path))):
+        if verify and audio.sample_digest(path) != audio.sample_digest(tmp, name=str(path)):
             raise MelgenreError(f"{path}: audio decoded differently after tagging; file left as it was")
         if keep_mtime:
             os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -478,6 +510,43 @@ def _rewrite(path: Path, edit: Callable[[object, type], dict], before_log: Calla
     finally:
         os.close(dir_fd)
     return facts
+
+
+#: The extended attribute of a POSIX access ACL (Linux); a new file may inherit one from its folder's default ACL.
+_ACL_XATTR = "system.posix_acl_access"
+
+
+def _copy_xattrs(src: Path, dst: Path) -> None:
+    """Give ``dst`` every extended attribute of ``src`` (Linux: a file manager's ``user.*`` tags, an SELinux
+    label, the POSIX ACL), and no access ACL ``src`` lacks, so that the rename keeps them.
+
+    Raises
+    ------
+    MelgenreError
+        An attribute cannot be set on ``dst`` (the rewrite is then abandoned: nothing is lost).
+    """
+    if not hasattr(os, "listxattr"):  # not Linux
+        return
+    try:
+        names = os.listxattr(src)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):  # a filesystem without extended attributes
+            return
+        raise
+    for name in names:
+        value = os.getxattr(src, name)
+        try:
+            if os.getxattr(dst, name) == value:  # e.g. the SELinux label the copy was given already
+                continue
+        except OSError:
+            pass
+        try:
+            os.setxattr(dst, name, value)
+        except OSError as exc:
+            raise MelgenreError(f"{src}: its extended attribute {name} cannot be kept ({exc.strerror}); file left "
+                                f"as it was") from None
+    if _ACL_XATTR not in names and _ACL_XATTR in os.listxattr(dst):  # inherited from the folder's default ACL
+        os.removexattr(dst, _ACL_XATTR)
 
 
 def _set_fields(values: dict, drop_empty: bool) -> Callable[[object, type], dict]:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import multiprocessing
 import os
+import re
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,34 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+#: The name of :func:`atomic_path`'s temp file: ``.NAME.PID.tmp``.
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.tmp")
+
+
+def stale_temp_target(path: str | Path) -> Path | None:
+    """The file that ``path``, a temp file of :func:`atomic_path` (``.NAME.PID.tmp``), was to replace,
+    when the process that made it is gone (a ``kill -9`` skips the clean-up): then ``path`` is litter,
+    safe to remove, since the rename that would have used it never happened. None for any other
+    file, and for the temp file of a live process."""
+    path = Path(path)
+    m = _TEMP_NAME.fullmatch(path.name)
+    return path.with_name(m["name"]) if m is not None and not _alive(int(m["pid"]), None) else None
+
+
+@contextmanager
+def private_tempdir(prefix: str) -> Iterator[Path]:
+    """A temp folder ``PREFIX<pid>-<random>`` in the system's temp folder, removed on exit (as
+    :class:`tempfile.TemporaryDirectory`). Folders of the same prefix whose process is gone (killed
+    before its clean-up) are removed first, so a ``kill -9`` leaves litter only until the next run."""
+    base = Path(tempfile.gettempdir())
+    for old in base.glob(f"{glob.escape(prefix)}*"):
+        pid = old.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and old.is_dir() and not _alive(int(pid), None):
+            shutil.rmtree(old, ignore_errors=True)  # another user's is not ours to remove: left alone
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-") as folder:
+        yield Path(folder)
 
 
 def save_png(fig, out: str | Path) -> Path:
@@ -66,12 +98,15 @@ def run_checkpoint(run_dir: str | Path) -> Path:
 PARENT_CHECK_S = 0.5
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 (hex) of a file's bytes, read in 1-MB blocks (never whole into memory)."""
+def file_sha256(path: str | Path, copy_to: str | Path | None = None) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1-MB blocks (never whole into memory); with ``copy_to``,
+    the bytes are also written there (a copy and its hash in one read)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(path, "rb") as f, open(copy_to, "wb") if copy_to is not None else nullcontext() as out:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+            if out is not None:
+                out.write(block)
     return h.hexdigest()
 
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import typer
 import typer.core
-from rich.markup import escape
 
 from melgenre import __version__
 from melgenre.cli import bench, data, evaluation, inference, library, training
-from melgenre.cli.common import err_console, say
+from melgenre.cli.common import err_console, error_line, say
 from melgenre.cli.models import models_app
 from melgenre.errors import MelgenreError
 from melgenre.extras import missing_extra
@@ -28,18 +27,17 @@ class _Group(typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except MelgenreError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            error_line(exc)
             raise typer.Exit(2) from None
         except ImportError as exc:  # a command of an extra that is not installed (melgenre.extras)
             line = missing_extra(exc)
             if line is None:
                 raise
-            err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+            error_line(line)
             raise typer.Exit(2) from None
         except OSError as exc:  # read-only or full disk, no permission, a directory where a file belongs
             where = f"{exc.filename}: " if exc.filename else ""
-            err_console.print(f"[bold red]error:[/] {escape(where + str(exc.strerror or exc))}", highlight=False,
-                              soft_wrap=True)
+            error_line(f"{where}{exc.strerror or exc}")
             raise typer.Exit(2) from None
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from melgenre.errors import MelgenreError
+from melgenre.errors import MelgenreError, printable
 
 err_console = Console(stderr=True)
 console = Console()
@@ -19,8 +19,20 @@ MODEL_HELP = ("Model: a run directory, a .ckpt, a package .json/.safetensors, an
 
 
 def say(message: str) -> None:
-    """Print one unwrapped line (log-friendly; rich markup allowed)."""
-    console.print(message, soft_wrap=True, highlight=False)
+    """Print one unwrapped line (log-friendly; rich markup allowed; control characters escaped)."""
+    console.print(printable(message), soft_wrap=True, highlight=False)
+
+
+def shown(text: object) -> str:
+    """``text`` (a file name, a reason) for rich markup: on one line (:func:`melgenre.errors.printable`), markup escaped."""
+    from rich.markup import escape
+
+    return escape(printable(text))
+
+
+def error_line(message: object) -> None:
+    """Print ``error: MESSAGE`` on stderr as one line, whatever the file names in it."""
+    err_console.print(f"[bold red]error:[/] {shown(message)}", highlight=False, soft_wrap=True)
 
 
 def windows_option(value: str | None):

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from melgenre.cli.common import MODEL_HELP, console, err_console, say
+from melgenre.cli.common import MODEL_HELP, console, error_line, say
 
 
 def print_metrics(run_dir: Path) -> None:
@@ -167,7 +167,7 @@ def table(
 
 
 def score(
-    data_dir: Path = typer.Argument(..., metavar="DIR", help="Labelled audio: <class>/<file> folders (or GTZAN's genres/); every class must be one of the model's genres."),
+    data_dir: Path = typer.Argument(..., metavar="DIR", help="Labelled audio: <class>/<file> folders (or GTZAN's genres/); every class must be one of the model's genres, in any letter case or spelling melgenre learn merges (rock/ or ROCK/ for Rock, hip hop/ for Hip-Hop)."),
     model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     out: Path = typer.Option(Path("score"), "--out", "-o", help="Folder for predictions.sqlite (resumable), scores.json, report.md and plots. Default: score/."),
     include_training: bool = typer.Option(False, "--include-training", help="Also score files named like tracks the model trained on (its card lists them), which flatters the figures. Default: leave them out."),
@@ -201,10 +201,8 @@ def score(
             + ("scored too (--include-training): optimistic" if include_training else "left out"))
     for flag, f in result["flags"].items():
         say(f"flag {flag}: {f['files']} file(s), right on {f['right']}")
-    from rich.markup import escape
-
     for path, reason in result["failed"]:
-        err_console.print(f"[bold red]error:[/] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
+        error_line(f"{path}: {reason}")
     if isinstance(result["plots"], str):
         say(f"no plots: {result['plots']}")
     say(f"details: {out / 'report.md'}")

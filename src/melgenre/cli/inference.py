@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from melgenre.cli.common import MODEL_HELP, console, err_console, say, windows_option
+from melgenre.cli.common import MODEL_HELP, console, err_console, error_line, say, shown, windows_option
 from melgenre.errors import MelgenreError
 
 
@@ -103,8 +103,7 @@ def predict_cmd(
             predictions = predict_paths(files, predictor, top_k)
         for path, pred, error in predictions:
             if error is not None:
-                err_console.print(f"[bold red]error:[/] {escape(str(path))}: {escape(error)}", highlight=False,
-                                  soft_wrap=True)
+                error_line(f"{path}: {error}")
             results.append((path, pred, error))
             bar.advance(task)
     if fmt == "json":
@@ -121,14 +120,14 @@ def predict_cmd(
         out.add_column("flags")
         for path, pred, error in results:
             if pred is None:
-                out.add_row(escape(str(path)), f"[red]error: {escape(error)}", "", "")
+                out.add_row(shown(path), f"[red]error: {shown(error)}", "", "")
                 continue
             flags = ", ".join(pred.flags)
             top = ", ".join(f"{escape(genre)} {p:.3f}" for genre, p in pred.top)
             if "not_music" in pred.flags:  # no genre headline for what does not sound like music
                 top = f"[bold]not music?[/] [dim]nearest: {top}[/]"
             scored, total = len(pred.window_starts), getattr(pred, "windows_total", 0)  # tags: every window
-            out.add_row(escape(str(path)), top, f"{scored} of {total}" if scored < total else str(scored), flags)
+            out.add_row(shown(path), top, f"{scored} of {total}" if scored < total else str(scored), flags)
         console.print(out)
         _say_flags(f for _, pred, _ in results if pred is not None for f in pred.flags)
     if any(error is not None for _, _, error in results):
@@ -214,7 +213,7 @@ def _library_summary(report) -> None:
     from rich.markup import escape
 
     for path, reason in report.failed:
-        err_console.print(f"[bold red]error:[/] {escape(path)}: {escape(reason)}", highlight=False, soft_wrap=True)
+        error_line(f"{path}: {reason}")
     table = Table()
     table.add_column("genre")
     table.add_column("files", justify="right")

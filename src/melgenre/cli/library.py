@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from melgenre.cli.common import MODEL_HELP, console, err_console, resumable, say, windows_option
+from melgenre.cli.common import MODEL_HELP, console, err_console, resumable, say, shown, windows_option
 
 
 def index_cmd(
@@ -22,23 +22,21 @@ def index_cmd(
 ) -> None:
     """Index a music library for `melgenre similar`: one embedding per track (incremental: a rerun embeds
     new and changed files only and drops files gone from the folders; resumable after a kill; atomic)."""
-    from rich.markup import escape
-
     from melgenre.similar import build_index
 
     report = resumable(out, build_index, paths, out, model=model, workers=workers or None, progress=progress, ray=ray,
                        windows=windows)
     if report.up_to_date:
-        say(f"{escape(str(out))} is up to date: {report.n_tracks} tracks, nothing to embed.")
+        say(f"{shown(out)} is up to date: {report.n_tracks} tracks, nothing to embed.")
     else:
-        say(f"{escape(str(out))}: {report.n_tracks} tracks ({report.dim}-value embeddings of model {report.model_id}); "
+        say(f"{shown(out)}: {report.n_tracks} tracks ({report.dim}-value embeddings of model {report.model_id}); "
             f"added {len(report.added)}, re-embedded {len(report.updated)} changed, removed {len(report.removed)} "
             f"gone, kept {report.unchanged}; computed {report.computed} in {report.seconds:.1f} s, "
             f"resumed {report.resumed} from an earlier run")
     for path in report.removed:
-        say(f"  [yellow]removed[/] {escape(path)}: the file is gone")
+        say(f"  [yellow]removed[/] {shown(path)}: the file is gone")
     for item in report.skipped:
-        say(f"  [yellow]skipped[/] {escape(item['path'])}: {escape(item['reason'])}")
+        say(f"  [yellow]skipped[/] {shown(item['path'])}: {shown(item['reason'])}")
 
 
 def similar(
@@ -52,8 +50,6 @@ def similar(
     """The tracks of an index most similar to FILE (cosine similarity of embeddings), best first; FILE itself is left out."""
     import json
 
-    from rich.markup import escape
-
     from melgenre.similar import Index
 
     if fmt not in ("table", "json"):
@@ -64,12 +60,12 @@ def similar(
         typer.echo(json.dumps({"query": str(file), "index": str(index), "model_id": lib.model_id,
                                "method": lib.method(method), "similar": [m.to_dict() for m in matches]}, indent=1))
         return
-    out = Table(title=f"tracks like {escape(str(file))} ({len(lib)} in {escape(str(index))}, model {lib.model_id})")
+    out = Table(title=f"tracks like {shown(file)} ({len(lib)} in {shown(index)}, model {lib.model_id})")
     out.add_column("#", justify="right")
     out.add_column("similarity", justify="right")
     out.add_column("track", overflow="fold")
     for rank, m in enumerate(matches, start=1):
-        out.add_row(str(rank), f"{m.score:.3f}", escape(m.path))
+        out.add_row(str(rank), f"{m.score:.3f}", shown(m.path))
     console.print(out)
 
 
@@ -90,7 +86,6 @@ def tag_cmd(
     """
     import time
 
-    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from melgenre import tagging
@@ -99,11 +94,11 @@ def tag_cmd(
         if folder is not None or results is not None or write:
             raise typer.BadParameter("--undo LOG takes no DIR, --from or --write")
         undone = tagging.undo(undo_log, verify=verify, keep_mtime=keep_mtime)
-        out = Table(title=f"undo {undo_log}")
+        out = Table(title=f"undo {shown(undo_log)}")
         for column in ("file", "result"):
             out.add_column(column, overflow="fold")
         for u in undone:
-            out.add_row(escape(str(u.path)), u.action if u.action != "refused" else f"[red]refused: {escape(u.reason)}")
+            out.add_row(shown(u.path), u.action if u.action != "refused" else f"[red]refused: {shown(u.reason)}")
         console.print(out)
         counts = {a: sum(u.action == a for u in undone) for a in ("restored", "already", "refused")}
         say(f"{counts['restored']} restored, {counts['already']} already as before, {counts['refused']} refused")
@@ -121,15 +116,18 @@ def tag_cmd(
         with bar:
             task = bar.add_task("tag", total=len(changes))
             tagging.apply(changes, log, verify=verify, keep_mtime=keep_mtime, on_done=lambda _: bar.advance(task))
-    out = Table(title=f"tag {folder}" + ("" if write else " (dry run: nothing written)"))
+    out = Table(title=f"tag {shown(folder)}" + ("" if write else " (dry run: nothing written)"))
     for column in ("file", "genre now", "new genre", "action"):
         out.add_column(column, overflow="fold")
     for c in changes:
-        action = {"write": "written" if write else "would write", "skip": f"skip: {escape(c.reason)}",
-                  "failed": f"[red]not written: {escape(c.reason)}"}[c.action]
+        action = {"write": "written" if write else "would write", "skip": f"skip: {shown(c.reason)}",
+                  "failed": f"[red]not written: {shown(c.reason)}"}[c.action]
         name = c.path.relative_to(folder.resolve()) if c.path.is_relative_to(folder.resolve()) else c.path
-        out.add_row(escape(str(name)), escape(c.old), escape(c.new), action)
+        out.add_row(shown(name), shown(c.old), shown(c.new), action)
     console.print(out)
+    for p in tagging.leftovers(folder, remove=write):
+        say(f"{'removed' if write else 'left over'} {shown(p)}: the temp copy of a killed melgenre tag run"
+            + ("" if write else " (--write removes it)"))
     written, failed = (sum(c.action == a for c in changes) for a in ("write", "failed"))
     if write:
         say(f"{written} written, {len(changes) - written - failed} skipped, {failed} failed"
