@@ -157,3 +157,40 @@ def test_cli_rejects_bad_options(tmp_path):
     with pytest.raises(ValueError, match="unknown section"):
         BenchSettings.make(sections=("warp",))
     assert not (tmp_path / "results.json").exists()
+
+
+def test_quick_leaves_the_install_section_out_unless_named():
+    assert "install" in SECTIONS and "install" in BenchSettings.make().sections
+    assert "install" not in BenchSettings.make(quick=True).sections
+    assert BenchSettings.make(quick=True, sections=("install",)).sections == ("install",)
+
+
+def test_site_packages_sizes_groups_libs_and_skips_metadata(tmp_path):
+    from melgenre.bench.install import site_packages_sizes, source_root
+
+    for name, size in (("numpy/core.so", 3_000_000), ("numpy.libs/blas.so", 2_000_000), ("tiny/x.py", 1_000),
+                       ("numpy-2.0.dist-info/RECORD", 500_000), ("six.py", 100_000)):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"\0" * size)
+    total, biggest = site_packages_sizes(tmp_path, top=2)
+    assert total == pytest.approx(5.601, abs=1e-3)  # every file counts in the total ...
+    assert biggest == {"numpy": 5.0, "six.py": 0.1}  # ... the largest entries, numpy with its .libs, no dist-info
+    root = source_root()
+    assert root is not None and (root / "pyproject.toml").is_file()  # the tests run from the checkout
+
+
+@pytest.mark.slow  # builds the wheel and installs it into a fresh venv from the package index (~1-2 min)
+def test_install_section(tmp_path):
+    from melgenre import synth
+    from melgenre.bench.install import bench_install
+
+    clip = tmp_path / "clip.wav"
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(clip, synth.synth_clip(0, 3, 30.0, 22_050, np.random.default_rng(0)), 22_050)
+    lines: list[str] = []
+    r = bench_install(BenchSettings.make(quick=True, sections=("install",)), clip, tmp_path, lines.append)
+    assert r["torch_absent"] and 50 < r["site_packages_mb"] < 400 and r["install_s"] > 0
+    assert len(r["cold_predict_s"]) == 5 and all(t > 0 for t in r["cold_predict_s"])
+    assert r["import_melgenre_s"] > 0 and r["import_beets_plugin_s"] > 0 and len(lines) == 3

@@ -152,7 +152,7 @@ def test_saliency_concentrates_in_the_band(band_model):
 def tiny(tiny_card):
     from melgenre.predict import load_model
 
-    return load_model(tiny_card)
+    return load_model(tiny_card, backend="torch")  # Grad-CAM needs the torch module
 
 
 def test_explain_assembles_the_clip_map(tiny, tmp_path, monkeypatch):

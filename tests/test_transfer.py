@@ -326,8 +326,8 @@ def test_tag_prior_recipe_trains_packages_and_exports(emb_store, corpus, tmp_pat
     plain = {**HEAD, "train": {"max_epochs": 2, "patience": 2}}
     runs = {name: fit(config_from_dict({**cfg, "name": name}), tmp_path, data=emb_store, progress=False)
             for name, cfg in (("prior", prior), ("plain", plain))}
-    with_prior = load_model(save_package(runs["prior"], tmp_path / "pkg" / "prior"))
-    without = load_model(save_package(runs["plain"], tmp_path / "pkg" / "plain"))
+    with_prior = load_model(save_package(runs["prior"], tmp_path / "pkg" / "prior"), backend="torch")
+    without = load_model(save_package(runs["plain"], tmp_path / "pkg" / "plain"), backend="torch")
     assert with_prior.card["model"]["tag_prior"] == PRIOR and with_prior.card["model"]["classes"] == with_prior.classes
     assert with_prior.model_id != without.model_id  # the prior (a buffer) is part of the weights
     clip = corpus / "class00" / "class00.00000.wav"

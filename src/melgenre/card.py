@@ -67,12 +67,18 @@ class ModelCard(Mapping):
     # -- reading and writing ---------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str | Path = "model card") -> ModelCard:
-        """The card of a JSON object; a one-line :class:`MelgenreError` naming ``source`` when it is not one."""
+    def from_dict(cls, data: Mapping[str, Any], source: str | Path = "model card", strict: bool = True) -> ModelCard:
+        """The card of a JSON object; a one-line :class:`MelgenreError` naming ``source`` when it is not one.
+
+        ``strict=False`` (a card made in code, e.g. ``GenreModel(card)``) takes a missing ``format`` as
+        :data:`CARD_FORMAT` and a missing ``model`` as ``{}``; ``classes``, ``preset`` and ``model_id``
+        are always needed."""
         if isinstance(data, ModelCard):
             return data
         if not isinstance(data, Mapping):
             raise MelgenreError(f"{source}: expected a JSON object")
+        if not strict:
+            data = {"format": CARD_FORMAT, "model": {}, **data}
         if data.get("format") != CARD_FORMAT:
             raise MelgenreError(f"{source}: not a melgenre model card (format {data.get('format')!r}, "
                                 f"expected {CARD_FORMAT!r})")

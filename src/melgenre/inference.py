@@ -166,7 +166,7 @@ def windows_setting(card: ModelCard | dict[str, Any], preset: Preset,
     given, else the card's ``predict_windows`` (``"all"`` or a number), else
     :func:`melgenre.windows.default_windows` (as many as a 30-s clip has, at least 3)."""
     if windows is None:
-        windows = ModelCard.from_dict(card).predict_windows or default_windows(preset)
+        windows = ModelCard.from_dict(card, strict=False).predict_windows or default_windows(preset)
     return WindowCount.parse(windows).most
 
 
@@ -182,7 +182,7 @@ class GenreModel:
     def __init__(self, card: ModelCard | dict[str, Any], module: nn.Module | None = None, session: Any = None,
                  hop: float | None = None, windows: WindowCount | int | str | None = None,
                  backend: Backend | None = None):
-        card = ModelCard.from_dict(card)
+        card = ModelCard.from_dict(card, strict=False)
         #: The model card (:class:`melgenre.card.ModelCard`; for one release it also reads as the dict it was).
         self.card = card
         self.classes: list[str] = list(card.classes)

@@ -183,7 +183,7 @@ def explain(
 
     if method not in METHODS:
         raise typer.BadParameter(f"--method must be {' or '.join(METHODS)}")
-    genre_model = load_model(model)  # torch: Grad-CAM and the evidence in words need the module
+    genre_model = load_model(model, backend="torch")  # Grad-CAM and the evidence in words need the module
     # occlusion is many forward passes of the same model, faster with ONNX Runtime
     predict = load_model(model, backend="auto").predict_images if method == "occlusion" else None
     bar = Progress(TextColumn("occlusion"), BarColumn(), MofNCompleteColumn(), TextColumn("windows"),
