@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from melgenre.card import ModelCard
 from melgenre.errors import MelgenreError
 
 #: Equal-width confidence bins of :func:`ece` and the reliability diagram.
@@ -379,12 +380,10 @@ def calibrate_package(package: str | Path, cv_json: str | Path, data: str | Path
     new_card = {**card, "calibration": calibration, "trust": trust_card}
     with atomic_path(trust.reference_path(card_path)) as tmp:
         tmp.write_bytes(reference_bytes)
-    with atomic_path(card_path) as tmp:
-        tmp.write_text(json.dumps(new_card, indent=1) + "\n")
+    ModelCard.from_dict(new_card, card_path).write(card_path)
     evaluation = evaluate_package(card_path, music_novelty=music, seconds=nonmusic_seconds)
     trust_card["evaluation"] = {k: v for k, v in evaluation.items() if k not in ("nonmusic", "model_id")}
-    with atomic_path(card_path) as tmp:  # the card again, with the non-music figures
-        tmp.write_text(json.dumps(new_card, indent=1) + "\n")
+    ModelCard.from_dict(new_card, card_path).write(card_path)  # the card again, with the non-music figures
     result = {"package": str(card_path), "calibration": calibration, "trust": trust_card, "evaluation": evaluation,
               "music_novelty": dict(zip(oof.tracks.tolist(), music.round(6).tolist()))}
     if plot is not None:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from melgenre.audio import AUDIO_EXTENSIONS, expand_paths
+from melgenre.card import ModelCard
 from melgenre.errors import ConfigError, DatasetError, MelgenreError
 from melgenre.utils import atomic_path
 
@@ -380,8 +381,7 @@ def _package(run: Path, out: Path, estimate: dict[str, Any], section: dict[str, 
         card["metrics"] = {**card.get("metrics", {}), "estimates": [estimate]}
         card["training"] = {**card["training"], "config": "melgenre learn"}
         card["learn"] = section
-        with atomic_path(out) as tmp:
-            tmp.write_text(json.dumps(card, indent=1) + "\n")
+        ModelCard.from_dict(card, out).write(out)
         if cv_json is not None:
             from melgenre.calibrate import calibrate_package
 

@@ -343,8 +343,7 @@ def save_package(source: str | Path, out: str | Path, estimates: Iterable[str | 
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out.with_suffix(".safetensors")) as tmp:
         tmp.write_bytes(weights)
-    with atomic_path(out.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(card, indent=1) + "\n")
+    ModelCard.from_dict(card, out.with_suffix(".json")).write(out.with_suffix(".json"))
     from melgenre.export import write_onnx
 
     with atomic_path(out.with_suffix(".onnx")) as tmp:
