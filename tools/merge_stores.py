@@ -9,6 +9,7 @@ writes a ``track,group`` CSV for ``melgenre cv --groups``: GTZAN tracks get thei
 (``gtzan-<part>``), every other track the corpus its clip id names (``emotify``, ``allmusic``, ``fma``)::
 
     python tools/merge_stores.py dev-msd-aug.h5 wild-msd.h5 --out gtzan+wild-msd.h5 --groups-out groups.csv
+    python tools/merge_stores.py dev-msd-aug.h5 dev-mtt.h5 --concat --out dev-msd+mtt.h5   # a fuse model's rows
     melgenre cv configs/musicnn-tagprior.yaml --data gtzan+wild-msd.h5 --groups groups.csv --folds 5 --fixed-epochs
 """
 
@@ -87,6 +88,36 @@ def merge(inputs: list[Path], out: Path) -> list[str]:
     return ids
 
 
+def concat(first: Path, second: Path, out: Path) -> tuple[int, int]:
+    """Write ``first``'s store with ``second``'s row of the same (track, patch, variant) appended to
+    every row: the input of a ``fuse`` model (its own tagger's embedding, then the second tagger's).
+    Rows ``second`` lacks (e.g. augmented variants, when ``second`` was embedded without them) get
+    zeros: use such a store only with ``fuse.head: false``, where the second part feeds the prior,
+    which training never applies. Returns (rows, rows filled with zeros)."""
+    a, b = MelStore(first), MelStore(second)
+    key = {(t, int(c), int(v)): i for i, (t, c, v) in enumerate(zip(b.track_id, b.chunk_index, b.variant))}
+    rows = np.array([key.get((t, int(c), int(v)), -1) for t, c, v in zip(a.track_id, a.chunk_index, a.variant)])
+    with h5py.File(a.path, "r") as fa, h5py.File(b.path, "r") as fb:
+        xa, xb = fa["x"][:], fb["x"][:]
+        extra = np.where(rows[:, None, None] >= 0, xb[np.maximum(rows, 0)], 0).astype(xa.dtype)
+        with atomic_path(out) as tmp:
+            with h5py.File(tmp, "w") as f:
+                for key_ in fa:
+                    if key_ != "x":
+                        fa.copy(fa[key_], f, key_)
+                f.create_dataset("x", data=np.concatenate([xa, extra], 2), chunks=(1, 1, xa.shape[2] + xb.shape[2]))
+                attrs = dict(fa.attrs)
+                spec = json.loads(attrs["embedding"])
+                spec = {**spec, "fuse": json.loads(fb.attrs["embedding"]), "size": spec["size"] + xb.shape[2]}
+                attrs.update({"embedding": json.dumps(spec),
+                              "input_hash": hashlib.sha256(f"{fa.attrs['input_hash']}|{fb.attrs['input_hash']}"
+                                                           .encode()).hexdigest()})
+                f.attrs.update(attrs)
+    a.close()
+    b.close()
+    return len(rows), int(np.sum(rows < 0))
+
+
 def groups_for(ids: list[str]) -> list[tuple[str, str]]:
     ff = group_of(ids, "fault_filtered")
     rows = []
@@ -104,7 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("inputs", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--groups-out", type=Path)
+    ap.add_argument("--concat", action="store_true",
+                    help="two stores of the same tracks: append the second's rows to the first's (a fuse model's input)")
     args = ap.parse_args(argv)
+    if args.concat:
+        if len(args.inputs) != 2:
+            ap.error("--concat takes two stores")
+        n, zeros = concat(*args.inputs, args.out)
+        print(f"{args.out}: {n} rows, {zeros} without a row of {args.inputs[1]} (zeros)")
+        return 0
     ids = merge(args.inputs, args.out)
     print(f"{args.out}: {len(ids)} tracks")
     if args.groups_out:

@@ -202,8 +202,15 @@ class _Tagger(nn.Module):
             if not embedding.endswith(self.TAG_INPUT):
                 raise ConfigError(f"tag_prior needs an embedding that ends with {self.TAG_INPUT} (the tag layer's "
                                   f"input), got {embedding!r}")
+            matrix = prior_map(tag_prior, classes, self.tags, num_classes)
+            if self.fused is not None and self.fused.prior:
+                # a genre without a tag of its own here but with one of the second tagger's gets its prior
+                # from that tagger alone (not this tagger's mean of the other genres' tags)
+                own = {g for g, t in tag_prior["genres"].items() if t}
+                theirs = {g for g, t in self.fused.prior_genres.items() if t}
+                matrix[[c in theirs and c not in own for c in classes]] = 0
             # a buffer in the state dict: the prior is part of the weights (and of the model id)
-            self.register_buffer("prior_map", prior_map(tag_prior, classes, self.tags, num_classes))
+            self.register_buffer("prior_map", matrix)
         self.freeze = freeze
         # on the meta device (parameter counts) there is nothing to load the weights into
         if pretrained is not None and not self.head.fc.weight.is_meta:
@@ -308,7 +315,9 @@ class MusiCNN(_Tagger):
         ``{"pretrained": "mtt", "embedding": E, "head": bool, "tag_prior": {"weight", "genres"[, "fill"]}}``:
         a second frozen musicnn tagger (:class:`FusedTagger`); with ``head`` its embedding ``E`` is
         appended to the head's input, with ``tag_prior`` its genre-named tags add a prior as
-        ``tag_prior`` does (``fill: zero``: genres without its tags get none). Cached-embedding rows
+        ``tag_prior`` does (``fill: zero``: genres without its tags get none), and a genre it has tags for
+        that ``tag_prior`` has none for (classical, from MTT's "classical") gets no ``tag_prior`` row (no
+        mean of the other genres' MSD tags). Cached-embedding rows
         are then this tagger's embedding followed by the second's.
     """
 
@@ -382,6 +391,7 @@ class FusedTagger(nn.Module):
             if not embedding.endswith("penultimate"):
                 raise ConfigError(f"fuse.tag_prior needs an embedding that ends with penultimate, got {embedding!r}")
             spec = dict(tag_prior)
+            self.prior_genres = dict(spec.get("genres") or {})
             fill = spec.pop("fill", "mean")
             if fill not in ("mean", "zero"):
                 raise ConfigError(f"fuse.tag_prior.fill must be mean or zero, got {fill!r}")
