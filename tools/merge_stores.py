@@ -9,7 +9,7 @@ writes a ``track,group`` CSV for ``melgenre cv --groups``: GTZAN tracks get thei
 (``gtzan-<part>``), every other track the corpus its clip id names (``emotify``, ``allmusic``, ``fma``)::
 
     python tools/merge_stores.py dev-msd-aug.h5 wild-msd.h5 --out gtzan+wild-msd.h5 --groups-out groups.csv
-    python tools/merge_stores.py dev-msd-aug.h5 dev-mtt.h5 --concat --out dev-msd+mtt.h5   # a fuse model's rows
+    python tools/merge_stores.py dev-msd-aug.h5 dev-mtt.h5 --concat --last 200 --out dev-msd+mtt.h5   # a fuse model's rows
     melgenre cv configs/musicnn-tagprior.yaml --data gtzan+wild-msd.h5 --groups groups.csv --folds 5 --fixed-epochs
 """
 
@@ -88,7 +88,7 @@ def merge(inputs: list[Path], out: Path) -> list[str]:
     return ids
 
 
-def concat(first: Path, second: Path, out: Path) -> tuple[int, int]:
+def concat(first: Path, second: Path, out: Path, last: int | None = None) -> tuple[int, int]:
     """Write ``first``'s store with ``second``'s row of the same (track, patch, variant) appended to
     every row: the input of a ``fuse`` model (its own tagger's embedding, then the second tagger's).
     Rows ``second`` lacks (e.g. augmented variants, when ``second`` was embedded without them) get
@@ -99,6 +99,8 @@ def concat(first: Path, second: Path, out: Path) -> tuple[int, int]:
     rows = np.array([key.get((t, int(c), int(v)), -1) for t, c, v in zip(a.track_id, a.chunk_index, a.variant)])
     with h5py.File(a.path, "r") as fa, h5py.File(b.path, "r") as fb:
         xa, xb = fa["x"][:], fb["x"][:]
+        if last:  # only the second store's last values (e.g. the 200 of penultimate out of pool+penultimate)
+            xb = xb[:, :, -last:]
         extra = np.where(rows[:, None, None] >= 0, xb[np.maximum(rows, 0)], 0).astype(xa.dtype)
         with atomic_path(out) as tmp:
             with h5py.File(tmp, "w") as f:
@@ -108,7 +110,10 @@ def concat(first: Path, second: Path, out: Path) -> tuple[int, int]:
                 f.create_dataset("x", data=np.concatenate([xa, extra], 2), chunks=(1, 1, xa.shape[2] + xb.shape[2]))
                 attrs = dict(fa.attrs)
                 spec = json.loads(attrs["embedding"])
-                spec = {**spec, "fuse": json.loads(fb.attrs["embedding"]), "size": spec["size"] + xb.shape[2]}
+                second_spec = json.loads(fb.attrs["embedding"])
+                if last:
+                    second_spec = {**second_spec, "embedding": "penultimate" if last == 200 else f"last {last}", "size": last}
+                spec = {**spec, "fuse": second_spec, "size": spec["size"] + xb.shape[2]}
                 attrs.update({"embedding": json.dumps(spec),
                               "input_hash": hashlib.sha256(f"{fa.attrs['input_hash']}|{fb.attrs['input_hash']}"
                                                            .encode()).hexdigest()})
@@ -137,11 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--groups-out", type=Path)
     ap.add_argument("--concat", action="store_true",
                     help="two stores of the same tracks: append the second's rows to the first's (a fuse model's input)")
+    ap.add_argument("--last", type=int, help="with --concat: append only the second store's last N values per row")
     args = ap.parse_args(argv)
     if args.concat:
         if len(args.inputs) != 2:
             ap.error("--concat takes two stores")
-        n, zeros = concat(*args.inputs, args.out)
+        n, zeros = concat(*args.inputs, args.out, args.last)
         print(f"{args.out}: {n} rows, {zeros} without a row of {args.inputs[1]} (zeros)")
         return 0
     ids = merge(args.inputs, args.out)
