@@ -12,6 +12,7 @@ Usage::
 
     python tools/wild_score.py [--model src/melgenre/weights/default.json] --out /work/data/score-default
     python tools/wild_score.py --summary /work/data/score-default/predictions.csv   # summary only
+    python tools/wild_score.py --cached wild-msd.h5 --out DIR   # from cached embeddings (first 30 s), fast
 
 The summary of any predictions CSV with the columns ``corpus, clip, genre, predicted, flags`` (``;``
 separated) can be made with :func:`summarise` (the embedding experiments write such files too).
@@ -144,6 +145,42 @@ def predict_all(model_path: str | None, data: Path, out_csv: Path, backend: str 
     return [done[r["corpus"], r["clip"]] for r in manifest]
 
 
+def predict_cached(model_path: str | None, store_path: Path, data: Path, out_csv: Path, hop: int = 2
+                   ) -> list[dict[str, str]]:
+    """As :func:`predict_all`, from a ``melgenre embed`` store of the set's clips (``<genre-folder>/<corpus>__<clip>``
+    track ids, e.g. ``melgenre embed`` of a folder of links to the manifest's files) instead of the audio: the
+    package's own module on the cached rows of each clip's first 30 s, a patch every ``hop`` patches (2: every
+    6 s, as the package predicts a 30-s clip), then its calibration and flags (:meth:`GenreModel.prediction`)."""
+    from melgenre import load_model
+    from melgenre.inference import forward_outputs, softmax
+    from melgenre.store import MelStore
+
+    model = load_model(model_path, backend="torch")
+    with (data / "manifest.csv").open() as fh:
+        manifest = {(r["corpus"], r["clip"].replace("/", "-")): r for r in csv.DictReader(fh)}
+    rows_out = []
+    with MelStore(store_path) as store:
+        keep = np.flatnonzero((store.variant == 0) & (store.chunk_index % hop == 0))
+        logits, emb = forward_outputs(model._module, store.images(keep), embeddings=model.trust_centres is not None)
+        tids = store.track_id[keep]
+    for tid in dict.fromkeys(tids):
+        sel = tids == tid
+        corpus, clip = tid.rsplit("/", 1)[-1].split("__", 1)
+        r = manifest[corpus, clip]
+        starts = [3.0 * hop * i for i in range(int(sel.sum()))]
+        p = model.prediction(tid, softmax(logits[sel]), starts, duration=30.0, padded=False, silent=False,
+                             window_embeddings=None if emb is None else emb[sel])
+        rows_out.append({"corpus": corpus, "clip": r["clip"], "genre": r["genre"], "predicted": p.label,
+                         "top_probability": f"{p.top[0][1]:.4f}", "flags": ";".join(p.flags),
+                         "novelty": "" if p.novelty is None else f"{p.novelty:.3f}", "model_id": model.model_id})
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    with out_csv.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows_out[0]))
+        w.writeheader()
+        w.writerows(rows_out)
+    return rows_out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="a package .json (default: the shipped default)")
@@ -152,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default=None)
     ap.add_argument("--summary", type=Path, help="only summarise this predictions CSV")
     ap.add_argument("--min-genre", type=int, default=5)
+    ap.add_argument("--cached", type=Path, help="score from this embedding store of the set (see predict_cached)")
     args = ap.parse_args(argv)
     if args.summary:
         with args.summary.open() as fh:
@@ -160,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if args.out is None:
             ap.error("--out is required (or --summary)")
-        rows = predict_all(args.model, args.data, args.out / "predictions.csv", args.backend)
+        rows = (predict_cached(args.model, args.cached, args.data, args.out / "predictions.csv") if args.cached
+                else predict_all(args.model, args.data, args.out / "predictions.csv", args.backend))
         out_dir = args.out
     summary = summarise(rows, args.min_genre)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
