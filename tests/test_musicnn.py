@@ -173,6 +173,62 @@ def test_onnx_export_keeps_parity(tmp_path):
     assert np.abs(got - want).max() <= 1e-4
 
 
+GENRES = ["blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock"]
+FUSE = {"pretrained": "mtt", "embedding": "penultimate", "head": False,
+        "tag_prior": {"weight": 0.5, "genres": {"classical": ["classical"], "rock": ["rock"]}, "fill": "zero"}}
+
+
+def _fused(**fuse):
+    return build("musicnn", pretrained="msd", num_classes=10, freeze=True, classes=GENRES,
+                 tag_prior={"weight": 0.5, "genres": {"rock": ["rock"], "jazz": ["jazz"]}}, fuse={**FUSE, **fuse}).eval()
+
+
+def test_fused_mtt_tagger_prior_and_cached_rows():
+    from melgenre.models.embedding import last_linear
+
+    model = _fused()
+    assert last_linear(model) is model.head.fc and model.head.fc.in_features == 1706  # head: false
+    mtt = build("musicnn", pretrained="mtt").eval()
+    x = _patches(0)
+    with torch.no_grad():
+        full = model.full_input(x)
+        assert full.shape == (3, 1706 + 200)
+        assert torch.allclose(full[:, 1706:], mtt.features(x)["penultimate"], atol=1e-5)  # the MTT weights
+        # the prior: MTT's "classical" logit, 0.5 x, on classical only (fill zero); nothing on blues
+        tags = mtt.features(x)["tag_logits"]
+        prior = model.fused.prior_logits(full[:, 1706:])
+        assert torch.allclose(prior[:, GENRES.index("classical")], 0.5 * tags[:, MTT_TAGS.index("classical")], atol=1e-5)
+        assert torch.all(prior[:, GENRES.index("blues")] == 0)
+        # classical has no MSD tag here: its MSD row is empty (not the others' mean); blues (no tag anywhere) keeps the mean
+        assert torch.all(model.prior_map[GENRES.index("classical")] == 0)
+        assert torch.allclose(model.prior_map[GENRES.index("blues")], model.prior_map[[5, 9]].mean(0))
+        want = model.head(full[:, :1706]) + model.prior_logits(full) + prior
+        assert torch.allclose(model(x), want, atol=1e-4)
+        assert torch.allclose(model(full[:, None, None, :]), want, atol=1e-4)  # a cached (fused) store row
+    model.train()
+    assert not model.fused.training and all(not p.requires_grad for p in model.fused.parameters())
+    assert build("musicnn", pretrained="msd", num_classes=10, classes=GENRES,
+                 fuse={"pretrained": "mtt", "embedding": "pool+penultimate"}).head.fc.in_features == 2 * 1706
+    with pytest.raises(ConfigError, match="fuse must be"):
+        build("musicnn", num_classes=10, classes=GENRES, fuse={"bogus": 1})
+    with pytest.raises(ConfigError, match="ends with penultimate"):
+        _fused(embedding="pool")
+
+
+def test_fused_model_onnx_parity(tmp_path):
+    import onnxruntime as ort
+
+    from melgenre.models.embedding import WithEmbedding
+
+    wrapped = WithEmbedding(_fused()).eval()
+    path = export_onnx(wrapped, tmp_path / "fused.onnx", (1, 96, 187), output_names=("logits", "embedding"))
+    x = _patches(1)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"mel": x.numpy()})
+    with torch.no_grad():
+        want = wrapped(x)
+    assert np.abs(got[0] - want[0].numpy()).max() <= 1e-4 and np.abs(got[1] - want[1].numpy()).max() <= 1e-4
+
+
 def test_frozen_model_trains_the_head_only():
     model = build("musicnn", pretrained="msd", num_classes=4, freeze=True)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]

@@ -182,7 +182,7 @@ class _Tagger(nn.Module):
 
     def _finish(self, num_classes: int, in_channels: int, pretrained: str | None, embedding: str,
                 dropout: float, freeze: bool, tag_prior: dict[str, Any] | None = None,
-                classes: list[str] | None = None) -> None:
+                classes: list[str] | None = None, fuse: dict[str, Any] | None = None) -> None:
         if in_channels != 1:
             raise ConfigError(f"in_channels must be 1 (musicnn takes one log-mel channel), got {in_channels}")
         if pretrained not in (None, "msd", "mtt"):
@@ -192,14 +192,25 @@ class _Tagger(nn.Module):
             raise ConfigError(f"embedding must be one of {', '.join(sizes)}, got {embedding!r}")
         self.embedding = embedding
         self.tags = TAGS[pretrained or "msd"]
-        self.head = GenreHead(sizes[embedding], num_classes, dropout)
+        self.own_size = sizes[embedding]
+        # a second frozen tagger (built before the head: the head's linear stays the model's last one)
+        self.fused = _fused_tagger(fuse, classes, num_classes, embedding, pretrained) if fuse else None
+        head_size = self.own_size + (self.fused.size if self.fused is not None and self.fused.head else 0)
+        self.head = GenreHead(head_size, num_classes, dropout)
         self.tag_prior = tag_prior is not None
         if self.tag_prior:
             if not embedding.endswith(self.TAG_INPUT):
                 raise ConfigError(f"tag_prior needs an embedding that ends with {self.TAG_INPUT} (the tag layer's "
                                   f"input), got {embedding!r}")
+            matrix = prior_map(tag_prior, classes, self.tags, num_classes)
+            if self.fused is not None and self.fused.prior:
+                # a genre without a tag of its own here but with one of the second tagger's gets its prior
+                # from that tagger alone (not this tagger's mean of the other genres' tags)
+                own = {g for g, t in tag_prior["genres"].items() if t}
+                theirs = {g for g, t in self.fused.prior_genres.items() if t}
+                matrix[[c in theirs and c not in own for c in classes]] = 0
             # a buffer in the state dict: the prior is part of the weights (and of the model id)
-            self.register_buffer("prior_map", prior_map(tag_prior, classes, self.tags, num_classes))
+            self.register_buffer("prior_map", matrix)
         self.freeze = freeze
         # on the meta device (parameter counts) there is nothing to load the weights into
         if pretrained is not None and not self.head.fc.weight.is_meta:
@@ -232,23 +243,39 @@ class _Tagger(nn.Module):
         """Genre logits of mel patches ``(N, 1, 96, T)``, or of cached embeddings ``(N, 1, 1, D)``
         (the rows of a ``melgenre embed`` store: training the head on them skips the tagger).
 
-        With a ``tag_prior``, eval mode adds the prior's logits; training fits the head alone (trained
-        with the prior added, the head learns to cancel it on the training artists: measured)."""
-        emb = self.head_input(x)
-        logits = self.head(emb)
-        if self.tag_prior and not self.training:
-            logits = logits + self.prior_logits(emb)
+        With a ``tag_prior`` (or a ``fuse`` prior), eval mode adds the prior's logits; training fits
+        the head alone (trained with the prior added, the head learns to cancel it on the training
+        artists: measured)."""
+        full = self.full_input(x)
+        logits = self.head(self.head_input(full))
+        if not self.training:
+            if self.tag_prior:
+                logits = logits + self.prior_logits(full)
+            if self.fused is not None and self.fused.prior:
+                logits = logits + self.fused.prior_logits(full[:, -self.fused.size:])
         return logits
 
-    def head_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The embedding the head reads ``(N, D)``, of mel patches or of cached embeddings (as :meth:`forward`)."""
+    def full_input(self, x: torch.Tensor) -> torch.Tensor:
+        """This tagger's embedding and, with ``fuse``, the second tagger's after it ``(N, D [+ D2])``: the
+        row of a cached-embedding store (fused stores: ``tools/merge_stores.py --concat``)."""
         if not torch.jit.is_tracing() and x.shape[-2] == 1:  # (an export traces mel patches)
             return x.flatten(1)
-        return self.features(x)[self.embedding]
+        own = self.features(x)[self.embedding]
+        if self.fused is None:
+            return own
+        return torch.cat([own, self.fused.embed(x)], 1)
+
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding the head reads ``(N, D)``, of mel patches, cached embeddings (as :meth:`forward`)
+        or a :meth:`full_input` (without ``fuse.head`` the second tagger's part is left out)."""
+        if x.dim() != 2:
+            x = self.full_input(x)
+        return x if self.fused is None or self.fused.head else x[:, :self.own_size]
 
     def tag_logits(self, emb: torch.Tensor) -> torch.Tensor:
         """The tagger's 50 tag logits ``(N, 50)`` from a ``tag_prior`` model's head input."""
-        return self.tag_fc(emb[:, -self.tag_fc.in_features:])
+        own = emb[:, :self.own_size]
+        return self.tag_fc(own[:, -self.tag_fc.in_features:])
 
     def prior_logits(self, emb: torch.Tensor) -> torch.Tensor:
         """The tag prior's genre logits ``(N, C)`` (see :func:`prior_map`) from the head input."""
@@ -284,6 +311,14 @@ class MusiCNN(_Tagger):
         ``penultimate``.
     classes : list of str, optional
         The genre of each logit, in order (training sets it from the data).
+    fuse : dict, optional
+        ``{"pretrained": "mtt", "embedding": E, "head": bool, "tag_prior": {"weight", "genres"[, "fill"]}}``:
+        a second frozen musicnn tagger (:class:`FusedTagger`); with ``head`` its embedding ``E`` is
+        appended to the head's input, with ``tag_prior`` its genre-named tags add a prior as
+        ``tag_prior`` does (``fill: zero``: genres without its tags get none), and a genre it has tags for
+        that ``tag_prior`` has none for (classical, from MTT's "classical") gets no ``tag_prior`` row (no
+        mean of the other genres' MSD tags). Cached-embedding rows
+        are then this tagger's embedding followed by the second's.
     """
 
     arch = "musicnn"
@@ -291,34 +326,110 @@ class MusiCNN(_Tagger):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, pretrained: str | None = "msd",
                  embedding: str = "pool+penultimate", dropout: float = 0.5, freeze: bool = False,
-                 tag_prior: dict[str, Any] | None = None, classes: list[str] | None = None):
+                 tag_prior: dict[str, Any] | None = None, classes: list[str] | None = None,
+                 fuse: dict[str, Any] | None = None):
         super().__init__()
-        self.input_bn = _bn2d(1)
-        timbral = [FreqPooledConv(204, (7, int(f * N_MELS)), (3, 3)) for f in (0.4, 0.7)]
-        temporal = [FreqPooledConv(51, (k, 1), ((k - 1) // 2, k // 2)) for k in (128, 64, 32)]
-        self.frontend = nn.ModuleList(timbral + temporal)
-        self.midend = nn.ModuleList([MidEndConv(561), MidEndConv(64), MidEndConv(64)])
-        self.pool_bn = _bn(2 * 753)
-        self.dense = nn.Linear(2 * 753, 200)
-        self.dense_bn = _bn(200)
-        self.tag_fc = nn.Linear(200, 50)
-        self._finish(num_classes, in_channels, pretrained, embedding, dropout, freeze, tag_prior, classes)
+        _musicnn_layers(self)
+        self._finish(num_classes, in_channels, pretrained, embedding, dropout, freeze, tag_prior, classes, fuse)
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Embeddings and tag logits of ``(N, 1, 96, T)`` patches (as the TF graph computes them)."""
-        x = self.input_bn(x.transpose(2, 3))  # (N, 1, T, F): TF's [batch, time, freq] layout
-        front = torch.cat([block(x) for block in self.frontend], 1)  # (N, 561, T)
-        m1 = self.midend[0](front)
-        m2 = self.midend[1](m1) + m1
-        m3 = self.midend[2](m2) + m2
-        stack = torch.cat([front, m1, m2, m3], 1)  # (N, 753, T)
-        max_pool, mean_pool = stack.amax(2), stack.mean(2)
-        # TF flattens [max, mean] stacked on a last axis: features interleave max_i, mean_i
-        pooled = torch.stack([max_pool, mean_pool], 2).flatten(1)
-        penultimate = self.dense_bn(torch.relu(self.dense(self.pool_bn(pooled))))
-        return {"mean_pool": mean_pool, "max_pool": max_pool, "pool": torch.cat([mean_pool, max_pool], 1),
-                "penultimate": penultimate, "pool+penultimate": torch.cat([mean_pool, max_pool, penultimate], 1),
-                "tag_logits": self.tag_fc(penultimate)}
+        return _musicnn_features(self, x)
+
+
+def _musicnn_layers(m: nn.Module) -> None:
+    """musicnn's tagger layers, as attributes of ``m`` (the names of the converted checkpoints)."""
+    m.input_bn = _bn2d(1)
+    timbral = [FreqPooledConv(204, (7, int(f * N_MELS)), (3, 3)) for f in (0.4, 0.7)]
+    temporal = [FreqPooledConv(51, (k, 1), ((k - 1) // 2, k // 2)) for k in (128, 64, 32)]
+    m.frontend = nn.ModuleList(timbral + temporal)
+    m.midend = nn.ModuleList([MidEndConv(561), MidEndConv(64), MidEndConv(64)])
+    m.pool_bn = _bn(2 * 753)
+    m.dense = nn.Linear(2 * 753, 200)
+    m.dense_bn = _bn(200)
+    m.tag_fc = nn.Linear(200, 50)
+
+
+def _musicnn_features(m: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Embeddings and tag logits of ``(N, 1, 96, T)`` patches by the layers of :func:`_musicnn_layers`."""
+    x = m.input_bn(x.transpose(2, 3))  # (N, 1, T, F): TF's [batch, time, freq] layout
+    front = torch.cat([block(x) for block in m.frontend], 1)  # (N, 561, T)
+    m1 = m.midend[0](front)
+    m2 = m.midend[1](m1) + m1
+    m3 = m.midend[2](m2) + m2
+    stack = torch.cat([front, m1, m2, m3], 1)  # (N, 753, T)
+    max_pool, mean_pool = stack.amax(2), stack.mean(2)
+    # TF flattens [max, mean] stacked on a last axis: features interleave max_i, mean_i
+    pooled = torch.stack([max_pool, mean_pool], 2).flatten(1)
+    penultimate = m.dense_bn(torch.relu(m.dense(m.pool_bn(pooled))))
+    return {"mean_pool": mean_pool, "max_pool": max_pool, "pool": torch.cat([mean_pool, max_pool], 1),
+            "penultimate": penultimate, "pool+penultimate": torch.cat([mean_pool, max_pool, penultimate], 1),
+            "tag_logits": m.tag_fc(penultimate)}
+
+
+class FusedTagger(nn.Module):
+    """A second frozen musicnn tagger beside the model's own (``fuse``): its embedding may join the
+    head's input (``head``) and its own genre-named tags may add a zero-shot prior (``tag_prior``).
+
+    The MTT tagger (MagnaTagATune) has tags the MSD one lacks (``classical``, ``classic``, ``opera``,
+    ``strings``, ``harpsichord``, ``techno``, ...). Always in eval mode, never trained.
+    """
+
+    def __init__(self, pretrained: str, embedding: str, head: bool, tag_prior: dict[str, Any] | None,
+                 classes: list[str] | None, num_classes: int):
+        super().__init__()
+        if pretrained not in ("msd", "mtt"):
+            raise ConfigError(f"fuse.pretrained must be msd or mtt, got {pretrained!r}")
+        if embedding not in EMBEDDINGS["musicnn"]:
+            raise ConfigError(f"fuse.embedding must be one of {', '.join(EMBEDDINGS['musicnn'])}, got {embedding!r}")
+        _musicnn_layers(self)
+        self.pretrained, self.embedding, self.head = pretrained, embedding, bool(head)
+        self.size = EMBEDDINGS["musicnn"][embedding]
+        self.tags = TAGS[pretrained]
+        self.prior = tag_prior is not None
+        if self.prior:
+            if not embedding.endswith("penultimate"):
+                raise ConfigError(f"fuse.tag_prior needs an embedding that ends with penultimate, got {embedding!r}")
+            spec = dict(tag_prior)
+            self.prior_genres = dict(spec.get("genres") or {})
+            fill = spec.pop("fill", "mean")
+            if fill not in ("mean", "zero"):
+                raise ConfigError(f"fuse.tag_prior.fill must be mean or zero, got {fill!r}")
+            matrix = prior_map(spec, classes, self.tags, num_classes)
+            if fill == "zero":  # genres without tags of this tagger get no prior from it
+                own = {g for g, t in spec["genres"].items() if t}
+                matrix[[c not in own for c in classes]] = 0
+            self.register_buffer("prior_map", matrix)
+        if not self.tag_fc.weight.is_meta:
+            from safetensors.torch import load_file
+
+            path = resources.files("melgenre.weights").joinpath(weights_file("musicnn", pretrained))
+            with resources.as_file(path) as file:
+                state = load_file(str(file))
+            self.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=False)
+        for p in self.parameters():
+            p.requires_grad = False
+        self.eval()
+
+    def train(self, mode: bool = True) -> FusedTagger:
+        """Stays in eval mode (frozen BN statistics)."""
+        return super().train(False)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Its embedding ``(N, size)`` of ``(N, 1, 96, T)`` patches."""
+        return _musicnn_features(self, x)[self.embedding]
+
+    def prior_logits(self, emb: torch.Tensor) -> torch.Tensor:
+        """Its tag prior's genre logits ``(N, C)`` from its embedding."""
+        return self.tag_fc(emb[:, -self.tag_fc.in_features:]) @ self.prior_map.T
+
+
+def _fused_tagger(fuse: dict[str, Any], classes: list[str] | None, num_classes: int, embedding: str,
+                  pretrained: str | None) -> FusedTagger:
+    if not isinstance(fuse, dict) or not set(fuse) <= {"pretrained", "embedding", "head", "tag_prior"}:
+        raise ConfigError("fuse must be {pretrained: mtt, embedding: E, head: true|false, tag_prior: {...}}")
+    return FusedTagger(fuse.get("pretrained", "mtt"), fuse.get("embedding", "pool+penultimate"),
+                       fuse.get("head", True), fuse.get("tag_prior"), classes, num_classes)
 
 
 @register_model(
