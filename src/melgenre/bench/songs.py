@@ -29,6 +29,11 @@ MP3_COMPRESSION = 0.4
 #: Windows per song whose agreement with every-window prediction :func:`bench_songs` reports.
 AGREEMENT_WINDOWS = (1, 3, 5, 10, 15, 20)
 
+#: Songs of unseen clips (:func:`plan_part_songs`): each clip is in about this many songs, and a genre needs
+#: at least this many clips in an artist-disjoint part to make songs of it.
+UNSEEN_USES = 2
+UNSEEN_LEAST_CLIPS = 3
+
 
 def plan_songs(clips: dict[str, list[Path]], n_songs: int, clips_per_song: int = 6) -> list[tuple[str, list[Path]]]:
     """Which clips make which song: genres in turn (sorted), each genre's clips in order, wrapping round
@@ -60,13 +65,46 @@ def write_song(parts: Sequence[Path], out: Path) -> Path:
     return out
 
 
+def part_clips(clips: dict[str, list[Path]], groups: str = "fault_filtered") -> dict[str, dict[str, list[Path]]]:
+    """The clips of each group of an artist-disjoint grouping (:func:`melgenre.data.grouping`; the fold
+    order of :func:`melgenre.data.group_names`), by genre: ``{group: {genre: [clip, ...]}}``. Clips in
+    no group are left out (as ``melgenre cv --groups`` never scores them)."""
+    from melgenre.data import group_names, grouping
+
+    where = grouping(groups)
+    out: dict[str, dict[str, list[Path]]] = {g: {} for g in group_names(groups)}
+    for genre, files in sorted(clips.items()):
+        for f in files:
+            part = where.get(f.stem) or where.get(f"{genre}/{f.stem}")
+            if part is not None:
+                out[part].setdefault(genre, []).append(f)
+    return out
+
+
+def plan_part_songs(clips: dict[str, list[Path]], clips_per_song: int = 6, uses: int = UNSEEN_USES,
+                    least: int = UNSEEN_LEAST_CLIPS) -> list[tuple[str, list[Path]]]:
+    """Which clips make which song when every clip of ``clips`` (one artist-disjoint part) should be heard
+    about ``uses`` times: each genre with at least ``least`` clips gets ``ceil(uses * n / clips_per_song)``
+    songs of consecutive clips, wrapping round (so a clip is in about ``uses`` songs, at other positions,
+    and in one song twice only when its genre has fewer clips than a song). Returns ``(genre, clips)``."""
+    plan = []
+    for g in sorted(clips):
+        files = clips[g]
+        if len(files) < least:
+            continue
+        for j in range(math.ceil(uses * len(files) / clips_per_song)):
+            plan.append((g, [files[(j * clips_per_song + i) % len(files)] for i in range(clips_per_song)]))
+    return plan
+
+
 def make_songs(clips: dict[str, list[Path]], out: Path, n_songs: int, clips_per_song: int = 6,
-               workers: int = 1) -> list[Path]:
-    """Write ``n_songs`` songs (:func:`plan_songs`, :func:`write_song`) as ``out/<genre>/<genre>-song-NN.mp3``.
+               workers: int = 1, plan: list[tuple[str, list[Path]]] | None = None) -> list[Path]:
+    """Write ``n_songs`` songs (:func:`plan_songs`, :func:`write_song`) as ``out/<genre>/<genre>-song-NN.mp3``
+    (or the songs of ``plan``, such as :func:`plan_part_songs`'s).
 
     Songs already there are kept (encoding takes several seconds a song), so a folder can be reused.
     """
-    plan = plan_songs(clips, n_songs, clips_per_song)
+    plan = plan_songs(clips, n_songs, clips_per_song) if plan is None else plan
     counts: dict[str, int] = {}
     jobs = []
     for genre, parts in plan:
