@@ -4,19 +4,20 @@ Reproduces the rule tables of docs/benchmarks/songs.md. Two steps:
 
 ``cache``
     Every window of every song (``<part>/<genre>/*.mp3`` of ``--unseen``, ``<genre>/*.mp3`` of
-    ``--training``) through the frozen MSD-musicnn once (the head's input, 1706 values a window), then
-    each window's softmax under the model that did not hear the song's clips: fold ``k`` of an
-    artist-disjoint ``melgenre cv --groups fault_filtered --fixed-epochs`` run for songs of part ``k``,
-    the default model for songs of its training clips. Written to ``--cache`` (an .npz).
+    ``--training``) through the frozen MSD-musicnn once (the head's input, 1706 values a window),
+    written to ``--cache`` (an .npz; a rerun adds new songs only).
 ``simulate``
-    Each rule replayed on the cached windows: the windows it would score (the same spread and rechecks
+    Each window's logits under the model that did not hear the song's clips (fold ``k`` of an
+    artist-disjoint ``melgenre cv --groups fault_filtered --fixed-epochs`` run for songs of part ``k``,
+    the default model for songs of its training clips), then each rule replayed on them: the windows it would score (the same spread and rechecks
     as :mod:`melgenre.windows`), its label and ``unsure`` flag (the default card's temperature and
     threshold), against the labels and against every window; songs/s estimated from the windows
     scored with the cost per song measured by ``melgenre bench --sections songs`` (``--cost``).
 
-    PYTHONPATH=src python tools/sampling_rules.py cache --cv runs/musicnn-tagprior \\
-        --unseen songs-unseen --training songs40 --cache rules-cache.npz
-    PYTHONPATH=src python tools/sampling_rules.py simulate --cache rules-cache.npz --out rules.json
+    PYTHONPATH=src python tools/sampling_rules.py cache --unseen songs-unseen --training songs40 \\
+        --cache rules-cache.npz
+    PYTHONPATH=src python tools/sampling_rules.py simulate --cache rules-cache.npz --cv runs/musicnn-tagprior \\
+        --out rules.json
 """
 
 from __future__ import annotations
@@ -47,42 +48,64 @@ def _songs(root: Path, parted: bool) -> list[tuple[str, str, Path]]:
 
 
 def cache(args: argparse.Namespace) -> None:
+    """The frozen musicnn's head input (1706 values) of every window of every song, into ``--cache``
+    (songs already there are kept)."""
     import torch
 
     from melgenre.inference import load_model
-    from melgenre.package import load_torch
-    from melgenre.data import group_names
 
     default = load_model("default", backend="torch")
-    preset, classes = default.window_preset, default.classes
-    backbone = default._module
-    folds = {}
-    if args.cv:
-        for k, part in enumerate(group_names("fault_filtered")):
-            module, card = load_torch(Path(args.cv) / f"group{k}-last")
-            assert list(card["classes"]) == classes, card["classes"]
-            folds[part] = module.eval()
+    preset, backbone = default.window_preset, default._module
     songs = (_songs(Path(args.unseen), True) if args.unseen else []) + \
         (_songs(Path(args.training), False) if args.training else [])
-    rows = {"part": [], "genre": [], "path": [], "n": []}
-    logits = []
+    done = dict(np.load(args.cache, allow_pickle=False)) if Path(args.cache).is_file() else {}
+    have = set(map(str, done.get("path", [])))
+    rows = {k: list(done[k]) for k in ("part", "genre", "path", "n")} if done else \
+        {"part": [], "genre": [], "path": [], "n": []}
+    embs = [done["embeddings"]] if done else []
     for i, (part, genre, path) in enumerate(songs):
+        if str(path) in have:
+            continue
         w = W.file_windows(path, preset, None)
         with torch.no_grad():
             x = torch.from_numpy(w.images[:, None])
             emb = torch.cat([backbone.head_input(x[j:j + 8]) for j in range(0, len(x), 8)])
-            module = default._module if part == "training" else folds[part]
-            out = module(emb[:, None, None, :]).numpy()
-            if i == 0:  # the head on cached embeddings gives the model's own logits of the images
-                np.testing.assert_allclose(out, default._module(x[:8]).numpy() if part == "training"
-                                           else module(x[:8]).numpy(), atol=1e-3)
-        logits.append(out.astype(np.float32))
-        for k, v in (("part", part), ("genre", genre), ("path", str(path)), ("n", len(out))):
+            if not embs:  # the head on the cached input gives the model's own logits of the images
+                np.testing.assert_allclose(backbone(emb[:8, None, None, :]).numpy(), backbone(x[:8]).numpy(),
+                                           atol=1e-3)
+        embs.append(emb.numpy().astype(np.float32))
+        for k, v in (("part", part), ("genre", genre), ("path", str(path)), ("n", len(emb))):
             rows[k].append(v)
-        print(f"{i + 1}/{len(songs)} {part} {path.name}: {len(out)} windows", file=sys.stderr, flush=True)
-    np.savez(args.cache, logits=np.concatenate(logits), classes=np.array(classes),
-             temperature=default.temperature, unsure_below=default.card["trust"]["unsure_below"],
-             **{k: np.array(v) for k, v in rows.items()})
+        print(f"{i + 1}/{len(songs)} {part} {path.name}: {len(emb)} windows", file=sys.stderr, flush=True)
+        if len(rows["n"]) % 10 == 0 or i == len(songs) - 1:
+            np.savez(args.cache, embeddings=np.concatenate(embs), **{k: np.array(v) for k, v in rows.items()})
+
+
+def window_logits(data: dict[str, np.ndarray], cv: str | None) -> tuple[np.ndarray, list[str], float, float]:
+    """Each cached window's logits under the model that did not hear its song's clips: fold ``k`` of
+    ``cv`` for songs of part ``k``, the default model for songs of its training clips; and the
+    classes, the default card's temperature and ``unsure`` threshold."""
+    import torch
+
+    from melgenre.data import group_names
+    from melgenre.inference import load_model
+    from melgenre.package import load_torch
+
+    default = load_model("default", backend="torch")
+    models = {"training": default._module}
+    if cv:
+        for k, part in enumerate(group_names("fault_filtered")):
+            module, card = load_torch(Path(cv) / f"group{k}-last")
+            assert list(card["classes"]) == default.classes, card["classes"]
+            models[part] = module.eval()
+    ends = np.cumsum(data["n"])
+    out = np.zeros((len(data["embeddings"]), len(default.classes)), np.float32)
+    with torch.no_grad():
+        for part in np.unique(data["part"]):
+            rows = np.concatenate([np.arange(e - n, e) for e, n, p in zip(ends, data["n"], data["part"]) if p == part])
+            emb = torch.from_numpy(data["embeddings"][rows])[:, None, None, :]
+            out[rows] = models[str(part)](emb).numpy()
+    return out, default.classes, default.temperature, float(default.card["trust"]["unsure_below"])
 
 
 # -- rules -----------------------------------------------------------------------------------------
@@ -187,9 +210,6 @@ RULES: dict[str, tuple[int | None, Rule]] = {
 # -- simulate --------------------------------------------------------------------------------------
 
 
-def _split(data: dict[str, np.ndarray]) -> list[np.ndarray]:
-    ends = np.cumsum(data["n"])
-    return np.split(data["logits"], ends[:-1])
 
 
 def evaluate(outcomes: list[Outcome], every: list[Outcome], y: np.ndarray, n_classes: int,
@@ -225,9 +245,8 @@ def evaluate(outcomes: list[Outcome], every: list[Outcome], y: np.ndarray, n_cla
 
 def simulate(args: argparse.Namespace) -> None:
     data = dict(np.load(args.cache))
-    classes = [str(c) for c in data["classes"]]
-    temperature, unsure_below = float(data["temperature"]), float(data["unsure_below"])
-    logits = _split(data)
+    flat, classes, temperature, unsure_below = window_logits(data, args.cv)
+    logits = np.split(flat, np.cumsum(data["n"])[:-1])
     cost = tuple(map(float, args.cost.split(","))) if args.cost else None
     results = {}
     for subset in ("unseen", "training"):
@@ -260,12 +279,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="step", required=True)
     c = sub.add_parser("cache")
-    c.add_argument("--cv", help="melgenre cv folder with group0-last .. group2-last (fault_filtered, --fixed-epochs)")
     c.add_argument("--unseen", help="songs as <part>/<genre>/*.mp3 (part: train, val, test)")
     c.add_argument("--training", help="songs of training clips as <genre>/*.mp3")
     c.add_argument("--cache", required=True)
     s = sub.add_parser("simulate")
     s.add_argument("--cache", required=True)
+    s.add_argument("--cv", help="melgenre cv folder with group0-last .. group2-last (fault_filtered, --fixed-epochs)")
     s.add_argument("--cost", help="E,a,b: seconds a song for every window, and a + b x windows for a sample")
     s.add_argument("--out")
     args = parser.parse_args()

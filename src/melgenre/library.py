@@ -350,6 +350,7 @@ class _Batcher:
     def __init__(self, model: GenreModel, batch: int):
         self.model, self.batch = model, batch
         self.rechecked = 0  # files whose sample was too close to call (more windows scored)
+        self.windows = 0  # windows scored, rechecks included
         self.files: list[dict[str, Any]] = []  # waiting files, in order, each with "probs" so far
         self.images: list[np.ndarray] = []  # their windows not yet run, in order
         self.queued = 0
@@ -387,6 +388,7 @@ class _Batcher:
         except AudioDecodeError as exc:
             return make_row(f["path"], f["size"], f["mtime"], f["sha256"], self.model.model_id, None, exc.reason)
         self.rechecked += len(w.indices) > scored
+        self.windows += len(w.indices)
         pred = self.model.prediction(f["path"], probs, w.starts, duration=w.duration, padded=w.padded,
                                      silent=w.silent, window_embeddings=emb, windows_total=w.total)
         return make_row(f["path"], f["size"], f["mtime"], f["sha256"], self.model.model_id, pred, None)
@@ -403,11 +405,11 @@ def _decoded_rows(decoded: Iterable[dict[str, Any]], model: GenreModel, batch: i
             continue
         batcher.add(d)
         rows = batcher.ready()
-        report.rechecked = batcher.rechecked
+        report.rechecked, report.windows = batcher.rechecked, batcher.windows
         if rows:
             yield rows
     rows = batcher.ready(final=True)
-    report.rechecked = batcher.rechecked
+    report.rechecked, report.windows = batcher.rechecked, batcher.windows
     if rows:
         yield rows
 
@@ -449,6 +451,7 @@ class LibraryReport:
     recalibrated: bool = False  # the database's rows came from the same weights with another calibration
     rewindowed: bool = False  # the database's rows came from the same weights on other windows (hop, number)
     rechecked: int = 0  # files whose sample of windows was too close to call: more windows were scored
+    windows: int = 0  # windows scored by this run (on one machine; rechecks included)
 
     @property
     def files_per_s(self) -> float:

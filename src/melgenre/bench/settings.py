@@ -46,6 +46,9 @@ class BenchSettings:
     song_clips: int = 6  # clips joined into one song (30-s clips: 3-minute songs)
     songs_dir: Path | None = None  # keep the songs here and reuse them (default: made anew in a temp folder)
     songs_model: str | None = None  # the songs section's model (default: the default model)
+    # an artist-disjoint cv of the songs model's recipe (``melgenre cv CONFIG --groups fault_filtered
+    # --fixed-epochs``): the songs section also scores songs of each part's clips with the fold that held it out
+    songs_cv: Path | None = None
     sections: tuple[str, ...] = SECTIONS
     note: str = ""  # free text stored with the results, e.g. "under load: a training job ran"
 
