@@ -51,10 +51,10 @@ from melgenre.utils import blas_controller
 from melgenre.windows import (
     Windows,
     array_windows,
-    close_call,
     default_windows,
     file_windows,
     merge,
+    more_windows,
     parse_windows,
     window_images,
 )
@@ -274,11 +274,11 @@ class GenreModel:
     def recheck(self, source: str | Path | bytes | np.ndarray, w: Windows, probs: np.ndarray,
                 emb: np.ndarray | None, sr: int | None = None, name: str | None = None
                 ) -> tuple[Windows, np.ndarray, np.ndarray | None]:
-        """A sample's windows and their :meth:`window_outputs`; while the sample is too close to call
-        (:func:`melgenre.windows.close_call` of its calibrated track probabilities), twice as many more
-        windows, spread over those left, are scored and merged in time order (5, 15, 45, ... windows)."""
-        while close_call(tempered(probs.mean(axis=0, keepdims=True), self.temperature)[0], w):
-            rest, _ = self.windows_of(source, sr, name, exclude=w.indices, more=2 * len(w.indices))
+        """A sample's windows and their :meth:`window_outputs`; while the rule of
+        :func:`melgenre.windows.more_windows` asks for more (of the sample's calibrated track
+        probabilities), that many more windows, spread over those left, are scored and merged in time order."""
+        while extra := more_windows(tempered(probs.mean(axis=0, keepdims=True), self.temperature)[0], w):
+            rest, _ = self.windows_of(source, sr, name, exclude=w.indices, more=extra)
             more, more_emb = self.window_outputs(rest.images)
             w, (probs, emb) = merge(w, rest, (probs, more), (emb, more_emb))
         return w, probs, emb
