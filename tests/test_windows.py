@@ -258,7 +258,7 @@ def _sample(total: int, scored: int) -> windows.Windows:
 def test_more_windows_follows_the_rule():
     close, clear = np.array([0.42, 0.38, 0.2]), np.array([0.7, 0.2, 0.1])
     once = windows.Recheck(margin=0.2, growth=1.0, rounds=1)  # the shipped rule
-    assert windows.RECHECK == once and windows.RECHECK_MARGIN == 0.2
+    assert windows.RECHECK == windows.Recheck(margin=None, growth=1.0, rounds=1) and windows.RECHECK_MARGIN == 0.2
     assert windows.more_windows(clear, _sample(30, 5), once) == 0
     assert windows.more_windows(close, _sample(30, 5), once) == 5  # as many again
     assert windows.more_windows(close, dataclasses.replace(_sample(30, 10), rounds=1), once) == 0  # once: it stands
