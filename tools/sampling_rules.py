@@ -248,6 +248,9 @@ def evaluate(outcomes: list[Outcome], every: list[Outcome], y: np.ndarray, n_cla
            "vs_every_window": {"difference": round(pb["difference"], 4),
                                "interval": [round(v, 4) for v in pb["interval"]]},
            "same_label_as_every_window": round(float(np.mean(pred == base)), 4),
+           "unsure_where_labels_differ": round(float(unsure[pred != base].mean()), 4) if (pred != base).any() else None,
+           "every_window_unsure_where_labels_differ": (round(float(np.mean([o.top < unsure_below for o, d in zip(every, pred != base) if d])), 4)
+                                                     if (pred != base).any() else None),
            "unsure_rate": round(float(unsure.mean()), 4), "accuracy_unsure": acc(unsure), "accuracy_sure": acc(~unsure),
            "unsure_or_close_rate": round(float(flagged_close.mean()), 4),
            "accuracy_unsure_or_close": acc(flagged_close), "accuracy_neither": acc(~flagged_close),
@@ -438,6 +441,62 @@ def cost(args: argparse.Namespace) -> None:
     print(f"--cost {med['all']:.4f},{a:.4f},{b:.4f}")
 
 
+#: The rules docs/benchmarks/songs.md shows (of :data:`RULES`), in its order.
+SHOWN = ("every window", "1 window", "3 windows", "5 windows, no recheck", "10 windows, no recheck",
+         "15 windows, no recheck", "5, doubling while margin < 0.2 (before)", "5, doubling while margin < 0.1",
+         "5, doubling while margin < 0.05", "5, +1 once if margin < 0.2 (at most 6)",
+         "5, +5 once if margin < 0.2 (at most 10)", "5, +5 once if margin < 0.1 (at most 10)",
+         "5, +10 once if margin < 0.2 (at most 15)", "5, +5 while margin < 0.2, at most 15",
+         "5, +1 while margin < 0.2, at most 8", "5, sequential z 1, +5, at most 10",
+         "5, sequential z 2, +5, at most 15", "5, sequential z 2, +5, every window")
+
+
+def table(args: argparse.Namespace) -> None:
+    """Markdown tables of :func:`simulate`'s JSON (``--real`` songs and ``--recombined`` ones), songs/s
+    against every window estimated with ``--cost E,a,b``."""
+    e, a, b = map(float, args.cost.split(","))
+
+    def ratio(w: float) -> str:
+        return f"{e / (a + b * w):.1f}×" if w < 30 else "1×"
+
+    def acc(r: dict) -> str:
+        d = r["vs_every_window"]
+        return (f"{100 * r['accuracy']:.1f} %" + ("" if r["windows_per_song"] >= r["windows_per_song_every"] else
+                f" ({100 * d['difference']:+.1f} [{100 * d['interval'][0]:+.1f}, {100 * d['interval'][1]:+.1f}])"))
+
+    def flag(r: dict) -> str:
+        u, s = r["accuracy_unsure"], r["accuracy_sure"]
+        return f"{100 * r['unsure_rate']:.0f} % ({'—' if u is None else f'{100 * u:.0f}'} / {'—' if s is None else f'{100 * s:.0f}'})"
+
+    for path, title in ((args.real, "songs"), (args.recombined, "recombined songs")):
+        if not path:
+            continue
+        res = json.loads(Path(path).read_text())
+        un, tr = res["unseen"], res["training"]
+        close = res.get("unseen, close calls on 5 windows")
+        n_un, n_tr = next(iter(un.values()))["songs"], next(iter(tr.values()))["songs"]
+        head = (f"| rule | {n_un} {title} of unseen clips: accuracy (Δ vs every window [95 %]) | unsure (% right "
+                f"when unsure / otherwise) | windows | songs/s vs every window (est.) |")
+        cols = 4
+        if close:
+            head += f" {next(iter(close.values()))['songs']} of them close calls on 5 windows: accuracy, windows, est. |"
+            cols += 1
+        head += f" {n_tr} {title} of training clips: accuracy (Δ) | windows |"
+        cols += 2
+        print("\n" + head + "\n" + "|---" * (cols + 1) + "|")
+        for name in SHOWN:
+            if name not in un:
+                continue
+            u, t = un[name], tr[name]
+            shipped = " (**shipped**)" if name == "5, +5 once if margin < 0.2 (at most 10)" else ""
+            row = f"| {name}{shipped} | {acc(u)} | {flag(u)} | {u['windows_per_song']:.1f} | {ratio(u['windows_per_song'])} |"
+            if close:
+                c = close[name]
+                row += f" {100 * c['accuracy']:.1f} %, {c['windows_per_song']:.1f}, {ratio(c['windows_per_song'])} |"
+            row += f" {acc(t)} | {t['windows_per_song']:.1f} |"
+            print(row)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="step", required=True)
@@ -461,8 +520,12 @@ def main() -> None:
     t.add_argument("--n-songs", type=int, default=20)
     t.add_argument("--windows", default="5,10,15")
     t.add_argument("--rounds", type=int, default=3)
+    m = sub.add_parser("table")
+    m.add_argument("--real")
+    m.add_argument("--recombined")
+    m.add_argument("--cost", required=True)
     args = parser.parse_args()
-    {"cache": cache, "simulate": simulate, "cost": cost}[args.step](args)
+    {"cache": cache, "simulate": simulate, "cost": cost, "table": table}[args.step](args)
 
 
 if __name__ == "__main__":
