@@ -126,6 +126,12 @@ def test_results_json_is_well_formed(results):
     assert songs["speedup"] == pytest.approx(songs["sampled"]["songs_per_s"] / songs["every_window"]["songs_per_s"],
                                              abs=0.01)
     assert songs["label_agreement"] in (0.0, 0.5, 1.0) and isinstance(songs["meets_target"], bool)
+    labels = songs["labels"]  # against the songs' genres (synthetic classes: melcnn never names them)
+    assert labels["songs"] == 2 and labels["every_window"]["accuracy"] == labels["sampled"]["accuracy"] == 0.0
+    assert labels["difference"] == 0.0 and labels["interval"] == [0.0, 0.0]
+    assert labels["sampled"]["windows_per_song"] >= 18 and labels["every_window"]["windows_per_song"] > 30
+    assert songs["target"] == {"speedup": 5.0, "accuracy_difference": 0.0, "peak_rss_mb": 1024}
+    assert "unseen" not in songs  # no --songs-cv
     agree = songs["window_agreement"]
     assert agree["songs"] == 2 and agree["windows_per_song"] > 30 and list(agree["agreement"]) == ["1", "3", "5", "10",
                                                                                                     "15", "20"]
@@ -194,3 +200,49 @@ def test_install_section(tmp_path):
     assert r["torch_absent"] and 50 < r["site_packages_mb"] < 400 and r["install_s"] > 0
     assert len(r["cold_predict_s"]) == 5 and all(t > 0 for t in r["cold_predict_s"])
     assert r["import_melgenre_s"] > 0 and r["import_beets_plugin_s"] > 0 and len(lines) == 3
+
+
+@pytest.mark.slow  # ~1 min on 2 cores: two library jobs in their own processes
+def test_songs_of_unseen_clips(tiny_card, tmp_path):
+    """Songs of one artist-disjoint part's clips, scored by the fold model that held the part out (here the
+    tiny model standing in for each fold), every window against the default sample, against the labels."""
+    from melgenre import synth
+    from melgenre.bench.songs import bench_unseen_songs, fold_packages, part_clips, plan_part_songs
+
+    rng = __import__("numpy").random.default_rng(0)
+    clips: dict[str, list[Path]] = {}
+    import soundfile as sf
+
+    # GTZAN names put the clips in the fault-filtered parts: blues 0-3 in "val", classical 30-31 in "train"
+    for folder, stems, k in (("class00", [f"blues.{i:05d}" for i in range(4)], 0),
+                             ("class01", ["classical.00030", "classical.00031"], 1), ("class02", ["country.00008"], 2)):
+        (tmp_path / "clips" / folder).mkdir(parents=True)
+        for stem in stems:
+            path = tmp_path / "clips" / folder / f"{stem}.wav"
+            sf.write(path, synth.synth_clip(k, 3, seconds=6.0, sr=22_050, rng=rng), 22_050)
+            clips.setdefault(folder, []).append(path)
+    parts = part_clips(clips)
+    assert list(parts) == ["train", "val", "test"]
+    assert parts["val"] == {"class00": clips["class00"]} and parts["train"] == {"class01": clips["class01"]}
+    assert parts["test"] == {}  # country.00008 is in no part (left out of the split): like melgenre cv, never scored
+    plan = plan_part_songs(parts["val"], clips_per_song=2)  # each clip in two songs
+    assert [c for _, c in plan] == [clips["class00"][:2], clips["class00"][2:], clips["class00"][:2],
+                                    clips["class00"][2:]]
+    assert plan_part_songs(parts["train"], clips_per_song=2) == []  # fewer than 3 clips: no songs
+    run = tiny_card.parent / "runs" / "tiny-serve"
+    cv = tmp_path / "cv"
+    for k in range(3):
+        (cv / f"group{k}-last").parent.mkdir(exist_ok=True)
+        (cv / f"group{k}-last").symlink_to(run, target_is_directory=True)
+    packages = fold_packages(cv, tmp_path / "folds", str(tiny_card))
+    assert list(packages) == ["train", "val", "test"] and all(p.is_file() for p in packages.values())
+    settings = BenchSettings.make(songs_cv=cv, songs_model=str(tiny_card), song_clips=2, songs_dir=tmp_path / "songs")
+    lines: list[str] = []
+    r = bench_unseen_songs(settings, clips, tmp_path, lines.append)
+    assert r["n_songs"] == 4 and list(r["parts"]) == ["val"] and r["parts"]["val"]["songs"] == 4
+    assert r["every_window"]["predicted"] == r["sampled"]["predicted"] == 4 and r["speedup"] > 0
+    lab = r["labels"]
+    assert lab["songs"] == 4 and 0 <= lab["sampled"]["accuracy"] <= 1 and 0 <= lab["every_window"]["accuracy"] <= 1
+    assert lab["difference"] == pytest.approx(lab["sampled"]["accuracy"] - lab["every_window"]["accuracy"])
+    assert lab["interval"][0] <= lab["difference"] <= lab["interval"][1]
+    assert lines and "songs of unseen clips" in lines[-1]

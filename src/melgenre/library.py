@@ -337,7 +337,7 @@ def _rows(model: GenreModel, files: list[str], workers: int | None, in_flight: i
     with threadpool_limits(1, user_api="blas"):  # see Predictor.predict_paths: idle BLAS threads slow the network
         for item, pred in predictor.predict_paths(files, executor="process" if workers > 0 else "local",
                                                   workers=workers, in_flight=in_flight, facts=True):
-            report.rechecked = predictor.rechecked
+            report.rechecked, report.windows = predictor.rechecked, predictor.windows_scored
             info = item.info
             yield [make_row(item.key, info.get("size"), info.get("mtime"), info.get("sha256"), model.model_id, pred,
                             item.error)]
@@ -380,6 +380,7 @@ class LibraryReport:
     recalibrated: bool = False  # the database's rows came from the same weights with another calibration
     rewindowed: bool = False  # the database's rows came from the same weights on other windows (hop, number)
     rechecked: int = 0  # files whose sample of windows was too close to call: more windows were scored
+    windows: int = 0  # windows scored by this run (on one machine; rechecks included)
 
     @property
     def files_per_s(self) -> float:

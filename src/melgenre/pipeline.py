@@ -12,8 +12,8 @@ its windows were batched. The steps:
    is read only there, so memory is bounded by what is scored, never by what the file decompresses to).
    It never raises: a file that fails is an :class:`Item` with an ``error`` (:func:`failure_reason`);
 2. **run** (:meth:`Predictor.run`): the windows of many items through the backend in full batches;
-3. **recheck**: a sample too close to call (:func:`melgenre.windows.close_call`) gets more windows
-   of the same recording, decoded and scored at once;
+3. **recheck**: a sample too close to call gets more windows of the same recording, decoded and
+   scored at once (:func:`melgenre.windows.more_windows`: as many again, once);
 4. **finish** (``GenreModel.prediction``): mean over windows, calibration, flags, timeline.
 
 Where decoding runs is the executor's choice (:meth:`Predictor.predict_paths`): ``"local"`` (this
@@ -36,7 +36,7 @@ import numpy as np
 from melgenre import audio
 from melgenre.errors import AudioDecodeError, MelgenreError
 from melgenre.utils import blas_controller, file_sha256
-from melgenre.windows import Windows, array_windows, close_call, file_windows, merge
+from melgenre.windows import Windows, array_windows, file_windows, merge, more_windows
 
 if TYPE_CHECKING:
     from melgenre.inference import GenreModel, Prediction
@@ -178,6 +178,7 @@ class Predictor:
         self.recheck = recheck
         self.embeddings = embeddings
         self.rechecked = 0  # recordings whose sample was too close to call (more windows were scored)
+        self.windows_scored = 0  # windows scored, rechecks included
 
     # -- 1. decode ---------------------------------------------------------------------------------
 
@@ -254,11 +255,11 @@ class Predictor:
         probs = np.concatenate(item.probs)
         emb = np.concatenate(item.embs) if item.embs else None
         try:
-            # silence is no clearer for more of it: a silent sample is flagged, not rechecked
-            while self.recheck and not w.silent and close_call(tempered(probs.mean(axis=0, keepdims=True),
-                                                                        self.model.temperature)[0], w):
-                rest, _ = windows_of(self.model, item.source, item.sr, item.key, exclude=w.indices,
-                                     more=2 * len(w.indices))
+            # the rule of melgenre.windows.more_windows (RECHECK: a close call gets as many windows again,
+            # once); silence is no clearer for more of it: a silent sample is flagged, not rechecked
+            while self.recheck and not w.silent and (extra := more_windows(
+                    tempered(probs.mean(axis=0, keepdims=True), self.model.temperature)[0], w)):
+                rest, _ = windows_of(self.model, item.source, item.sr, item.key, exclude=w.indices, more=extra)
                 more, more_emb = self._outputs(rest.images)
                 w, (probs, emb) = merge(w, rest, (probs, more), (emb, more_emb))
                 item.info["rechecked"] = True
@@ -266,6 +267,7 @@ class Predictor:
             item.error = failure_reason(exc)
             return None
         self.rechecked += bool(item.info.get("rechecked"))
+        self.windows_scored += len(w.indices)
         item.windows = w
         pred = self.model.prediction(item.key, probs, w.starts, duration=w.duration, padded=w.padded, silent=w.silent,
                                      top_k=top_k, window_embeddings=emb, windows_total=w.total)

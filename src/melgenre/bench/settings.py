@@ -47,6 +47,9 @@ class BenchSettings:
     songs_dir: Path | None = None  # keep the songs here and reuse them (default: made anew in a temp folder)
     songs_model: str | None = None  # the songs section's model (default: the default model)
     wheel: Path | None = None  # the install section's wheel (default: built from the source tree)
+    # an artist-disjoint cv of the songs model's recipe (``melgenre cv CONFIG --groups fault_filtered
+    # --fixed-epochs``): the songs section also scores songs of each part's clips with the fold that held it out
+    songs_cv: Path | None = None
     sections: tuple[str, ...] = SECTIONS
     note: str = ""  # free text stored with the results, e.g. "under load: a training job ran"
 

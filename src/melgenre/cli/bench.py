@@ -21,6 +21,7 @@ def bench(
     songs: int = typer.Option(None, "--songs", min=1, help="Full-length MP3 songs of the songs section, each made of 6 clips of one genre of --data (or synthetic clips). Default: 40 (quick: 4)."),
     songs_dir: Path = typer.Option(None, "--songs-dir", help="Keep the songs section's MP3s in this folder and reuse them in later runs (encoding takes seconds a song). Default: a temp folder."),
     wheel: Path = typer.Option(None, "--wheel", help="The install section's melgenre wheel, installed alone into a fresh venv. Default: built from this source tree (python -m build)."),
+    songs_cv: Path = typer.Option(None, "--songs-cv", help="With --data GTZAN clips: also score songs of clips the model did not hear. A folder of `melgenre cv configs/musicnn-tagprior.yaml --groups fault_filtered --fixed-epochs` (group0-last, ...): the songs of each artist-disjoint part's clips go through the fold model that held that part out. Default: songs of training clips only."),
     note: str = typer.Option("", "--note", help="Free text stored with the results (e.g. 'under load'). Default: none."),
 ) -> None:
     """Benchmark preprocessing, mel features, training, inference and memory on this machine."""
@@ -35,11 +36,13 @@ def bench(
     overrides = {k: v for k, v in (("presets", split(presets)), ("data", data), ("n_files", n_files),
                                    ("models", split(models)), ("sections", split(sections)),
                                    ("workers", workers or None), ("note", note), ("songs", songs),
-                                   ("songs_dir", songs_dir), ("wheel", wheel)) if v is not None}
+                                   ("songs_dir", songs_dir), ("songs_cv", songs_cv), ("wheel", wheel)) if v is not None}
     if "sections" in overrides and set(overrides["sections"]) - set(SECTIONS):
         raise typer.BadParameter(f"--sections: choose from {', '.join(SECTIONS)}")
     if data is not None and not data.is_dir():
         raise typer.BadParameter(f"--data: {data} is not a folder")
+    if songs_cv is not None and not (songs_cv / "group0-last").is_dir():
+        raise typer.BadParameter(f"--songs-cv: {songs_cv} has no group0-last/ (melgenre cv ... --groups fault_filtered --fixed-epochs)")
     settings = BenchSettings.make(quick=quick, **overrides)
     command = shlex.join(["melgenre", *sys.argv[1:]]) if sys.argv and "melgenre" in sys.argv[0] else None
     run_bench(out, settings, log=say, command=command or f"melgenre bench{' --quick' if quick else ''}")
