@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from melgenre import audio, features, library, synth, windows
 from melgenre.bench import songs
+from melgenre.pipeline import Predictor
 from melgenre.cli import app
 from melgenre.errors import AudioDecodeError, MelgenreError
 from melgenre.features import Preset
@@ -282,7 +283,7 @@ def test_merge_counts_rechecks():
 
 
 def _disagreeing_outputs(path, preset, probs):
-    """window_outputs of a fake model that gives window i of ``path`` the probabilities ``probs[i]`` (found by
+    """The network's outputs (``Predictor._outputs``) of a fake model that gives window i of ``path`` the probabilities ``probs[i]`` (found by
     its image: a sample's images equal every window's up to float rounding)."""
     every = windows.file_windows(path, preset, None)
     flat = every.images.reshape(len(every.images), -1)
@@ -313,9 +314,9 @@ def test_rule_on_a_song_whose_windows_disagree(tiny_card, song, rule, clear, mon
         np.tile([0.8, 0.15, 0.05], (total, 1))
     every, outputs = _disagreeing_outputs(paths["flac"], model.window_preset, probs)
     monkeypatch.setattr(windows, "RECHECK", rule)
-    monkeypatch.setattr(GenreModel, "window_outputs", outputs)
+    monkeypatch.setattr(Predictor, "_outputs", outputs)  # the pipeline's one call of the network
     card = {**model.card, "trust": {"unsure_below": 0.6}}  # calibrated top probability under 0.6: unsure
-    model = GenreModel(card, module=model._module, windows=4)
+    model = GenreModel(card, backend=model.runner, windows=4)
     first = windows.spread(total, 4)
     expected = list(first)
     if not clear:
