@@ -456,8 +456,8 @@ def table(args: argparse.Namespace) -> None:
     against every window estimated with ``--cost E,a,b``."""
     e, a, b = map(float, args.cost.split(","))
 
-    def ratio(w: float) -> str:
-        return f"{e / (a + b * w):.1f}×" if w < 30 else "1×"
+    def ratio(w: float) -> str:  # songs/s (est.) and the ratio to every window
+        return f"{1 / (a + b * w):.2f} ({e / (a + b * w):.1f}×)" if w < 30 else f"{1 / e:.2f} (1×)"
 
     def acc(r: dict) -> str:
         d = r["vs_every_window"]
@@ -476,10 +476,10 @@ def table(args: argparse.Namespace) -> None:
         close = res.get("unseen, close calls on 5 windows")
         n_un, n_tr = next(iter(un.values()))["songs"], next(iter(tr.values()))["songs"]
         head = (f"| rule | {n_un} {title} of unseen clips: accuracy (Δ vs every window [95 %]) | unsure (% right "
-                f"when unsure / otherwise) | windows | songs/s vs every window (est.) |")
+                f"when unsure / otherwise) | windows | songs/s, est. (× every window) |")
         cols = 4
         if close:
-            head += f" {next(iter(close.values()))['songs']} of them close calls on 5 windows: accuracy, windows, est. |"
+            head += f" {next(iter(close.values()))['songs']} of them close calls on 5 windows: accuracy, windows, songs/s est. |"
             cols += 1
         head += f" {n_tr} {title} of training clips: accuracy (Δ) | windows |"
         cols += 2
