@@ -41,7 +41,7 @@ from melgenre.inference import softmax, tempered
 def _songs(root: Path, parted: bool) -> list[tuple[str, str, Path]]:
     """(part, genre, path) of the songs under ``root`` (``<part>/<genre>/x.mp3`` or ``<genre>/x.mp3``)."""
     out = []
-    for path in sorted(root.rglob("*.mp3")):
+    for path in sorted(root.glob("*/*/*.mp3" if parted else "*/*.mp3")):  # not bench-songs/unseen/ as training
         rel = path.relative_to(root).parts
         out.append((rel[0] if parted else "training", rel[-2], path))
     return out
