@@ -12,7 +12,12 @@ Reproduces the rule tables of docs/benchmarks/songs.md. Two steps:
     the default model for songs of its training clips), then each rule replayed on them: the windows it would score (the same spread and rechecks
     as :mod:`melgenre.windows`), its label and ``unsure`` flag (the default card's temperature and
     threshold), against the labels and against every window; songs/s estimated from the windows
-    scored with the cost per song measured by ``melgenre bench --sections songs`` (``--cost``).
+    scored with the cost per song (``--cost``, from ``cost``). ``--recombine CLIPS`` replays them on
+    songs recombined from the cached songs' clip windows instead (many more songs, sharing clips).
+``cost``
+    Seconds a song of the library job for every window and for fixed samples: ``E,a,b`` for ``--cost``.
+``table``
+    The markdown tables of docs/benchmarks/songs.md from ``simulate``'s JSON.
 
     PYTHONPATH=src python tools/sampling_rules.py cache --unseen songs-unseen --training songs40 \\
         --cache rules-cache.npz
