@@ -1,6 +1,6 @@
 """Which windows of a whole song to score: sampling rules judged against the genre labels (issue 33).
 
-Reproduces the rule tables of docs/benchmarks/songs.md. Two steps:
+Reproduces the rule tables of docs/benchmarks/songs.md. Steps:
 
 ``cache``
     Every window of every song (``<part>/<genre>/*.mp3`` of ``--unseen``, ``<genre>/*.mp3`` of
