@@ -1,6 +1,6 @@
 """Which windows of a whole song to score: sampling rules judged against the genre labels (issue 33).
 
-Reproduces the rule tables of docs/benchmarks/songs.md. Two steps:
+Reproduces the rule tables of docs/benchmarks/songs.md. Steps:
 
 ``cache``
     Every window of every song (``<part>/<genre>/*.mp3`` of ``--unseen``, ``<genre>/*.mp3`` of
@@ -12,7 +12,12 @@ Reproduces the rule tables of docs/benchmarks/songs.md. Two steps:
     the default model for songs of its training clips), then each rule replayed on them: the windows it would score (the same spread and rechecks
     as :mod:`melgenre.windows`), its label and ``unsure`` flag (the default card's temperature and
     threshold), against the labels and against every window; songs/s estimated from the windows
-    scored with the cost per song measured by ``melgenre bench --sections songs`` (``--cost``).
+    scored with the cost per song (``--cost``, from ``cost``). ``--recombine CLIPS`` replays them on
+    songs recombined from the cached songs' clip windows instead (many more songs, sharing clips).
+``cost``
+    Seconds a song of the library job for every window and for fixed samples: ``E,a,b`` for ``--cost``.
+``table``
+    The markdown tables of docs/benchmarks/songs.md from ``simulate``'s JSON.
 
     PYTHONPATH=src python tools/sampling_rules.py cache --unseen songs-unseen --training songs40 \\
         --cache rules-cache.npz
@@ -41,7 +46,7 @@ from melgenre.inference import softmax, tempered
 def _songs(root: Path, parted: bool) -> list[tuple[str, str, Path]]:
     """(part, genre, path) of the songs under ``root`` (``<part>/<genre>/x.mp3`` or ``<genre>/x.mp3``)."""
     out = []
-    for path in sorted(root.rglob("*.mp3")):
+    for path in sorted(root.glob("*/*/*.mp3" if parted else "*/*.mp3")):  # not bench-songs/unseen/ as training
         rel = path.relative_to(root).parts
         out.append((rel[0] if parted else "training", rel[-2], path))
     return out
@@ -456,8 +461,8 @@ def table(args: argparse.Namespace) -> None:
     against every window estimated with ``--cost E,a,b``."""
     e, a, b = map(float, args.cost.split(","))
 
-    def ratio(w: float) -> str:
-        return f"{e / (a + b * w):.1f}×" if w < 30 else "1×"
+    def ratio(w: float) -> str:  # songs/s (est.) and the ratio to every window
+        return f"{1 / (a + b * w):.2f} ({e / (a + b * w):.1f}×)" if w < 30 else f"{1 / e:.2f} (1×)"
 
     def acc(r: dict) -> str:
         d = r["vs_every_window"]
@@ -476,10 +481,10 @@ def table(args: argparse.Namespace) -> None:
         close = res.get("unseen, close calls on 5 windows")
         n_un, n_tr = next(iter(un.values()))["songs"], next(iter(tr.values()))["songs"]
         head = (f"| rule | {n_un} {title} of unseen clips: accuracy (Δ vs every window [95 %]) | unsure (% right "
-                f"when unsure / otherwise) | windows | songs/s vs every window (est.) |")
+                f"when unsure / otherwise) | windows | songs/s, est. (× every window) |")
         cols = 4
         if close:
-            head += f" {next(iter(close.values()))['songs']} of them close calls on 5 windows: accuracy, windows, est. |"
+            head += f" {next(iter(close.values()))['songs']} of them close calls on 5 windows: accuracy, windows, songs/s est. |"
             cols += 1
         head += f" {n_tr} {title} of training clips: accuracy (Δ) | windows |"
         cols += 2

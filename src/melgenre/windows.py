@@ -11,7 +11,8 @@ sample too close to call (its two most probable genres within :data:`RECHECK_MAR
 :func:`close_call`) gets as many windows again, spread over those left, once (:data:`RECHECK`,
 :func:`more_windows`); what they say is the answer, with its ``unsure`` flag. Scoring every window
 of an unsure song does not make its answer right: against the genre labels of songs the model had
-not heard, every window was no more often right than this rule (docs/benchmarks/songs.md).
+not heard, every window was right about as often as this rule, within a song in a hundred
+(docs/benchmarks/songs.md).
 
 The sampled windows are a subset of the full grid of :func:`window_images`: the same starts and,
 up to float rounding, the same images (tested), so a sample can only differ from the full
@@ -267,8 +268,9 @@ def close_call(probabilities: np.ndarray, windows: Windows, margin: float | None
     and the two most probable genres of ``probabilities`` (the sample's track-level probabilities,
     as shown) are within ``margin`` (default :data:`RECHECK_MARGIN`).
 
-    Measured on 40 full-length songs of dev clips (docs/benchmarks/songs.md): the two songs whose
-    five-window label differed from every window's had margins of 0.01 and 0.12."""
+    Measured on 40 full-length songs of dev clips (docs/benchmarks/songs.md, issue 25): the two songs
+    whose five-window label differed from every window's had margins of 0.01 and 0.12; smaller margins
+    (0.1, 0.05) lost accuracy against the labels on songs of unseen clips (issue 33)."""
     if not windows.sampled or len(probabilities) < 2:
         return False
     top = np.sort(probabilities)
@@ -293,7 +295,7 @@ class Recheck:
 #: The rule :class:`melgenre.pipeline.Predictor` follows (:func:`more_windows`): a close call
 #: gets as many windows again, once (the default model: 5, and 10 for a close call). Chosen against the
 #: genre labels of songs of clips the model did not hear (docs/benchmarks/songs.md, issue 33): every
-#: window is no more often right, and where the model is unsure, doubling until clear (the rule before,
+#: window is right about as often, and on the close calls doubling until clear (the rule before,
 #: ``Recheck(growth=2.0, rounds=None)``) scored 21 windows a song for the same accuracy.
 RECHECK = Recheck()
 

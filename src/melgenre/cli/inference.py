@@ -34,9 +34,10 @@ _HOP_HELP = ("Seconds between prediction windows, for models on a chunked preset
              "(the shipped musicnn default: 6, every other 3-s patch), else the preset's chunk_hop_seconds (1.5 for fast).")
 
 
-_WINDOWS_HELP = ("The most windows scored per file, spread evenly over a longer recording, of which only those "
+_WINDOWS_HELP = ("The windows scored per file, spread evenly over a longer recording, of which only those "
                  "stretches are decoded (WAV, FLAC, OGG, Opus, MP3, AIFF seek; M4A is decoded whole): a 3-minute song "
-                 "has 30 windows of the default model. 'all' scores every window. Default: the model card's "
+                 "has 30 windows of the default model; a sample too close to call gets as many again, once. "
+                 "'all' scores every window. Default: the model card's "
                  "predict_windows, else as many as a 30-s clip has, at least 3 (the default model: 5; fast models: 18).")
 
 
