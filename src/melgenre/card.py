@@ -108,16 +108,18 @@ class ModelCard(Mapping):
 
     def to_dict(self) -> dict[str, Any]:
         """The card as the JSON object a package stores (unset optional fields left out)."""
-        out: dict[str, Any] = {"format": self.format, "model": self.model, "classes": list(self.classes),
-                               "model_id": self.model_id, "preset": self.preset.to_dict()}
-        for f in dataclasses.fields(self):
-            if f.name in out or f.name == "extra":
-                continue
-            value = getattr(self, f.name)
-            if value is None or (value == {} and f.name in ("metrics", "training")):
-                continue
-            out[f.name] = value.to_json() if isinstance(value, WindowCount) else value
+        out = {name: value for name in _FIELDS if (value := self._json(name)) is not _UNSET}
         return {**out, **self.extra}
+
+    def _json(self, name: str) -> Any:
+        """Field ``name`` as the card's JSON holds it, or :data:`_UNSET` when the JSON leaves it out (an
+        unset optional field, empty metrics or training)."""
+        value = getattr(self, name)
+        if value is None or (value == {} and name in ("metrics", "training")):
+            return _UNSET
+        if isinstance(value, (WindowCount, Preset)):
+            return value.to_json() if isinstance(value, WindowCount) else value.to_dict()
+        return list(value) if name == "classes" else value
 
     def write(self, path: str | Path) -> Path:
         """Write the card as JSON (atomically); returns ``path``."""
@@ -151,13 +153,10 @@ class ModelCard(Mapping):
     def __getitem__(self, key: str) -> Any:
         if key in self.extra:
             return self.extra[key]
-        if key == "extra" or key not in _FIELDS:
-            raise KeyError(key)
-        value = getattr(self, key)
-        if value is None or (value == {} and key in ("metrics", "training")):
+        value = self._json(key) if key in _FIELDS else _UNSET
+        if value is _UNSET:
             raise KeyError(key)  # as to_dict leaves it out
-        return value.to_json() if isinstance(value, WindowCount) else value.to_dict() if isinstance(value, Preset) \
-            else list(value) if key == "classes" else value
+        return value
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.to_dict())
@@ -166,6 +165,11 @@ class ModelCard(Mapping):
         return len(self.to_dict())
 
 
-_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelCard))
+#: The card's JSON fields, in the order a card is written (``extra`` follows them).
+_FIELDS = ("format", "model", "classes", "model_id", "preset",
+           *(f.name for f in dataclasses.fields(ModelCard) if f.name not in _REQUIRED + ("format", "extra")))
+
+#: What :meth:`ModelCard._json` returns for a field the JSON leaves out.
+_UNSET = object()
 
 __all__ = ["CARD_FORMAT", "ModelCard"]

@@ -277,11 +277,14 @@ class GenreModel:
         """
         return tempered(self.window_outputs(images)[0], self.temperature)
 
-    def window_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def window_outputs(self, images: np.ndarray, embeddings: bool = False, batch: int | None = None
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
         """The images' softmax probabilities before calibration (what :meth:`prediction` takes) and, from
-        the same forward pass, their embeddings (:meth:`embed_images`) when the "not music" score can
-        use them (a stored :attr:`trust_centres`, and a backend that gives embeddings), else None."""
-        logits, emb = self.runner.run(images, embeddings=self.trust_centres is not None, batch=self.batch_size)
+        the same forward pass, their embeddings (:meth:`embed_images`) when asked (``embeddings``) or when
+        the "not music" score can use them (a stored :attr:`trust_centres`), and the backend gives them,
+        else None; in batches of ``batch`` (default :attr:`batch_size`)."""
+        want = embeddings or self.trust_centres is not None
+        logits, emb = self.runner.run(images, embeddings=want, batch=batch or self.batch_size)
         return softmax(logits), emb
 
     def embed_images(self, images: np.ndarray) -> np.ndarray:

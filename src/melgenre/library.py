@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from threadpoolctl import threadpool_limits
 
 from melgenre import __version__
 from melgenre.audio import expand_paths
@@ -334,13 +333,12 @@ def _rows(model: GenreModel, files: list[str], workers: int | None, in_flight: i
     sample was too close to call."""
     predictor = Predictor(model, batch=batch)
     workers = default_workers() if workers is None else workers
-    with threadpool_limits(1, user_api="blas"):  # see Predictor.predict_paths: idle BLAS threads slow the network
-        for item, pred in predictor.predict_paths(files, executor="process" if workers > 0 else "local",
-                                                  workers=workers, in_flight=in_flight, facts=True):
-            report.rechecked, report.windows = predictor.rechecked, predictor.windows_scored
-            info = item.info
-            yield [make_row(item.key, info.get("size"), info.get("mtime"), info.get("sha256"), model.model_id, pred,
-                            item.error)]
+    for item, pred in predictor.predict_paths(files, executor="process" if workers > 0 else "local",
+                                              workers=workers, in_flight=in_flight, facts=True):
+        report.rechecked, report.windows = predictor.rechecked, predictor.windows_scored
+        info = item.info
+        yield [make_row(item.key, info.get("size"), info.get("mtime"), info.get("sha256"), model.model_id, pred,
+                        item.error)]
 
 
 def _ray_rows(files: list[str], model_source: str | Path | None, backend: str | None, hop: float | None,

@@ -196,11 +196,8 @@ class Predictor:
     # -- 2.-4. run, recheck, finish ----------------------------------------------------------------
 
     def _outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        from melgenre.inference import softmax
-
-        want = self.embeddings or self.model.trust_centres is not None
-        logits, emb = self.model.runner.run(images, embeddings=want, batch=self.batch)
-        return softmax(logits), emb
+        """The pipeline's one call of the network: :meth:`GenreModel.window_outputs` in its batches."""
+        return self.model.window_outputs(images, embeddings=self.embeddings, batch=self.batch)
 
     def run(self, items: Iterable[Item], top_k: int = 3) -> Iterator[tuple[Item, Prediction | None]]:
         """Predictions of decoded items, in their order: ``(item, prediction)``, or ``(item, None)`` with
@@ -262,11 +259,10 @@ class Predictor:
                 rest, _ = windows_of(self.model, item.source, item.sr, item.key, exclude=w.indices, more=extra)
                 more, more_emb = self._outputs(rest.images)
                 w, (probs, emb) = merge(w, rest, (probs, more), (emb, more_emb))
-                item.info["rechecked"] = True
         except Exception as exc:  # noqa: BLE001  (the file changed or broke between two reads)
             item.error = failure_reason(exc)
             return None
-        self.rechecked += bool(item.info.get("rechecked"))
+        self.rechecked += w.rounds > 0
         self.windows_scored += len(w.indices)
         item.windows = w
         pred = self.model.prediction(item.key, probs, w.starts, duration=w.duration, padded=w.padded, silent=w.silent,
@@ -320,7 +316,8 @@ class Predictor:
             # One BLAS thread: OpenBLAS's idle threads spin between the mel products and slow the
             # network's threads down (measured: melcnn-int8 14 -> 27 files/s on 2 cores)
             decoded = (decode_path(f, preset_json, self.model.windows, facts) for f in files)
-            yield from self.run(decoded, top_k)
+            with blas_controller().limit(limits=1, user_api="blas"):
+                yield from self.run(decoded, top_k)
             return
         if executor != "process":
             raise MelgenreError(f"unknown executor {executor!r}; use local or process here (ray: melgenre.scale)")
